@@ -1,0 +1,194 @@
+"""The ``pyrovae`` command: options are parsed here, the work is done by the library.
+
+Every command prints one JSON object on stdout and its progress on stderr. Bad input gets a
+one-line ``pyrovae: error: ...`` on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from pyrovae.errors import UsageError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def emit(result: dict) -> None:
+    """The command's result: one JSON object on stdout."""
+    click.echo(json.dumps(result, sort_keys=True, default=str))
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> None:
+    click.echo(f"pyrovae: error: {message}", err=True)
+    sys.exit(code)
+
+
+class PyrovaeGroup(click.Group):
+    """Turns bad input into one line on stderr and exit code 2, never a traceback."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from pyrovae.train import NonFiniteLoss, TrainingInterrupted
+        try:
+            code = super().main(args, prog_name or "pyrovae", complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as error:
+            click.echo(error.ctx.get_help(), err=True)
+            sys.exit(EXIT_USAGE)
+        except click.UsageError as error:
+            hint = f" (see pyrovae {error.ctx.info_name} --help)" if error.ctx and error.ctx.parent else ""
+            fail(error.format_message().replace("\n", " ") + hint)
+        except (UsageError, click.BadParameter) as error:
+            fail(str(error).replace("\n", " "))
+        except TrainingInterrupted as error:
+            fail(str(error), EXIT_INTERRUPTED)
+        except NonFiniteLoss as error:
+            fail(str(error), 1)
+        except click.Abort:
+            fail("aborted", EXIT_INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=PyrovaeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pyrovae")
+def cli() -> None:
+    """pyrovae: a VAE written as a Pyro program; amortized vs mean-field VI; honest log p(x)."""
+
+
+def _hidden(ctx, param, value: str):
+    from pyrovae.config import parse_hidden
+    return parse_hidden(value)
+
+
+def output_png(path: str) -> Path:
+    """Check an output image path before any work is done."""
+    out = Path(path)
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"--out {path!r} must end in .png")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {path!r}: folder {str(out.parent)!r} does not exist; create it first")
+    if out.is_dir():
+        raise UsageError(f"--out {path!r} is a folder; pass a file name ending in .png")
+    import os
+    if not os.access(out.parent, os.W_OK):
+        raise UsageError(f"--out {path!r}: folder {str(out.parent)!r} is not writable; choose another path")
+    return out
+
+
+DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+DATA_DIR = click.option("--data-dir", default=None, help="Folder holding MNIST/raw (else $PYROVAE_DATA_DIR).")
+
+
+@cli.command()
+@click.option("--dataset", default="mnist-sample", show_default=True,
+              help="mnist, mnist-sample (ships with pyrovae), toy2d, or a .npz/.npy path.")
+@DATA_DIR
+@click.option("--test-fraction", default=0.1, show_default=True, help="Held-out share of an .npy file.")
+@click.option("--likelihood", type=click.Choice(["bernoulli", "normal"]), default="bernoulli", show_default=True)
+@click.option("--sigma", default="1.0", show_default=True,
+              help="Normal likelihood: a fixed sigma (0.7071 gives MSE), 'learned' or 'learned-pixel'.")
+@click.option("--binarize", type=click.Choice(["dynamic", "static", "none"]), default=None,
+              help="Bernoulli data: resample every epoch (default), fix once by the seed, or keep intensities.")
+@click.option("--latent-dim", default=50, show_default=True)
+@click.option("--hidden", default="400", show_default=True, callback=_hidden,
+              help="Comma list of hidden widths of encoder and decoder; '' for linear.")
+@click.option("--guide", type=click.Choice(["amortized", "meanfield"]), default="amortized", show_default=True)
+@click.option("--elbo", type=click.Choice(["trace", "meanfield", "iwae"]), default="trace", show_default=True,
+              help="Trace_ELBO, TraceMeanField_ELBO (analytic KL), or the IWAE bound.")
+@click.option("--particles", default=1, show_default=True, help="Particles per datapoint (K for iwae).")
+@click.option("--jit/--no-jit", default=False, show_default=True, help="Pyro's JIT ELBOs (trace, meanfield).")
+@click.option("--beta", default=1.0, show_default=True, help="KL coefficient; 1 is the ELBO.")
+@click.option("--kl-warmup", default=0, show_default=True, help="Ramp beta linearly over this many epochs.")
+@click.option("--epochs", default=10, show_default=True, help="Epochs in total (also with --resume).")
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@DEVICE
+@click.option("--out", "run_dir", default="runs/latest", show_default=True, help="RUN_DIR to write.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def fit(run_dir: str, resume: bool, overwrite: bool, quiet: bool, **options) -> None:
+    """Train a VAE by SVI and write RUN_DIR (config, checkpoint, metrics, images)."""
+    from pyrovae.config import FitConfig
+    from pyrovae.train import fit as train
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite contradict each other; pass one of them")
+    emit(train(FitConfig(**options), run_dir, resume=resume, overwrite=overwrite, progress=not quiet))
+
+
+@cli.command()
+@click.argument("run_dir")
+@click.option("--n", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--mean", is_flag=True, help="Decoder means instead of draws.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", required=True, help="PNG file to write.")
+@DEVICE
+@DATA_DIR
+def sample(run_dir: str, n: int, mean: bool, seed: int, out: str, device: str, data_dir: str | None) -> None:
+    """Draw x from the model's prior predictive: z ~ N(0, I), x ~ p(x | z)."""
+    import torch
+
+    from pyrovae.plots import prior_samples, save_grid
+    from pyrovae.train import load_run
+    path = output_png(out)
+    run = _image_run(run_dir, device, data_dir)
+    images = prior_samples(run.vae, n, mean=mean, generator=torch.Generator().manual_seed(seed))
+    save_grid(images, run.data.dataset.image_shape, path)
+    emit({"out": str(path), "n": n, "mean": mean, "run_dir": run_dir})
+
+
+@cli.command()
+@click.argument("run_dir")
+@click.option("--n", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--out", required=True, help="PNG file to write.")
+@DEVICE
+@DATA_DIR
+def reconstruct(run_dir: str, n: int, out: str, device: str, data_dir: str | None) -> None:
+    """Test images next to their reconstructions E[x | z = loc(x)]."""
+    from pyrovae.guides import AmortizedGuide
+    from pyrovae.plots import reconstruction_pairs, save_grid
+    path = output_png(out)
+    run = _image_run(run_dir, device, data_dir)
+    amortized = isinstance(run.vae.guide_module, AmortizedGuide)
+    x = (run.data.test if amortized else run.data.train)[:n]
+    save_grid(reconstruction_pairs(run.vae, x), run.data.dataset.image_shape, path)
+    emit({"out": str(path), "n": len(x), "split": "test" if amortized else "train", "run_dir": run_dir})
+
+
+@cli.command("latent-map")
+@click.argument("run_dir")
+@click.option("--n", default=2000, show_default=True, type=click.IntRange(min=2))
+@click.option("--out", required=True, help="PNG file to write.")
+@DEVICE
+@DATA_DIR
+def latent_map(run_dir: str, n: int, out: str, device: str, data_dir: str | None) -> None:
+    """Encoder means of test points: the latents for 2-D latents, else a PCA projection."""
+    from pyrovae.guides import AmortizedGuide
+    from pyrovae.plots import latent_map as draw
+    from pyrovae.train import load_run
+    path = output_png(out)
+    run = load_run(run_dir, device, data_dir)
+    if not isinstance(run.vae.guide_module, AmortizedGuide):
+        raise UsageError("latent-map needs an encoder; this run has --guide meanfield")
+    labels = run.data.dataset.test_labels
+    result = draw(run.vae, run.data.test[:n], None if labels is None else labels[:n], path)
+    emit({"out": str(path), "run_dir": run_dir, **result})
+
+
+def _image_run(run_dir: str, device: str, data_dir: str | None):
+    from pyrovae.train import load_run
+    run = load_run(run_dir, device, data_dir)
+    if run.data.dataset.image_shape is None:
+        raise UsageError(f"{run.data.dataset.name} rows are not images; use latent-map or the metrics instead")
+    return run
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Every option of a run, checked in one place, and the VAE it builds."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from .data import BINARIZE
+from .errors import UsageError
+from .guides import AmortizedGuide, MeanFieldGuide
+from .model import LIKELIHOODS, VAE, Decoder, parse_sigma
+from .objectives import OBJECTIVES
+
+GUIDES = ("amortized", "meanfield")
+
+
+def parse_hidden(text: str) -> tuple[int, ...]:
+    """``--hidden``: a comma list of layer widths, e.g. ``400`` or ``500,500``; empty means linear."""
+    text = text.strip()
+    if text in ("", "none", "linear"):
+        return ()
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UsageError(f"--hidden {text!r} is not a comma list of integers; write e.g. --hidden 400 or "
+                         "--hidden 500,500 (or --hidden '' for a linear decoder)") from None
+    if any(width <= 0 for width in widths):
+        raise UsageError(f"--hidden {text!r} has a width <= 0; every layer needs at least one unit")
+    return widths
+
+
+@dataclass
+class FitConfig:
+    dataset: str = "mnist-sample"
+    data_dir: str | None = None
+    test_fraction: float = 0.1
+    likelihood: str = "bernoulli"
+    sigma: str = "1.0"
+    binarize: str | None = None         # default: dynamic for bernoulli, none for normal
+    latent_dim: int = 50
+    hidden: tuple[int, ...] = (400,)
+    guide: str = "amortized"
+    elbo: str = "trace"
+    particles: int = 1
+    jit: bool = False
+    beta: float = 1.0
+    kl_warmup: int = 0
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    eval_train_points: int = 10_000     # train ELBO each epoch on this many training points
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(self.hidden)
+        if self.binarize is None:
+            self.binarize = "dynamic" if self.likelihood == "bernoulli" else "none"
+
+    def validate(self) -> "FitConfig":
+        """Raise :class:`UsageError` naming the first bad option and its fix."""
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise UsageError(message)
+
+        need(self.likelihood in LIKELIHOODS, f"unknown --likelihood {self.likelihood!r}; use bernoulli or normal")
+        need(self.guide in GUIDES, f"unknown --guide {self.guide!r}; use amortized or meanfield")
+        need(self.elbo in OBJECTIVES, f"unknown --elbo {self.elbo!r}; use trace, meanfield or iwae")
+        need(self.binarize in BINARIZE, f"unknown --binarize {self.binarize!r}; use dynamic, static or none")
+        need(self.likelihood == "bernoulli" or self.binarize == "none",
+             f"--binarize {self.binarize} only makes sense with --likelihood bernoulli; drop it or use --binarize none")
+        need(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
+        need(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
+        need(self.latent_dim >= 1, f"--latent-dim must be at least 1, got {self.latent_dim}")
+        need(self.particles >= 1, f"--particles must be at least 1, got {self.particles}")
+        need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}")
+        need(math.isfinite(self.beta) and self.beta >= 0, f"--beta must be a number >= 0, got {self.beta}")
+        need(self.kl_warmup >= 0, f"--kl-warmup must be >= 0 epochs, got {self.kl_warmup}")
+        need(0 < self.test_fraction < 1, f"--test-fraction must lie in (0, 1), got {self.test_fraction}")
+        need(self.eval_train_points >= 1, f"eval_train_points must be at least 1, got {self.eval_train_points}")
+        need(not (self.jit and self.elbo == "iwae"),
+             "--jit is not available for --elbo iwae (Pyro has no JIT IWAE objective); drop --jit")
+        need(all(isinstance(width, int) and width > 0 for width in self.hidden),
+             f"--hidden widths must be positive integers, got {self.hidden}")
+        if self.likelihood == "normal":
+            try:
+                parse_sigma(self.sigma)
+            except ValueError:
+                raise UsageError(f"--sigma {self.sigma!r} is not a positive number, 'learned' or 'learned-pixel'") from None
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "FitConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in names})
+
+
+def build_vae(config: FitConfig, data_dim: int, num_train: int) -> VAE:
+    """The VAE a config describes: its decoder and its guide (amortized or mean-field)."""
+    decoder = Decoder(config.latent_dim, data_dim, config.hidden, config.likelihood, config.sigma)
+    if config.guide == "meanfield":
+        guide = MeanFieldGuide(num_train, config.latent_dim)
+    else:
+        guide = AmortizedGuide(data_dim, config.latent_dim, config.hidden)
+    return VAE(decoder, guide)

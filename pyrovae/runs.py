@@ -1,0 +1,140 @@
+"""A run directory: config.json, checkpoint.pt, metrics.jsonl and images, written atomically.
+
+A checkpoint is data, not code: tensors and plain numbers saved with ``torch.save`` and read
+back with ``torch.load(weights_only=True)``, which refuses pickled objects that would run code.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import pickle
+import platform
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from .errors import UsageError
+
+FORMAT_VERSION = 1
+CONFIG = "config.json"
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename,
+    so readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(record, sort_keys=True) + "\n" for record in records))
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one line; the whole file is rewritten atomically so a crash never leaves half a line."""
+    write_jsonl(path, read_jsonl(path) + [record])
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import pyro
+
+    from . import __version__
+    return {"pyrovae": __version__, "torch": torch.__version__, "pyro": pyro.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version()}
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """An exclusive lock on RUN_DIR for the life of a ``fit``; the OS drops it if the process dies."""
+    handle = open(Path(run_dir) / LOCK, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        handle.close()
+        if error.errno in (errno.EAGAIN, errno.EACCES):
+            raise UsageError(f"another pyrovae process is writing {str(run_dir)!r}; wait for it to finish "
+                             "or choose another --out") from None
+        raise
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def save_checkpoint(run_dir: Path, state: dict) -> None:
+    with atomic_path(Path(run_dir) / CHECKPOINT) as tmp:
+        torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+
+
+def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint as tensors only; any problem becomes a :class:`UsageError` naming the fix."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.exists():
+        raise UsageError(f"no checkpoint at {str(path)!r}; train one with `pyrovae fit --out {run_dir}`")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise UsageError(f"{str(path)!r} holds objects other than tensors and was not loaded "
+                         f"(a checkpoint is data, not code): {str(error).splitlines()[0][:100]}") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+        raise UsageError(f"{str(path)!r} is truncated or not a pyrovae checkpoint "
+                         f"({str(error).splitlines()[0][:100]}); retrain or restore it") from None
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise UsageError(f"{str(path)!r} is not a pyrovae checkpoint; retrain with `pyrovae fit`")
+    if state["format_version"] != FORMAT_VERSION:
+        raise UsageError(f"{str(path)!r} has checkpoint format {state['format_version']!r}, this pyrovae reads "
+                         f"format {FORMAT_VERSION}; use the pyrovae version that wrote it")
+    return state
+
+
+def read_config(run_dir: Path) -> dict:
+    path = Path(run_dir) / CONFIG
+    if not path.exists():
+        raise UsageError(f"{str(run_dir)!r} is not a pyrovae run (no {CONFIG}); pass the --out folder of `pyrovae fit`")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{str(path)!r} is not valid JSON ({error}); restore it from the run") from None
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` takes CUDA when present; ``cuda`` without CUDA is a usage error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but CUDA is not available here; use --device cpu or auto")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"unknown --device {device!r}; use auto, cpu or cuda") from None
