@@ -48,6 +48,10 @@ class PyrovaeGroup(click.Group):
             fail(str(error), 1)
         except click.Abort:
             fail("aborted", EXIT_INTERRUPTED)
+        except OSError as error:   # e.g. a full disk mid-run: files are written atomically, the old ones stay
+            where = f" on {error.filename!r}" if error.filename else ""
+            fail(f"{error.strerror or error}{where}; free space or fix permissions, then rerun "
+                 "(pyrovae fit --resume continues from the last checkpoint)", 1)
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -184,6 +188,10 @@ def _image_run(run_dir: str, device: str, data_dir: str | None):
     if run.data.dataset.image_shape is None:
         raise UsageError(f"{run.data.dataset.name} rows are not images; use latent-map or the metrics instead")
     return run
+
+
+from pyrovae.cli.compare import compare  # noqa: E402
+cli.add_command(compare)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from .model import LIKELIHOODS, VAE, Decoder, parse_sigma
 from .objectives import OBJECTIVES
 
 GUIDES = ("amortized", "meanfield")
+MAX_SIZE = 100_000      # widths, latent dims and particles beyond this are typos, not models that fit in memory
 
 
 def parse_hidden(text: str) -> tuple[int, ...]:
@@ -74,8 +75,12 @@ class FitConfig:
         need(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
         need(self.latent_dim >= 1, f"--latent-dim must be at least 1, got {self.latent_dim}")
         need(self.particles >= 1, f"--particles must be at least 1, got {self.particles}")
+        need(self.latent_dim <= MAX_SIZE and self.particles <= MAX_SIZE,
+             f"--latent-dim {self.latent_dim} / --particles {self.particles} is too large (at most {MAX_SIZE})")
+        need(0 <= self.seed < 2**32, f"--seed must lie in [0, 2**32 - 1], got {self.seed}")
         need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}")
-        need(math.isfinite(self.beta) and self.beta >= 0, f"--beta must be a number >= 0, got {self.beta}")
+        need(math.isfinite(self.beta) and self.beta > 0,
+             f"--beta must be a number > 0 (Pyro cannot scale a site by 0), got {self.beta}")
         need(self.kl_warmup >= 0, f"--kl-warmup must be >= 0 epochs, got {self.kl_warmup}")
         need(0 < self.test_fraction < 1, f"--test-fraction must lie in (0, 1), got {self.test_fraction}")
         need(self.eval_train_points >= 1, f"eval_train_points must be at least 1, got {self.eval_train_points}")
@@ -83,6 +88,8 @@ class FitConfig:
              "--jit is not available for --elbo iwae (Pyro has no JIT IWAE objective); drop --jit")
         need(all(isinstance(width, int) and width > 0 for width in self.hidden),
              f"--hidden widths must be positive integers, got {self.hidden}")
+        need(all(width <= MAX_SIZE for width in self.hidden),
+             f"--hidden widths must be at most {MAX_SIZE}, got {self.hidden}")
         if self.likelihood == "normal":
             try:
                 parse_sigma(self.sigma)

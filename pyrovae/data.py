@@ -105,6 +105,13 @@ def _from_file(path: Path, test_fraction: float) -> Dataset:
     except TypeError:  # np.load on .npy returns an ndarray, not a context manager
         arrays = None
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        if "allow_pickle" in str(error) and "Object arrays" not in str(error):   # numpy's fallback: a pickle
+            raise UsageError(f"{str(path)!r} is not a numpy array file (no .npy/.npz header: text, a pickle or "
+                             "another format), and pyrovae does not unpickle; re-save it with numpy.save / "
+                             "numpy.savez") from None
+        if "allow_pickle" in str(error):   # object (e.g. ragged) arrays are pickles: never unpickled here
+            raise UsageError(f"{str(path)!r} holds pickled Python objects (an object or ragged array), which "
+                             "pyrovae does not load (data, not code); save a rectangular numeric array") from None
         raise UsageError(f"cannot read {str(path)!r} as a numpy array file ({_short(error)}); "
                          "re-save it with numpy.save / numpy.savez") from None
     if arrays is None:
@@ -141,14 +148,20 @@ def _as_rows(array: np.ndarray, what: str) -> np.ndarray:
     """Validate a numeric array and flatten it to [rows, features] float32."""
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise UsageError(f"{what} has dtype {array.dtype}, not numbers; save a numeric (or ragged-free) array")
+    if np.issubdtype(array.dtype, np.complexfloating):
+        raise UsageError(f"{what} has complex dtype {array.dtype}; save real numbers (e.g. its .real or abs())")
     if array.ndim < 2:
         raise UsageError(f"{what} has shape {array.shape}; it needs rows of features (at least 2 dims)")
     if array.shape[0] == 0 or array[0].size == 0:
         raise UsageError(f"{what} is empty (shape {array.shape}); it needs at least one row with features")
-    rows = array.reshape(array.shape[0], -1).astype(np.float32)
+    rows = array.reshape(array.shape[0], -1)
     if not np.isfinite(rows).all():
         bad = int((~np.isfinite(rows)).any(axis=1).sum())
         raise UsageError(f"{what} has NaN or inf in {bad} row(s); drop or impute them first")
+    with np.errstate(over="ignore"):
+        rows = rows.astype(np.float32)
+    if not np.isfinite(rows).all():   # finite in float64 but beyond float32's range (about 3.4e38)
+        raise UsageError(f"{what} has values beyond float32's range (|x| > 3.4e38); rescale the data first")
     return rows
 
 

@@ -103,6 +103,9 @@ class VAE(nn.Module):
         super().__init__()
         self.decoder = decoder
         self.guide_module = guide
+        # pyro.module puts the parameters in Pyro's param store, for pyro.infer.SVI and the JIT
+        # ELBOs; pyrovae's trainer steps a torch optimizer on vae.parameters() and skips it.
+        self.register_params = True
 
     @property
     def latent_dim(self) -> int:
@@ -119,7 +122,8 @@ class VAE(nn.Module):
         ``beta`` scales the latent site here and in the guide, so the objective is
         reconstruction - beta * KL (Higgins et al. 2017); 1.0 is the true ELBO.
         """
-        pyro.module("decoder", self.decoder)
+        if self.register_params:
+            pyro.module("decoder", self.decoder)
         with data_plate(x, index, num_data):
             with poutine.scale(scale=beta):
                 z = pyro.sample("z", self.prior(x))
@@ -128,7 +132,8 @@ class VAE(nn.Module):
     def guide(self, x: torch.Tensor, index: torch.Tensor | None = None,
               beta: float | torch.Tensor = 1.0, num_data: int | None = None) -> None:
         """q(z | x) = N(z; loc, diag(scale²)), one diagonal Gaussian per datapoint."""
-        pyro.module("guide", self.guide_module)
+        if self.register_params:
+            pyro.module("guide", self.guide_module)
         with data_plate(x, index, num_data) as idx:
             loc, scale = self.guide_module(x, idx)
             with poutine.scale(scale=beta):

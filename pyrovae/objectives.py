@@ -118,12 +118,32 @@ def make_objective(name: str, num_particles: int = 1, jit: bool = False) -> ELBO
         if jit:
             raise ValueError("--jit is not available for --elbo iwae (Pyro has no JIT IWAE); drop --jit")
         return IWAE_ELBO(num_particles)
-    cls = {("trace", False): Trace_ELBO, ("trace", True): JitTrace_ELBO,
-           ("meanfield", False): TraceMeanField_ELBO, ("meanfield", True): JitTraceMeanField_ELBO}[name, jit]
     options = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
     if jit:
-        options["ignore_jit_warnings"] = True
-    return cls(**options)
+        return ShapeKeyedJit(JitTrace_ELBO if name == "trace" else JitTraceMeanField_ELBO, options)
+    return (Trace_ELBO if name == "trace" else TraceMeanField_ELBO)(**options)
+
+
+class ShapeKeyedJit:
+    """Pyro's JIT ELBOs, compiled once per batch shape.
+
+    ``pyro.ops.jit`` caches a compiled loss by the number of args and by the kwargs, which
+    include ``id(model)``: shapes are not part of the key, so a trace made on a batch of 128
+    would be replayed on the last, smaller batch with the plate's scale N/128 baked in. One
+    compiled ELBO per shape keeps each trace exact. Pass the same ``model`` and ``guide``
+    objects on every call (a bound method is a new object on each attribute access, and a
+    new id means a new compilation).
+    """
+
+    def __init__(self, cls: type, options: dict):
+        self.cls, self.options = cls, {**options, "ignore_jit_warnings": True}
+        self.compiled: dict[tuple, ELBO] = {}
+
+    def differentiable_loss(self, model: Callable, guide: Callable, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        key = tuple(x.shape)
+        if key not in self.compiled:
+            self.compiled[key] = self.cls(**self.options)
+        return self.compiled[key].differentiable_loss(model, guide, x, *args, **kwargs)
 
 
 def elbo_terms(model: Callable, guide: Callable, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,6 +21,8 @@ import torch
 
 from .errors import UsageError
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 FORMAT_VERSION = 1
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
@@ -35,6 +37,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600; a run's files should read like any other
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -86,6 +89,8 @@ def run_lock(run_dir: Path) -> Iterator[None]:
                              "or choose another --out") from None
         raise
     try:
+        for stale in Path(run_dir).glob(".*.tmp"):   # left by a process killed mid-write (atomic_path)
+            stale.unlink(missing_ok=True)
         yield
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
@@ -102,11 +107,16 @@ def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> 
     path = Path(run_dir) / CHECKPOINT
     if not path.exists():
         raise UsageError(f"no checkpoint at {str(path)!r}; train one with `pyrovae fit --out {run_dir}`")
+    if not zipfile.is_zipfile(path):   # pyrovae writes zip checkpoints; the legacy format is a bare pickle
+        raise UsageError(f"{str(path)!r} is truncated or not a pyrovae checkpoint (not a torch zip archive); "
+                         "retrain or restore it")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        lines = [line for line in str(error).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+        detail = (lines or [type(error).__name__])[0].strip()[:120]
         raise UsageError(f"{str(path)!r} holds objects other than tensors and was not loaded "
-                         f"(a checkpoint is data, not code): {str(error).splitlines()[0][:100]}") from None
+                         f"(a checkpoint is data, not code: {detail}); retrain or restore it") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
         raise UsageError(f"{str(path)!r} is truncated or not a pyrovae checkpoint "
                          f"({str(error).splitlines()[0][:100]}); retrain or restore it") from None

@@ -29,6 +29,7 @@ from .data import Dataset, binarize, check_for_likelihood, load_dataset
 from .errors import UsageError
 from .model import VAE
 from .objectives import elbo_terms, make_objective
+from .optim import make_optimizer
 
 
 class TrainingInterrupted(Exception):
@@ -94,6 +95,20 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def training_step(objective, optimizer: torch.optim.Optimizer, model: Callable, guide: Callable, x: torch.Tensor,
+                  index: torch.Tensor, beta: float | torch.Tensor, num_data: int) -> float:
+    """One SVI step: the objective's loss from Pyro traces of model and guide, then an optimizer
+    step. Raises FloatingPointError, before touching any parameter, when the loss is not finite."""
+    loss = objective.differentiable_loss(model, guide, x, index, beta, num_data=num_data)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(str(value))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return value
 
 
 class _StopFlag:
@@ -164,8 +179,11 @@ class _Trainer:
         pyro.set_rng_seed(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)  # data order and binarization
         self.vae = build_vae(config, data.dataset.data_dim, len(data.train)).to(device)
-        self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=config.lr)
+        self.optimizer = make_optimizer(self.vae, config.lr)   # row-sparse Adam for a mean-field guide
         self.objective = make_objective(config.elbo, config.particles, config.jit)
+        self.vae.register_params = config.jit   # the JIT ELBOs find parameters in the param store
+        self.model, self.guide = self.vae.model, self.vae.guide   # one object each: the JIT keys on id()
+        self.validated = False
 
     def run(self, resume: bool) -> dict:
         config, start_epoch, start_step, partial = self.config, 0, 0, (0.0, 0)
@@ -209,19 +227,21 @@ class _Trainer:
             if step < start_step:
                 continue
             index = order[start:start + config.batch_size]
-            loss = self.objective.differentiable_loss(vae.model, vae.guide, x_train[index], index, beta_arg,
-                                                      num_data=n)
-            if not torch.isfinite(loss):
+            try:
+                # Pyro's validation checks supports and shapes on the first step; then it only costs time
+                with pyro.validation_enabled(not self.validated):
+                    loss = training_step(self.objective, self.optimizer, self.model, self.guide, x_train[index],
+                                         index, beta_arg, n)
+                self.validated = True
+            except FloatingPointError as error:
                 bar.close()
-                raise NonFiniteLoss(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                                    f"the checkpoint of epoch {epoch} in {self.run_dir} is intact. "
+                kept = (f"the last good checkpoint in {self.run_dir} is intact"
+                        if (self.run_dir / runs.CHECKPOINT).exists() else "no checkpoint was written yet")
+                raise NonFiniteLoss(f"the loss became {error} at epoch {epoch + 1}, step {step + 1}; {kept}. "
                                     "Try a smaller --lr, or --sigma with a larger floor for --likelihood normal")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            loss_sum += loss.item() * len(index) / n   # loss / (n / batch) = per-batch sum
+            loss_sum += loss * len(index) / n   # loss / (n / batch) = per-batch sum
             seen += len(index)
-            bar.set_postfix(loss=f"{loss.item() / n:.2f}")
+            bar.set_postfix(loss=f"{loss / n:.2f}", refresh=False)
             bar.update()
             if stop.signal is not None:
                 bar.close()
@@ -238,8 +258,9 @@ class _Trainer:
         record["eval_seconds"] = round(time.perf_counter() - started, 4)
         runs.append_jsonl(self.run_dir / runs.METRICS, record)
         self._checkpoint(epoch + 1, 0, (0.0, 0), self.generator.get_state())
-        print(f"epoch {epoch + 1}: train ELBO {record['train_elbo']:.3f}, test ELBO {record['test_elbo']:.3f} "
-              f"nats ({train_seconds:.1f} s)", file=sys.stderr)
+        test = f", test ELBO {record['test_elbo']:.3f}" if "test_elbo" in record else ""  # none for meanfield
+        print(f"epoch {epoch + 1}: train ELBO {record['train_elbo']:.3f}{test} nats ({train_seconds:.1f} s)",
+              file=sys.stderr)
         if self.on_epoch:
             self.on_epoch(record)
 

@@ -1,0 +1,71 @@
+"""``pyrovae compare RUN_DIR``: the amortization and approximation gaps of a trained run
+(Cremer, Li & Duvenaud 2018); the work is done by :func:`pyrovae.compare.compare_inference`."""
+from __future__ import annotations
+
+import click
+
+from pyrovae.errors import UsageError
+
+
+def _positive(name: str, value: int | float) -> None:
+    if not value > 0:
+        raise UsageError(f"{name} must be positive, got {value}; e.g. {name} {_EXAMPLES[name]}")
+
+
+_EXAMPLES = {"--limit": 1000, "--k": 5000, "--steps": 3000, "--lr": 0.05, "--batch-size": 1000,
+             "--eval-samples": 100}
+
+
+@click.command()
+@click.argument("run_dir")
+@click.option("--limit", default=1000, show_default=True, help="Evaluate the first LIMIT points of the split.")
+@click.option("--k", default=5000, show_default=True, help="Importance samples per point for log p(x).")
+@click.option("--steps", default=3000, show_default=True, help="Most Adam steps of the test-time fit of q*.")
+@click.option("--lr", default=0.05, show_default=True, help="Adam learning rate of the test-time fit.")
+@click.option("--refine-steps", default=20, show_default=True,
+              help="Steps of semi-amortized refinement from the encoder (0: skip).")
+@click.option("--eval-samples", default=100, show_default=True, help="Reconstruction draws per ELBO estimate.")
+@click.option("--split", type=click.Choice(["test", "train", "both"]), default=None,
+              help="Points to evaluate [default: test; both for a meanfield run].")
+@click.option("--batch-size", default=1000, show_default=True, help="Points fitted at once.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--data-dir", default=None, help="Folder holding MNIST/raw (else $PYROVAE_DATA_DIR).")
+def compare(run_dir: str, limit: int, k: int, steps: int, lr: float, refine_steps: int, eval_samples: int,
+            split: str | None, batch_size: int, seed: int, device: str, data_dir: str | None) -> None:
+    """Amortization gap L[q*] - L[q] and approximation gap log p(x) - L[q*] of RUN_DIR."""
+    for name, value in (("--limit", limit), ("--k", k), ("--steps", steps), ("--lr", lr),
+                        ("--batch-size", batch_size), ("--eval-samples", eval_samples)):
+        _positive(name, value)
+    if refine_steps < 0:
+        raise UsageError(f"--refine-steps must be >= 0, got {refine_steps}; pass 0 to skip the refinement")
+    from pyrovae.cli.main import emit
+    from pyrovae.compare import compare_inference, format_table
+    from pyrovae.train import load_run
+
+    run = load_run(run_dir, device, data_dir)
+    meanfield = run.config.guide == "meanfield"
+    splits = {"both": ["train", "test"], None: ["train", "test"] if meanfield else ["test"]}.get(split, [split])
+    result = {"run_dir": run_dir, "guide": run.config.guide, "epoch": run.epoch, "k": k, "seed": seed}
+    for name in splits:
+        x, index = split_points(run, name, limit, seed)
+        table = compare_inference(run, x, index=index, k=k, steps=steps, lr=lr, refine_steps=refine_steps,
+                                  eval_samples=eval_samples, batch_size=batch_size, seed=seed, progress=True)
+        click.echo(format_table(table, f"{name} points of {run_dir}"), err=True)
+        result[name] = table
+    emit(result)
+
+
+def split_points(run, split: str, limit: int, seed: int):
+    """The first ``limit`` points of a split, binarized as the run sees them, and (train split
+    of a mean-field run) their row indices in the trained tables."""
+    import torch
+
+    from pyrovae.data import binarize
+    if split == "test":
+        return run.data.test[:limit], None
+    x = run.data.train[:limit]
+    if run.config.binarize == "dynamic":   # training saw fresh draws; evaluate one, fixed by the seed
+        x = binarize(x.cpu(), torch.Generator().manual_seed(seed)).to(x.device)
+    index = torch.arange(len(x), device=x.device) if run.config.guide == "meanfield" else None
+    return x, index

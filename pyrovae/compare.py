@@ -1,0 +1,156 @@
+"""Where the ELBO loses to log p(x): amortization vs approximation (Cremer, Li & Duvenaud 2018,
+"Inference Suboptimality in Variational Autoencoders").
+
+For each evaluated x_i, with the decoder frozen:
+
+    L[q]    the ELBO of the model's own q: the encoder q_φ(z | x_i) (amortized run), or the
+            trained rows (loc_i, scale_i) of a mean-field run (training points)
+    L[q*]   the ELBO of the best diagonal Gaussian, fitted per point (:mod:`pyrovae.local_fit`)
+    log p̂   importance sampling with q* as the proposal, K draws (:mod:`pyrovae.evaluate`)
+
+    amortization gap  = L[q*] - L[q]       (the encoder's, or unfinished per-row SVI's, share)
+    approximation gap = log p̂ - L[q*]      (the diagonal Gaussian family's share)
+    inference gap     = log p̂ - L[q]       = amortization gap + approximation gap
+
+q* is the better, per point, of two fits: one started at N(0, I) and one started at q (for
+amortized runs, the encoder: semi-amortized refinement, Kim et al. 2018). The choice uses the
+fits' own ELBO estimates; the reported L[q*] is re-estimated with fresh draws, so picking the
+max does not bias it upward. For points without a trained q (test points of a mean-field
+run), q is the fit from N(0, I) itself, so the amortization gap is 0 by construction.
+
+Every ELBO uses the analytic KL and ``eval_samples`` reconstruction draws. Standard errors are
+std / sqrt(n) of the per-point values (of the per-point differences, for the gaps): the spread
+over the evaluated points, which also contains the Monte Carlo noise. log p̂ ≤ log p in
+expectation, so the approximation gap is, if anything, underestimated.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from .evaluate import estimate_log_likelihood
+from .guides import AmortizedGuide
+from .local_fit import elbo_per_point, fit_local
+from .model import VAE
+
+DEFAULT_REFINE_STEPS = 20   # Kim et al. (2018) refine the encoder's q with ~20 SVI steps
+
+
+def _mean_se(values: torch.Tensor | np.ndarray) -> tuple[float, float]:
+    values = np.asarray(torch.as_tensor(values, dtype=torch.float64).cpu())
+    se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return float(values.mean()), se
+
+
+def compare_inference(run: Any, x: torch.Tensor, index: torch.Tensor | None = None, k: int = 5000,
+                      steps: int = 3000, lr: float = 0.05, refine_steps: int = DEFAULT_REFINE_STEPS,
+                      tol: float = 0.01, eval_samples: int = 100, batch_size: int = 1000, seed: int = 0,
+                      progress: bool = False) -> dict:
+    """The gaps of Cremer et al. (2018) for the rows of ``x`` [n, data_dim]; means and SEs in nats.
+
+    ``run``: a :class:`~pyrovae.train.Run` or a :class:`~pyrovae.model.VAE`. ``index``: for a
+    mean-field run, the rows of its trained tables that ``x`` holds (training points); without
+    it the points have no trained q. ``steps``/``lr``/``tol``: the test-time fit (at most
+    ``steps`` Adam steps); ``refine_steps``: the fixed budget of the semi-amortized refinement.
+    """
+    vae: VAE = getattr(run, "vae", run)
+    like = next(vae.parameters())
+    x = x.to(device=like.device, dtype=like.dtype)
+    amortized = isinstance(vae.guide_module, AmortizedGuide)
+    say = _Say(progress)
+    fit_options = dict(lr=lr, tol=tol, batch_size=batch_size, eval_samples=eval_samples)
+
+    with torch.no_grad():
+        if amortized:
+            q, q_name = vae.guide_module(x), "encoder"
+        elif index is not None:
+            q, q_name = vae.guide_module(x, index.to(like.device)), "trained rows"
+        else:
+            q, q_name = None, "test-time fit (no trained parameters)"
+
+    say("fit from N(0, I)")
+    from_prior = fit_local(vae, x, "prior", max_steps=steps, seed=seed, **fit_options)
+    fits = {"from_prior": from_prior}
+    if q is not None:
+        say(f"fit from {q_name}")
+        fits["from_q"] = fit_local(vae, x, q, max_steps=steps, seed=seed + 1, **fit_options)
+    if amortized and refine_steps > 0:
+        say(f"refine the encoder's q for {refine_steps} steps")
+        fits["refined"] = fit_local(vae, x, q, max_steps=refine_steps, seed=seed + 2,
+                                    **{**fit_options, "tol": None})   # a fixed budget, no stopping rule
+
+    # q* per point: the better fit by its own estimate; its ELBO re-estimated on fresh draws
+    best_loc, best_scale = from_prior.loc, from_prior.scale
+    use_prior_fit = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    if "from_q" in fits:
+        from_q = fits["from_q"]
+        use_prior_fit = from_prior.elbo >= from_q.elbo
+        best_loc = torch.where(use_prior_fit[:, None], from_prior.loc, from_q.loc)
+        best_scale = torch.where(use_prior_fit[:, None], from_prior.scale, from_q.scale)
+    torch.manual_seed(seed + 3)
+    elbo_star = elbo_per_point(vae, x, best_loc, best_scale, eval_samples)
+    elbo_q = elbo_per_point(vae, x, *q, eval_samples) if q is not None else elbo_star
+
+    say(f"log p(x) by importance sampling, K = {k}")
+    started = time.perf_counter()
+    ll = estimate_log_likelihood(vae, x, k=k, proposal=(best_loc, best_scale), batch_size=min(batch_size, 100),
+                                 seed=seed, progress=progress)
+    ll_seconds = time.perf_counter() - started
+    log_px = torch.from_numpy(ll.log_px)
+    elbo_star, elbo_q = elbo_star.double().cpu(), elbo_q.double().cpu()
+
+    per_point = {
+        "log_likelihood": log_px,
+        "elbo_q": elbo_q,
+        "elbo_optimized": elbo_star,
+        "amortization_gap": elbo_star - elbo_q,
+        "approximation_gap": log_px - elbo_star,
+        "inference_gap": log_px - elbo_q,
+    }
+    if "refined" in fits:
+        per_point["elbo_refined"] = fits["refined"].elbo.double().cpu()
+    table: dict[str, Any] = {"n": len(x), "q": q_name, "k": k}
+    for name, values in per_point.items():
+        table[name], table[f"{name}_se"] = _mean_se(values)
+    summary = ll.summary()
+    table.update({
+        "optimized_from_prior_frac": float(use_prior_fit.float().mean()),
+        "steps": {name: max(fit.steps) for name, fit in fits.items()},
+        "seconds": {**{name: round(fit.seconds, 3) for name, fit in fits.items()},
+                    "log_likelihood": round(ll_seconds, 3)},
+        "khat_frac_gt_0_7": summary["khat_frac_gt_0_7"],
+        "reliable": summary["reliable"],
+        "warning": summary["warning"],
+    })
+    return table
+
+
+ROWS = [("log p̂(x)", "log_likelihood"), ("L[q]", "elbo_q"), ("L[q refined]", "elbo_refined"),
+        ("L[q*]", "elbo_optimized"), ("amortization gap", "amortization_gap"),
+        ("approximation gap", "approximation_gap"), ("inference gap", "inference_gap")]
+
+
+def format_table(table: dict, title: str = "") -> str:
+    """A readable table of one comparison: value ± SE, in nats."""
+    lines = [f"{title}  (n = {table['n']}, q = {table['q']}, K = {table['k']})".strip()]
+    for label, key in ROWS:
+        if key in table:
+            lines.append(f"  {label:<18} {table[key]:>10.3f} ± {table[key + '_se']:.3f}")
+    lines.append("  steps " + ", ".join(f"{name} {value}" for name, value in table["steps"].items()))
+    if table.get("warning"):
+        lines.append(f"  warning: {table['warning']}")
+    return "\n".join(lines)
+
+
+class _Say:
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            import sys
+            print(f"compare: {message}", file=sys.stderr)
