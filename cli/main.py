@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from pyrovae.config import PRESETS
 from pyrovae.errors import UsageError
 
 EXIT_USAGE = 2
@@ -108,18 +109,27 @@ DATA_DIR = click.option("--data-dir", default=None, help="Folder holding MNIST/r
 @click.option("--epochs", default=10, show_default=True, help="Epochs in total (also with --resume).")
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True)
+@click.option("--lr-decay", default=1.0, show_default=True, help="Multiply the learning rate by this every epoch.")
+@click.option("--minutes", default=0.0, show_default=True, help="Stop after the epoch that passes this budget.")
 @click.option("--seed", default=0, show_default=True)
 @DEVICE
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
+              help="A named recipe; options given on the command line override it.")
 @click.option("--out", "run_dir", default="runs/latest", show_default=True, help="RUN_DIR to write.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def fit(run_dir: str, resume: bool, overwrite: bool, quiet: bool, **options) -> None:
+@click.pass_context
+def fit(ctx: click.Context, run_dir: str, resume: bool, overwrite: bool, quiet: bool, preset: str | None,
+        **options) -> None:
     """Train a VAE by SVI and write RUN_DIR (config, checkpoint, metrics, images)."""
     from pyrovae.config import FitConfig
     from pyrovae.train import fit as train
     if resume and overwrite:
         raise UsageError("--resume and --overwrite contradict each other; pass one of them")
+    for name, value in PRESETS.get(preset, {}).items():
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT:
+            options[name] = value
     emit(train(FitConfig(**options), run_dir, resume=resume, overwrite=overwrite, progress=not quiet))
 
 

@@ -12,6 +12,16 @@ from .model import LIKELIHOODS, VAE, Decoder, parse_sigma
 from .objectives import OBJECTIVES
 
 GUIDES = ("amortized", "meanfield")
+
+# Named recipes: option values a preset sets unless the command line gives them.
+PRESETS: dict[str, dict] = {
+    # the MNIST log-likelihood recipe of benchmarks/bench_loglik.py, trained with the ELBO
+    "mnist-elbo": dict(dataset="mnist", hidden=(500, 500), latent_dim=50, batch_size=128, lr=1e-3,
+                       lr_decay=0.99, kl_warmup=10, elbo="meanfield"),
+    # Burda et al. (2016)'s one-stochastic-layer sizes (784-200-200-50, batch 20) with the IWAE bound, K=50
+    "iwae-paper": dict(dataset="mnist", hidden=(200, 200), latent_dim=50, batch_size=20, lr=1e-3,
+                       lr_decay=0.99, elbo="iwae", particles=50),
+}
 MAX_SIZE = 100_000      # widths, latent dims and particles beyond this are typos, not models that fit in memory
 
 
@@ -49,6 +59,8 @@ class FitConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
+    lr_decay: float = 1.0               # lr of epoch e is lr * lr_decay ** e
+    minutes: float = 0.0                # stop after the epoch that passes this budget (0: no budget)
     seed: int = 0
     device: str = "auto"
     eval_train_points: int = 10_000     # train ELBO each epoch on this many training points
@@ -79,6 +91,8 @@ class FitConfig:
              f"--latent-dim {self.latent_dim} / --particles {self.particles} is too large (at most {MAX_SIZE})")
         need(0 <= self.seed < 2**32, f"--seed must lie in [0, 2**32 - 1], got {self.seed}")
         need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}")
+        need(0 < self.lr_decay <= 1, f"--lr-decay must lie in (0, 1], got {self.lr_decay}")
+        need(math.isfinite(self.minutes) and self.minutes >= 0, f"--minutes must be >= 0 (0: no budget), got {self.minutes}")
         need(math.isfinite(self.beta) and self.beta > 0,
              f"--beta must be a number > 0 (Pyro cannot scale a site by 0), got {self.beta}")
         need(self.kl_warmup >= 0, f"--kl-warmup must be >= 0 epochs, got {self.kl_warmup}")

@@ -122,6 +122,7 @@ def _from_file(path: Path, test_fraction: float) -> Dataset:
                              "re-save it with numpy.save") from None
         if not 0 < test_fraction < 1:
             raise UsageError(f"--test-fraction must lie in (0, 1), got {test_fraction}")
+        shape = _image_shape(whole)
         whole = _as_rows(whole, f"{path.name}")
         num_test = max(1, int(round(len(whole) * test_fraction)))
         if len(whole) - num_test < 1:
@@ -132,12 +133,22 @@ def _from_file(path: Path, test_fraction: float) -> Dataset:
         if "train" not in arrays:
             raise UsageError(f"{path.name} has no array named 'train' (it has {sorted(arrays) or 'none'}); "
                              "save it with numpy.savez(path, train=..., test=...)")
+        shape = _image_shape(arrays["train"])
         train = _as_rows(arrays["train"], f"{path.name}['train']")
         test = _as_rows(arrays["test"], f"{path.name}['test']") if "test" in arrays else train
         if train.shape[1] != test.shape[1]:
             raise UsageError(f"{path.name}: 'test' rows have {test.shape[1]} features but 'train' rows have "
                              f"{train.shape[1]}; both splits must have the same feature size")
-    return Dataset(path.stem, torch.from_numpy(train), torch.from_numpy(test))
+    return Dataset(path.stem, torch.from_numpy(train), torch.from_numpy(test), shape)
+
+
+def _image_shape(array: np.ndarray) -> tuple[int, ...] | None:
+    """Rows shaped [H, W] or [C, H, W] with C in (1, 3) are images (for sample grids)."""
+    if array.ndim == 3:
+        return (1, *array.shape[1:])
+    if array.ndim == 4 and array.shape[1] in (1, 3):
+        return tuple(array.shape[1:])
+    return None
 
 
 def _short(error: Exception) -> str:

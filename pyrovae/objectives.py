@@ -6,9 +6,10 @@
 
       L_K(x_i) = E[ log (1/K) Σ_k p(x_i, z_k) / q(z_k | x_i) ],   z_k ~ q(z | x_i),
 
-  per datapoint. Pyro's RenyiELBO(alpha=0) takes the logsumexp over particles of the log
-  weight summed over the whole batch, which bounds log p(x_1..x_B) jointly and approaches
-  the ELBO as the batch grows; :class:`IWAE_ELBO` keeps one log weight per datapoint.
+  per datapoint, scaled by N/B to the whole data set: -(N/B) Σ_i L_K(x_i). Pyro's
+  RenyiELBO(alpha=0) keeps one log weight per datapoint too, but puts the plate's subsample
+  scale inside each weight, log (1/K) Σ_k w_ik^(N/B), which is not L_K once B < N;
+  :class:`IWAE_ELBO` scales after the logsumexp.
 """
 from __future__ import annotations
 
@@ -110,8 +111,9 @@ class IWAE_ELBO(ELBO):
         return loss.item()
 
 
-def make_objective(name: str, num_particles: int = 1, jit: bool = False) -> ELBO:
-    """The Pyro objective for ``--elbo name``; particles are always vectorized."""
+def make_objective(name: str, num_particles: int = 1, jit: bool = False) -> ELBO | ShapeKeyedJit:
+    """The Pyro objective for ``--elbo name``; particles are always vectorized. Training uses
+    its ``differentiable_loss`` with a torch optimizer."""
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; choose one of {OBJECTIVES}")
     if name == "iwae":
@@ -120,19 +122,46 @@ def make_objective(name: str, num_particles: int = 1, jit: bool = False) -> ELBO
         return IWAE_ELBO(num_particles)
     options = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
     if jit:
-        return ShapeKeyedJit(JitTrace_ELBO if name == "trace" else JitTraceMeanField_ELBO, options)
+        return ShapeKeyedJit(_JitTrace if name == "trace" else _JitTraceMeanField, options)
     return (Trace_ELBO if name == "trace" else TraceMeanField_ELBO)(**options)
 
 
+class _JitTrace(JitTrace_ELBO):
+    """JitTrace_ELBO whose differentiable loss has the right gradient.
+
+    pyro-ppl 1.9's version returns ``loss + (surrogate - surrogate.detach())`` where the
+    compiled ``loss`` still carries a gradient, so every gradient comes out doubled.
+    """
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:
+        loss, surrogate_loss = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
+        return loss.detach() + (surrogate_loss - surrogate_loss.detach())
+
+
+class _JitTraceMeanField(JitTraceMeanField_ELBO):
+    """JitTraceMeanField_ELBO that compiles once.
+
+    pyro-ppl 1.9's version looks for its cache under ``_loss_and_surrogate_loss`` but stores it
+    as ``_differentiable_loss``, so it builds and traces a new function on every call: that is
+    why it ran several times slower than no JIT at all.
+    """
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:
+        if getattr(self, "_differentiable_loss", None) is None:
+            return super().differentiable_loss(model, guide, *args, **kwargs)
+        kwargs["_pyro_model_id"] = id(model)
+        kwargs["_pyro_guide_id"] = id(guide)
+        return self._differentiable_loss(*args, **kwargs)
+
+
 class ShapeKeyedJit:
-    """Pyro's JIT ELBOs, compiled once per batch shape.
+    """Pyro's JIT ELBOs (trace, meanfield), compiled once per batch shape.
 
     ``pyro.ops.jit`` caches a compiled loss by the number of args and by the kwargs, which
-    include ``id(model)``: shapes are not part of the key, so a trace made on a batch of 128
-    would be replayed on the last, smaller batch with the plate's scale N/128 baked in. One
-    compiled ELBO per shape keeps each trace exact. Pass the same ``model`` and ``guide``
-    objects on every call (a bound method is a new object on each attribute access, and a
-    new id means a new compilation).
+    include ``id(model)``; shapes are not part of the key, and a trace bakes in Python numbers
+    such as the plate's scale N/B. One compiled ELBO per shape keeps each trace exact. Pass
+    the same ``model`` and ``guide`` objects on every call: a bound method is a new object on
+    each attribute access, and a new id means a new compilation.
     """
 
     def __init__(self, cls: type, options: dict):
@@ -144,6 +173,10 @@ class ShapeKeyedJit:
         if key not in self.compiled:
             self.compiled[key] = self.cls(**self.options)
         return self.compiled[key].differentiable_loss(model, guide, x, *args, **kwargs)
+
+    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return self.differentiable_loss(model, guide, *args, **kwargs).item()
 
 
 def elbo_terms(model: Callable, guide: Callable, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:

@@ -139,12 +139,17 @@ def read_config(run_dir: Path) -> dict:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` takes CUDA when present; ``cuda`` without CUDA is a usage error."""
+    """``auto`` takes CUDA when present; ``cpu``, ``cuda`` or ``cuda:N`` as asked, if usable here."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but CUDA is not available here; use --device cpu or auto")
-    try:
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device} was asked for but CUDA is not available here; "
+                             "use --device cpu or auto")
+        if device != "cuda" and int(device[5:]) >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                             "use --device cuda or auto")
         return torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"unknown --device {device!r}; use auto, cpu or cuda") from None
+    raise UsageError(f"unknown --device {device!r}; use auto, cpu, cuda or cuda:N")

@@ -197,10 +197,16 @@ class _Trainer:
             print(f"run already has {start_epoch} epochs; nothing to do (pass a larger --epochs to continue)",
                   file=sys.stderr)
         started = time.perf_counter()
+        stopped_by_budget = False
         with _StopFlag() as stop:
             for epoch in range(start_epoch, config.epochs):
                 self._epoch(epoch, start_step if epoch == start_epoch else 0,
                             partial if epoch == start_epoch else (0.0, 0), stop)
+                if config.minutes and time.perf_counter() - started > 60 * config.minutes and epoch + 1 < config.epochs:
+                    print(f"time budget of {config.minutes} minutes used after epoch {epoch + 1}; stopping "
+                          f"(continue with --resume)", file=sys.stderr)
+                    stopped_by_budget = True
+                    break
         from .plots import write_run_images
         write_run_images(self.vae, self.data, self.run_dir)
         metrics = runs.read_jsonl(self.run_dir / runs.METRICS)
@@ -209,7 +215,7 @@ class _Trainer:
                 "train_elbo": last.get("train_elbo"), "test_reconstruction": last.get("test_reconstruction"),
                 "test_kl": last.get("test_kl"), "seconds": round(time.perf_counter() - started, 3),
                 "seconds_per_epoch": _median([m["train_seconds"] for m in metrics]),
-                "device": str(self.device), "seed": config.seed}
+                "device": str(self.device), "seed": config.seed, "stopped_by_time_budget": stopped_by_budget}
 
     def _epoch(self, epoch: int, start_step: int, partial: tuple[float, int], stop: _StopFlag) -> None:
         config, vae, n = self.config, self.vae, len(self.data.train)
@@ -217,6 +223,8 @@ class _Trainer:
         x_train = binarize(self.data.train, self.generator) if config.binarize == "dynamic" else self.data.train
         order = torch.randperm(n, generator=self.generator).to(self.device)
         beta = kl_coefficient(config, epoch)
+        for group in self.optimizer.param_groups:   # a function of the epoch alone, so resume needs no state
+            group["lr"] = config.lr * config.lr_decay ** epoch
         beta_arg = torch.tensor(beta, device=self.device) if config.jit else beta
         batches = range(0, n, config.batch_size)
         loss_sum, seen = partial

@@ -308,7 +308,7 @@ def test_evaluate_missing_run(tmp_path):
 
 def test_compare_missing_runs(tmp_path):
     _needs("compare")
-    assert_usage_error(invoke(["compare", tmp_path / "a", tmp_path / "b"]), str(tmp_path / "a"))
+    assert_usage_error(invoke(["compare", tmp_path / "a"]), str(tmp_path / "a"))
     assert not (tmp_path / "a").exists()
 
 

@@ -205,12 +205,24 @@ def test_sample_on_non_image_run_is_a_usage_error(tiny_npz, tmp_path):
     assert not (tmp_path / "s.png").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="runs.resolve_device accepts any device torch.device() parses; a device "
-                   "this torch cannot use (mps here) fails later with a RuntimeError traceback, exit code 1")
 def test_fit_unusable_device_is_a_usage_error(tmp_path):
-    if torch.backends.mps.is_available():
-        pytest.skip("MPS is available here")
     out = tmp_path / "out"
     result = invoke("fit", "--device", "mps", "--out", out, "--epochs", 1)
     assert not out.exists()
     assert_usage_error(result)
+    assert "'mps'" in result.stderr and "use auto, cpu, cuda" in result.stderr
+
+
+def test_npz_of_image_arrays_keeps_its_image_shape(tmp_path):
+    """Rows shaped [H, W] are images: fit writes grids and `sample` accepts the run."""
+    images = torch.rand(64, 6, 5, generator=torch.Generator().manual_seed(0)).numpy()
+    np.savez(tmp_path / "tiles.npz", train=images[:48], test=images[48:])
+    assert load_dataset(str(tmp_path / "tiles.npz")).image_shape == (1, 6, 5)
+    out = tmp_path / "run"
+    result = invoke("fit", "--dataset", tmp_path / "tiles.npz", "--epochs", 1, "--hidden", 8, "--latent-dim", 2,
+                    "--out", out, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert (out / "samples.png").stat().st_size > 0 and (out / "reconstructions.png").stat().st_size > 0
+    result = invoke("sample", out, "--n", 4, "--out", tmp_path / "s.png")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["n"] == 4

@@ -262,14 +262,14 @@ def test_resume_is_bit_identical(tiny_npz, tmp_path):
     assert whole["epoch"] == split["epoch"] == 3
 
 
-@pytest.mark.xfail(strict=True, reason="pyrovae.train.training_step passes vae.model / vae.guide, new bound "
-                   "methods each step, and Pyro's JIT caches compiled code by id(model): it re-traces every step")
 def test_jit_training_compiles_once(tiny_npz, tmp_path, monkeypatch):
-    """pyrovae.train passes a fresh ``vae.model`` bound method each step; Pyro's JIT cache is keyed on
-    id(model), so unless the trainer holds on to one bound method it re-traces every step."""
+    """Pyro's JIT cache is keyed on id(model): the trainer must pass the same bound method every
+    step (``vae.model`` is a new object on each access), or it re-traces every step."""
     spy = Spy(monkeypatch)
     fit(config(tiny_npz, epochs=1, jit=True), tmp_path / "run", progress=False)
     (record,) = metrics_of(tmp_path / "run")
     assert math.isfinite(record["test_elbo"])
-    compiled = spy.objectives[0]._loss_and_surrogate_loss.compiled
-    assert len(compiled) == 1, f"{len(compiled)} compilations for 5 steps"
+    objective = spy.objectives[0]
+    inner = objective.compiled.values() if isinstance(getattr(objective, "compiled", None), dict) else [objective]
+    compilations = sum(len(elbo._loss_and_surrogate_loss.compiled) for elbo in inner)
+    assert compilations == 1, f"{compilations} compilations for 5 steps of one batch shape"

@@ -1,0 +1,101 @@
+"""`pyrovae compare`: the gaps of Cremer et al. (2018) end to end, on tiny runs."""
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pyrovae.cli.main import cli
+from pyrovae.compare import compare_inference
+from pyrovae.config import FitConfig
+from pyrovae.train import fit
+
+from test_meanfield import linear_gaussian_vae, D
+
+ARGS = ["--limit", "20", "--k", "50", "--steps", "150", "--eval-samples", "50"]
+GAPS = ("amortization_gap", "approximation_gap", "inference_gap")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    for guide in ("amortized", "meanfield"):
+        fit(FitConfig(dataset="mnist-sample", guide=guide, epochs=1, hidden=(32,), latent_dim=4,
+                      batch_size=250, eval_train_points=500, seed=0), root / guide, progress=False)
+    return root
+
+
+def run_compare(*args):
+    result = CliRunner().invoke(cli, ["compare", *map(str, args)])
+    return result
+
+
+def check_identities(table: dict) -> None:
+    """inference = amortization + approximation, per point, hence for the means (float64 sums)."""
+    assert math.isclose(table["inference_gap"], table["amortization_gap"] + table["approximation_gap"],
+                        abs_tol=1e-6)
+    assert math.isclose(table["amortization_gap"], table["elbo_optimized"] - table["elbo_q"], abs_tol=1e-6)
+    assert math.isclose(table["approximation_gap"], table["log_likelihood"] - table["elbo_optimized"],
+                        abs_tol=1e-6)
+    for key in ("log_likelihood", "elbo_q", "elbo_optimized", *GAPS):
+        assert math.isfinite(table[key]) and table[f"{key}_se"] >= 0
+
+
+def test_compare_amortized_run(tiny_runs):
+    result = run_compare(tiny_runs / "amortized", *ARGS)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["guide"] == "amortized" and set(out) >= {"test", "run_dir", "k"} and "train" not in out
+    table = out["test"]
+    assert table["n"] == 20 and table["q"] == "encoder" and table["k"] == 50
+    check_identities(table)
+    assert {"elbo_refined", "steps", "seconds", "khat_frac_gt_0_7"} <= set(table)
+    assert set(table["steps"]) == {"from_prior", "from_q", "refined"} and table["steps"]["refined"] == 20
+    # after 1 epoch the encoder is far from q*: the gap is tens of nats, far above its SE
+    assert table["amortization_gap"] > 4 * table["amortization_gap_se"]
+    assert "amortization gap" in result.stderr
+
+
+def test_compare_meanfield_run_reports_train_and_test(tiny_runs):
+    result = run_compare(tiny_runs / "meanfield", *ARGS)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["guide"] == "meanfield"
+    train, test = out["train"], out["test"]
+    check_identities(train)
+    check_identities(test)
+    assert train["q"] == "trained rows" and "elbo_refined" not in train
+    # test points have no trained q: q is the test-time fit, so there is no amortization gap
+    assert test["amortization_gap"] == 0 and test["elbo_q"] == test["elbo_optimized"]
+    assert test["inference_gap"] == test["approximation_gap"]
+
+
+@pytest.mark.parametrize("option", ["--k", "--limit", "--steps"])
+def test_compare_rejects_nonpositive_options(tiny_runs, option):
+    result = run_compare(tiny_runs / "amortized", option, "0")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    message = result.stderr.strip()
+    assert "\n" not in message and message.startswith("pyrovae: error:") and option in message
+
+
+def test_compare_on_linear_gaussian_model():
+    """The fit beats the (untrained) encoder and q* is nearly exact: the approximation gap of a
+    linear-Gaussian model is that of a diagonal q for a correlated Gaussian posterior, > 0."""
+    torch.manual_seed(0)
+    vae = linear_gaussian_vae()
+    x = torch.randn(100, D)
+    table = compare_inference(vae, x, k=500, steps=1500, refine_steps=10, seed=0)
+    check_identities(table)
+    assert table["amortization_gap"] > 4 * table["amortization_gap_se"]
+    assert table["approximation_gap"] > 4 * table["approximation_gap_se"]
+    assert table["elbo_q"] <= table["elbo_refined"] <= table["elbo_optimized"] + 3 * table["elbo_optimized_se"]
