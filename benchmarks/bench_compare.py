@@ -20,7 +20,6 @@ from pathlib import Path
 
 import click
 
-from pyrovae.cli.compare import split_points
 from pyrovae.compare import compare_inference, format_table
 from pyrovae.config import FitConfig
 from pyrovae.train import fit, load_run
@@ -77,7 +76,7 @@ def main(data_dir, minutes, limit, k, steps, latent_dim, hidden, seed, out_dir) 
         guide_params = sum(p.numel() for p in run.vae.guide_module.parameters())
         row = {**training, "decoder_params": decoder_params, "guide_params": guide_params}
         for split in ("test", "train") if guide == "meanfield" else ("test",):
-            x, index = split_points(run, split, limit, seed)
+            x, index = run.points(split, limit, seed)
             table = compare_inference(run, x, index=index, k=k, steps=steps, seed=seed, progress=True)
             print(format_table(table, f"{guide}, {split} points"), file=sys.stderr)
             row[split] = table

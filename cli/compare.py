@@ -48,24 +48,10 @@ def compare(run_dir: str, limit: int, k: int, steps: int, lr: float, refine_step
     splits = {"both": ["train", "test"], None: ["train", "test"] if meanfield else ["test"]}.get(split, [split])
     result = {"run_dir": run_dir, "guide": run.config.guide, "epoch": run.epoch, "k": k, "seed": seed}
     for name in splits:
-        x, index = split_points(run, name, limit, seed)
+        x, index = run.points(name, limit, seed)
         table = compare_inference(run, x, index=index, k=k, steps=steps, lr=lr, refine_steps=refine_steps,
                                   eval_samples=eval_samples, batch_size=batch_size, seed=seed, progress=True)
         click.echo(format_table(table, f"{name} points of {run_dir}"), err=True)
         result[name] = table
     emit(result)
 
-
-def split_points(run, split: str, limit: int, seed: int):
-    """The first ``limit`` points of a split, binarized as the run sees them, and (train split
-    of a mean-field run) their row indices in the trained tables."""
-    import torch
-
-    from pyrovae.data import binarize
-    if split == "test":
-        return run.data.test[:limit], None
-    x = run.data.train[:limit]
-    if run.config.binarize == "dynamic":   # training saw fresh draws; evaluate one, fixed by the seed
-        x = binarize(x.cpu(), torch.Generator().manual_seed(seed)).to(x.device)
-    index = torch.arange(len(x), device=x.device) if run.config.guide == "meanfield" else None
-    return x, index

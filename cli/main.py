@@ -201,6 +201,9 @@ def _image_run(run_dir: str, device: str, data_dir: str | None):
 
 
 from pyrovae.cli.compare import compare  # noqa: E402
+from pyrovae.cli.evaluate import evaluate  # noqa: E402
+
+cli.add_command(evaluate)
 cli.add_command(compare)
 
 

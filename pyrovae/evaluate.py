@@ -80,7 +80,8 @@ class LogLikelihoodResult:
         warning = None if reliable else (
             f"{frac_bad:.0%} of the {n} points have Pareto k-hat > {KHAT_BAD}: their importance weights "
             f"are heavy-tailed, so log p(x) is likely underestimated and its SE is not trustworthy. "
-            f"Use more samples (k={self.k}) or a proposal closer to the posterior.")
+            f"More samples help little against heavy tails; use a proposal closer to the posterior "
+            f"(e.g. `pyrovae evaluate --proposal fit`) or a better-trained guide.")
         return {
             "log_likelihood": float(np.mean(self.log_px)),
             "log_likelihood_se": se(self.log_px),

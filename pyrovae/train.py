@@ -331,6 +331,17 @@ class Run:
     run_dir: Path
     epoch: int
 
+    def points(self, split: str, limit: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The first ``limit`` points of ``split`` as the model sees them, and, for the training
+        split of a mean-field run, their row indices in the guide's tables (else None)."""
+        if split == "test":
+            return self.data.test[:limit], None
+        x = self.data.train[:limit]
+        if self.config.binarize == "dynamic":   # training saw fresh draws; evaluate one, fixed by the seed
+            x = binarize(x.cpu(), torch.Generator().manual_seed(seed)).to(x.device)
+        index = torch.arange(len(x), device=x.device) if self.config.guide == "meanfield" else None
+        return x, index
+
 
 def load_run(run_dir: str | Path, device: str = "auto", data_dir: str | None = None) -> Run:
     """Load RUN_DIR's config, data (test set binarized as in training) and checkpoint."""

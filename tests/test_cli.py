@@ -226,3 +226,35 @@ def test_npz_of_image_arrays_keeps_its_image_shape(tmp_path):
     result = invoke("sample", out, "--n", 4, "--out", tmp_path / "s.png")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["n"] == 4
+
+
+def test_evaluate_end_to_end(image_run, tmp_path):
+    """`evaluate` prints one JSON object with the estimate, its SE, the bounds and diagnostics, and
+    writes one per-point row per evaluated datapoint; the bounds obey L_1 <= L_K up to noise."""
+    run_dir, _ = image_run
+    per_point = tmp_path / "points.csv"
+    result = invoke("evaluate", run_dir, "--k", 60, "--limit", 12, "--batch-size", 5, "--chunk-size", 25,
+                    "--per-point", per_point, "--device", "cpu")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    out = one_json(result)
+    keys = {"log_likelihood", "log_likelihood_se", "elbo", "iwae_bounds", "k", "n", "khat_frac_gt_0_7",
+            "khat_frac_gt_0_5", "ess_frac_mean", "active_units", "seconds"}
+    assert keys <= set(out)
+    assert out["k"] == 60 and out["n"] == 12 and set(out["iwae_bounds"]) == {"1", "5", "50", "60"}
+    assert out["iwae_bounds"]["60"] == out["log_likelihood"]
+    assert out["iwae_bounds"]["1"] <= out["log_likelihood"] + 3 * out["log_likelihood_se"]
+    assert 0 < out["ess_frac_mean"] <= 1 and 0 <= out["active_units"] <= 2
+    rows = per_point.read_text().splitlines()
+    assert rows[0].startswith("index,log_px,elbo") and len(rows) == 13
+
+
+def test_evaluate_meanfield_run_fits_test_points(tmp_path, tiny_npz):
+    run_dir = tmp_path / "mf"
+    result = invoke("fit", "--dataset", tiny_npz, "--guide", "meanfield", "--epochs", 1, "--out", run_dir,
+                    "--hidden", 16, "--latent-dim", 2, "--batch-size", 100, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    out = one_json(invoke("evaluate", run_dir, "--k", 20, "--limit", 5, "--device", "cpu"))
+    assert out["proposal"] == "fit" and out["fit_steps"] >= 1 and out["n"] == 5
+    out = one_json(invoke("evaluate", run_dir, "--k", 20, "--limit", 5, "--split", "train", "--device", "cpu"))
+    assert out["proposal"] == "guide" and out["n"] == 5
+    assert_usage_error(invoke("evaluate", run_dir, "--proposal", "guide", "--device", "cpu"))

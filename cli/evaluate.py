@@ -1,0 +1,81 @@
+"""``pyrovae evaluate RUN_DIR``: log p(x) by importance sampling, with its standard error and
+diagnostics; the work is done by :func:`pyrovae.evaluate.estimate_log_likelihood`."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import click
+
+from pyrovae.errors import UsageError
+
+
+def _per_point_path(path: str | None) -> Path | None:
+    """Check --per-point before any work is done."""
+    if path is None:
+        return None
+    out = Path(path)
+    if out.suffix not in (".csv", ".npz"):
+        raise UsageError(f"--per-point {path!r} must end in .csv or .npz")
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise UsageError(f"--per-point {path!r}: folder {str(out.parent)!r} does not exist or is not writable; "
+                         "create it or choose another path")
+    if out.is_dir():
+        raise UsageError(f"--per-point {path!r} is a folder; pass a file name ending in .csv or .npz")
+    return out
+
+
+@click.command()
+@click.argument("run_dir")
+@click.option("--k", default=5000, show_default=True, help="Importance samples per datapoint.")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--limit", default=None, type=int, help="Evaluate only the first LIMIT points.")
+@click.option("--proposal", type=click.Choice(["guide", "fit", "prior"]), default=None,
+              help="guide: the run's own q (default); fit: a per-point Gaussian fitted with the decoder "
+                   "frozen (default for test points of a meanfield run); prior: p(z), a bad check.")
+@click.option("--batch-size", default=100, show_default=True, help="Datapoints per decoder pass.")
+@click.option("--chunk-size", default=250, show_default=True, help="Particles per decoder pass.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--data-dir", default=None, help="Folder holding MNIST/raw (else $PYROVAE_DATA_DIR).")
+@click.option("--per-point", default=None, help="Write per-datapoint values to this .csv or .npz file.")
+def evaluate(run_dir: str, k: int, split: str, limit: int | None, proposal: str | None, batch_size: int,
+             chunk_size: int, seed: int, device: str, data_dir: str | None, per_point: str | None) -> None:
+    """log p(x) = log (1/K) sum_k p(x, z_k) / q(z_k | x), with its SE, the IWAE bounds, ESS and PSIS k-hat."""
+    for name, value in (("--k", k), ("--batch-size", batch_size), ("--chunk-size", chunk_size)):
+        if value < 1:
+            raise UsageError(f"{name} must be at least 1, got {value}")
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {limit}; omit it to evaluate the whole split")
+    per_point_path = _per_point_path(per_point)
+    from pyrovae.cli.main import emit
+    from pyrovae.evaluate import estimate_log_likelihood, write_per_point
+    from pyrovae.local_fit import fit_local
+    from pyrovae.train import load_run
+
+    started = time.perf_counter()
+    run = load_run(run_dir, device, data_dir)
+    x, index = run.points(split, limit, seed)
+    meanfield = run.config.guide == "meanfield"
+    if proposal is None:
+        proposal = "fit" if meanfield and split == "test" else "guide"
+    if proposal == "guide" and meanfield and split == "test":
+        raise UsageError("a meanfield run has no q for test points; use --proposal fit (the default) or --split train")
+    extra = {}
+    if proposal == "fit":
+        fitted = fit_local(run.vae, x, init="encoder" if not meanfield else "prior", seed=seed)
+        proposal_arg = (fitted.loc, fitted.scale)
+        extra = {"fit_steps": max(fitted.steps), "fit_seconds": round(fitted.seconds, 3)}
+    else:
+        proposal_arg = proposal
+    result = estimate_log_likelihood(run.vae, x, k=k, proposal=proposal_arg, batch_size=batch_size,
+                                     chunk_size=chunk_size, seed=seed, progress=True)
+    summary = result.summary()
+    if summary["warning"]:
+        click.echo(f"pyrovae: warning: {summary['warning']}", err=True)
+    if per_point_path is not None:
+        write_per_point(result, per_point_path)
+    emit({**summary, **extra, "proposal": proposal, "split": split, "run_dir": run_dir, "epoch": run.epoch,
+          "seed": seed, "per_point": str(per_point_path) if per_point_path else None,
+          "seconds": round(time.perf_counter() - started, 3)})
