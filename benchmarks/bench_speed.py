@@ -46,10 +46,10 @@ def step_ratio(guide: str, objective: str, particles: int, batch_size: int, repe
     beta = torch.tensor(1.0) if jit else 1.0
 
     vae_pyro.register_params = jit   # as the trainer does
-    model, guide = vae_pyro.model, vae_pyro.guide
+    model_fn, guide_fn = vae_pyro.model, vae_pyro.guide
 
     def pyro_step():
-        training_step(pyro_objective, opt_pyro, model, guide, x, index, beta, NUM_DATA)
+        training_step(pyro_objective, opt_pyro, model_fn, guide_fn, x, index, beta, NUM_DATA)
 
     def hand_step():
         loss = handwritten.loss(vae_hand, x, index, NUM_DATA, objective, particles)

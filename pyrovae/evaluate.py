@@ -44,7 +44,7 @@ from .runs import atomic_path
 IWAE_KS = (1, 5, 50)        # bounds L_k reported besides L_K
 KHAT_BAD = 0.7              # Vehtari et al. (2024): above it, IS estimates are unreliable
 UNRELIABLE_SHARE = 0.05     # flag the estimate when more points than this have k-hat > KHAT_BAD
-RNG_TILE = (100, 25)        # particles x rows drawn from one seeded generator
+RNG_TILE = (50, 25)         # particles x rows drawn from one seeded generator
 _IS_STREAM, _ELBO_STREAM = 0, 1
 
 Proposal = Union[str, tuple[torch.Tensor, torch.Tensor]]
@@ -71,10 +71,12 @@ class LogLikelihoodResult:
         return len(self.log_px)
 
     def summary(self) -> dict:
-        """Means over the N points, their standard errors (std / sqrt(N)), and diagnostics."""
+        """Means over the N points, their standard errors (std / sqrt(N)), and diagnostics. The
+        ELBO, reconstruction and KL are those of the proposal q. JSON-safe: a value that is not
+        finite (the SE of one point, k-hat without a tail) is None."""
         n = self.n
-        se = lambda a: float(np.std(a, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")  # noqa: E731
-        khat = np.nan_to_num(self.khat, nan=np.inf)  # an unknown k-hat counts as a bad one
+        se = lambda a: _finite(np.std(a, ddof=1) / math.sqrt(n)) if n > 1 else None  # noqa: E731
+        khat = np.where(np.isnan(self.khat), np.inf, self.khat)  # an unknown k-hat counts as a bad one
         frac_bad = float(np.mean(khat > KHAT_BAD))
         reliable = frac_bad <= UNRELIABLE_SHARE
         warning = None if reliable else (
@@ -97,11 +99,15 @@ class LogLikelihoodResult:
             "ess_frac_mean": float(np.mean(self.ess_frac)),
             "khat_frac_gt_0_5": float(np.mean(khat > 0.5)),
             "khat_frac_gt_0_7": frac_bad,
-            "khat_max": float(np.max(khat)),
+            "khat_max": _finite(np.max(khat)),
             "active_units": self.active_units,
             "reliable": reliable,
             "warning": warning,
         }
+
+
+def _finite(value) -> float | None:
+    return float(value) if np.isfinite(value) else None
 
 
 # ---------------------------------------------------------------------------- proposals
@@ -186,8 +192,9 @@ def _noise(seed: int, stream: int, particles: range, rows: range, dim: int, like
 
 
 class _BernoulliRows(dist.TorchDistribution):
-    """Bernoulli(logits l).to_event(1), with log p(x | z) = -Σ_j softplus(l_j) - x_j l_j computed
-    in place: half the passes over [particles, batch, pixels] of torch's BCE-with-logits."""
+    """Bernoulli(logits l).to_event(1) with log p(x | z) = -Σ_j (softplus(l_j) - x_j l_j), computed
+    in place: fewer passes over [particles, batch, pixels] than torch's BCE-with-logits, which
+    took about half of the evaluator's time on MNIST."""
 
     arg_constraints: dict = {}
     support = constraints.independent(constraints.boolean, 1)
@@ -227,7 +234,9 @@ def _batch_log_weights(vae: VAE, guide: Callable, x: torch.Tensor, rows: range, 
     of particles) and all log w as [K, batch] float64 on the CPU."""
     index = torch.arange(rows.start, rows.stop, device=x.device)
     log_sum_w = log_sum_w2 = None
-    kept = []
+    # allocated once per batch: small per-chunk tensors kept alive between the decoder's large
+    # buffers fragment the heap, and the process grew with K
+    kept = torch.empty(k, len(rows), dtype=torch.float64)
     for start in range(0, k, chunk_size):
         particles = range(start, min(start + chunk_size, k))
         eps = _noise(seed, _IS_STREAM, particles, rows, vae.latent_dim, x)
@@ -240,8 +249,8 @@ def _batch_log_weights(vae: VAE, guide: Callable, x: torch.Tensor, rows: range, 
         chunk_w, chunk_w2 = torch.logsumexp(log_w, 0), torch.logsumexp(2 * log_w, 0)
         log_sum_w = chunk_w if log_sum_w is None else torch.logaddexp(log_sum_w, chunk_w)
         log_sum_w2 = chunk_w2 if log_sum_w2 is None else torch.logaddexp(log_sum_w2, chunk_w2)
-        kept.append(log_w.cpu())
-    return log_sum_w.cpu(), log_sum_w2.cpu(), torch.cat(kept)
+        kept[particles.start: particles.stop] = log_w
+    return log_sum_w.cpu(), log_sum_w2.cpu(), kept
 
 
 def _grouped_iwae(log_w: torch.Tensor, k: int) -> torch.Tensor:
@@ -253,15 +262,17 @@ def _grouped_iwae(log_w: torch.Tensor, k: int) -> torch.Tensor:
 
 @torch.no_grad()
 def estimate_log_likelihood(vae: VAE, x: torch.Tensor, k: int = 5000, proposal: Proposal = "guide",
-                            batch_size: int = 100, chunk_size: int = 250, seed: int = 0,
+                            batch_size: int = 100, chunk_size: int = 50, seed: int = 0,
                             progress: bool | Callable[[int, int], None] = False) -> LogLikelihoodResult:
     """Estimate log p(x_i) for every row of ``x`` [N, data_dim] with ``k`` importance samples.
 
     ``proposal``: ``"guide"`` (the VAE's own guide; with a MeanFieldGuide the rows of ``x``
     must be its rows), ``"prior"``, or a (loc, scale) pair of [N, latent_dim] tensors: a diagonal
     Gaussian per row of ``x``. ``batch_size`` rows and ``chunk_size`` particles go through the
-    decoder at once: memory grows with their product, not with ``k``. ``progress``: True for a
-    bar on stderr, or a callable(points_done, points_total).
+    decoder at once: memory grows with their product, not with ``k``. The default 5,000 pairs
+    (16 MB per [pairs, 784] float32 buffer) ran fastest on a 2-core CPU: larger buffers are
+    handed back to the OS by glibc on free and page-faulted anew every chunk. ``progress``: True
+    for a bar on stderr, or a callable(points_done, points_total).
     """
     if k < 1 or batch_size < 1 or chunk_size < 1:
         raise ValueError("k, batch_size and chunk_size must be positive")

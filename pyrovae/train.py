@@ -211,11 +211,23 @@ class _Trainer:
         write_run_images(self.vae, self.data, self.run_dir)
         metrics = runs.read_jsonl(self.run_dir / runs.METRICS)
         last = metrics[-1] if metrics else {}
-        return {"run_dir": str(self.run_dir), "epochs": len(metrics), "test_elbo": last.get("test_elbo"),
-                "train_elbo": last.get("train_elbo"), "test_reconstruction": last.get("test_reconstruction"),
-                "test_kl": last.get("test_kl"), "seconds": round(time.perf_counter() - started, 3),
-                "seconds_per_epoch": _median([m["train_seconds"] for m in metrics]),
-                "device": str(self.device), "seed": config.seed, "stopped_by_time_budget": stopped_by_budget}
+        result = {"run_dir": str(self.run_dir), "epochs": len(metrics), "test_elbo": last.get("test_elbo"),
+                  "train_elbo": last.get("train_elbo"), "test_reconstruction": last.get("test_reconstruction"),
+                  "test_kl": last.get("test_kl"), "seed": config.seed, "device": str(self.device),
+                  "seconds_per_epoch": _median([m["train_seconds"] for m in metrics]),
+                  "stopped_by_time_budget": stopped_by_budget}
+        if config.guide == "meanfield" and metrics:
+            result.update(self._meanfield_test_elbo())
+        result["seconds"] = round(time.perf_counter() - started, 3)
+        return result
+
+    def _meanfield_test_elbo(self, points: int = 1000, max_steps: int = 500) -> dict:
+        """A mean-field guide has no parameters for test points: fit q_i for the first ``points``
+        of them with the decoder frozen (pyrovae.local_fit), and report that ELBO."""
+        from .local_fit import fit_local
+        fitted = fit_local(self.vae, self.data.test[:points], init="prior", max_steps=max_steps, seed=self.config.seed)
+        return {"test_elbo": float(fitted.elbo.mean()), "test_elbo_points": len(fitted.elbo),
+                "test_elbo_fit_steps": max(fitted.steps)}
 
     def _epoch(self, epoch: int, start_step: int, partial: tuple[float, int], stop: _StopFlag) -> None:
         config, vae, n = self.config, self.vae, len(self.data.train)
