@@ -103,7 +103,8 @@ DATA_DIR = click.option("--data-dir", default=None, help="Folder holding MNIST/r
 @click.option("--elbo", type=click.Choice(["trace", "meanfield", "iwae"]), default="trace", show_default=True,
               help="Trace_ELBO, TraceMeanField_ELBO (analytic KL), or the IWAE bound.")
 @click.option("--particles", default=1, show_default=True, help="Particles per datapoint (K for iwae).")
-@click.option("--jit/--no-jit", default=False, show_default=True, help="Pyro's JIT ELBOs (trace, meanfield).")
+@click.option("--jit/--no-jit", default=None,
+              help="Pyro's JIT ELBOs: the compiled loss [default: on for trace and meanfield, off for iwae].")
 @click.option("--beta", default=1.0, show_default=True, help="KL coefficient; 1 is the ELBO.")
 @click.option("--kl-warmup", default=0, show_default=True, help="Ramp beta linearly over this many epochs.")
 @click.option("--epochs", default=10, show_default=True, help="Epochs in total (also with --resume).")

@@ -53,7 +53,7 @@ class FitConfig:
     guide: str = "amortized"
     elbo: str = "trace"
     particles: int = 1
-    jit: bool = False
+    jit: bool | None = None             # None: Pyro's JIT for trace and meanfield, eager for iwae
     beta: float = 1.0
     kl_warmup: int = 0
     epochs: int = 10
@@ -70,6 +70,9 @@ class FitConfig:
         self.hidden = tuple(self.hidden)
         if self.binarize is None:
             self.binarize = "dynamic" if self.likelihood == "bernoulli" else "none"
+        if self.jit is None:
+            # the compiled loss is the fast path (benchmarks/bench_speed.py); Pyro has none for IWAE
+            self.jit = self.elbo != "iwae"
 
     def validate(self) -> "FitConfig":
         """Raise :class:`UsageError` naming the first bad option and its fix."""

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, NamedTuple
 
 import pyro
@@ -171,7 +172,14 @@ class ShapeKeyedJit:
     def differentiable_loss(self, model: Callable, guide: Callable, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         key = tuple(x.shape)
         if key not in self.compiled:
+            # Compiling runs the program more than once and so draws extra random numbers; undo
+            # them, so a run draws the same numbers with or without the JIT, and after a resume.
+            rng = torch.get_rng_state()
             self.compiled[key] = self.cls(**self.options)
+            with warnings.catch_warnings():   # torch 2.x marks torch.jit.trace, which Pyro uses, deprecated
+                warnings.simplefilter("ignore", FutureWarning)
+                self.compiled[key].differentiable_loss(model, guide, x, *args, **kwargs)
+            torch.set_rng_state(rng)
         return self.compiled[key].differentiable_loss(model, guide, x, *args, **kwargs)
 
     def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:

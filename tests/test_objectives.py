@@ -307,3 +307,19 @@ def test_jit_recompiles_for_every_fresh_bound_method(setup):
     # and a fresh bound method (vae.model is a new object on every access) costs a new compilation
     jit.differentiable_loss(vae.model, vae.guide, x, index, torch.tensor(1.0), num_data=NUM_DATA)
     assert jit_compilations(jit) == 2
+
+
+@pytest.mark.parametrize("name", ["trace", "meanfield"])
+def test_jit_objective_draws_the_same_numbers_as_the_eager_one(setup, name):
+    """make_objective(jit=True) undoes the random draws of compiling, so from the same seed the
+    compiled and the eager loss see the same z on every step (training and resume rely on it)."""
+    vae, x, index = setup
+    model, guide_fn = vae.model, vae.guide
+    losses = {}
+    for jit in (False, True):
+        objective = make_objective(name, 2, jit=jit)
+        pyro.set_rng_seed(5)
+        losses[jit] = [objective.differentiable_loss(model, guide_fn, x, index, torch.tensor(1.0),
+                                                     num_data=NUM_DATA).item() for _ in range(3)]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    assert len(set(losses[False])) == 3   # fresh draws on every step, not one draw replayed
