@@ -147,7 +147,6 @@ def sample(run_dir: str, n: int, mean: bool, seed: int, out: str, device: str, d
     import torch
 
     from pyrovae.plots import prior_samples, save_grid
-    from pyrovae.train import load_run
     path = output_png(out)
     run = _image_run(run_dir, device, data_dir)
     images = prior_samples(run.vae, n, mean=mean, generator=torch.Generator().manual_seed(seed))

@@ -230,7 +230,7 @@ class _Trainer:
                 "test_elbo_fit_steps": max(fitted.steps)}
 
     def _epoch(self, epoch: int, start_step: int, partial: tuple[float, int], stop: _StopFlag) -> None:
-        config, vae, n = self.config, self.vae, len(self.data.train)
+        config, _vae, n = self.config, self.vae, len(self.data.train)
         epoch_rng = self.generator.get_state()   # resuming mid-epoch replays the draws below
         x_train = binarize(self.data.train, self.generator) if config.binarize == "dynamic" else self.data.train
         order = torch.randperm(n, generator=self.generator).to(self.device)

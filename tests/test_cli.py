@@ -11,18 +11,11 @@ from pyrovae import runs
 from pyrovae.cli.main import cli
 from pyrovae.data import load_dataset
 
-torch.set_num_threads(1)  # 2 shared cores: more threads only contend
 
 SMALL = ["--latent-dim", "2", "--hidden", "16", "--batch-size", "500", "--lr", "0.01", "--quiet",
          "--device", "cpu"]
 RUN_FILES = (runs.CONFIG, runs.CHECKPOINT, runs.METRICS, "samples.png", "reconstructions.png")
 
-
-@pytest.fixture(autouse=True)
-def clean_pyro():
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
 
 
 def invoke(*args):

@@ -17,13 +17,6 @@ ARGS = ["--limit", "20", "--k", "50", "--steps", "150", "--eval-samples", "50"]
 GAPS = ("amortization_gap", "approximation_gap", "inference_gap")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):

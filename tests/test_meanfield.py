@@ -2,7 +2,6 @@
 the closed form of a linear-Gaussian model."""
 import math
 
-import pytest
 import torch
 
 from pyrovae import runs
@@ -14,14 +13,6 @@ from pyrovae.objectives import make_objective
 from pyrovae.optim import RowSparseAdam, make_optimizer
 from pyrovae.train import fit
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the machine is shared: one thread avoids oversubscription, which slows small ops 10x
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------- RowSparseAdam

@@ -11,18 +11,10 @@ from torch import nn
 from pyrovae.guides import AmortizedGuide, MeanFieldGuide
 from pyrovae.model import MIN_SIGMA, VAE, Decoder, parse_sigma
 
-torch.set_num_threads(1)  # 2 shared cores: more threads only contend
 
 LATENT, DATA, NUM_DATA, BATCH = 3, 7, 40, 5
 LIKELIHOODS = [("bernoulli", 1.0), ("normal", 0.5), ("normal", "learned"), ("normal", "learned-pixel")]
 
-
-@pytest.fixture(autouse=True)
-def clean_pyro():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
 
 
 def make_vae(likelihood="bernoulli", sigma=1.0, hidden=(6,)):

@@ -10,17 +10,9 @@ from pyrovae.guides import AmortizedGuide, MeanFieldGuide
 from pyrovae.model import VAE, Decoder
 from pyrovae.objectives import IWAE_ELBO, elbo_terms, iwae_bound, log_weights, make_objective
 
-torch.set_num_threads(1)  # 2 shared cores: more threads only contend
 
 LATENT, DATA, NUM_DATA, BATCH = 2, 6, 20, 4
 
-
-@pytest.fixture(autouse=True)
-def clean_pyro():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
 
 
 @pytest.fixture

@@ -14,16 +14,9 @@ from pyrovae.config import FitConfig
 from pyrovae.data import load_dataset
 from pyrovae.train import fit, load_run, prepare_data
 
-torch.set_num_threads(1)  # 2 shared cores: more threads only contend
 
 TIMING = ("train_seconds", "eval_seconds")
 
-
-@pytest.fixture(autouse=True)
-def clean_pyro():
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
 
 
 @pytest.fixture(scope="module")
