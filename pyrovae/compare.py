@@ -111,6 +111,8 @@ def compare_inference(run: Any, x: torch.Tensor, index: torch.Tensor | None = No
         "approximation_gap": log_px - elbo_star,
         "inference_gap": log_px - elbo_q,
     }
+    if amortized:
+        per_point["elbo_amortized"] = elbo_q   # L[q] of the encoder, under the name of the paper's table
     if "refined" in fits:
         per_point["elbo_refined"] = fits["refined"].elbo.double().cpu()
     table: dict[str, Any] = {"n": len(x), "q": q_name, "k": k}

@@ -48,6 +48,7 @@ def test_compare_amortized_run(tiny_runs):
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["guide"] == "amortized" and set(out) >= {"test", "run_dir", "k"} and "train" not in out
+    assert out["test"]["elbo_amortized"] == out["test"]["elbo_q"] and "elbo_refined" in out["test"]
     table = out["test"]
     assert table["n"] == 20 and table["q"] == "encoder" and table["k"] == 50
     check_identities(table)
