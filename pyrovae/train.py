@@ -89,10 +89,11 @@ def _rng_state(generator: torch.Generator) -> dict:
 
 
 def _set_rng_state(state: dict, generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["data"])
+    # RNG states are CPU byte tensors, wherever the checkpoint was mapped to
+    torch.set_rng_state(state["torch"].cpu())
+    generator.set_state(state["data"].cpu())
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
 
@@ -177,7 +178,8 @@ class _Trainer:
         self.progress, self.on_epoch = progress, on_epoch
         pyro.clear_param_store()   # pyro.module names are global: start from a clean store
         pyro.set_rng_seed(config.seed)
-        self.generator = torch.Generator().manual_seed(config.seed)  # data order and binarization
+        # data order and binarization, drawn where the data lives
+        self.generator = torch.Generator(device=device).manual_seed(config.seed)
         self.vae = build_vae(config, data.dataset.data_dim, len(data.train)).to(device)
         self.optimizer = make_optimizer(self.vae, config.lr)   # row-sparse Adam for a mean-field guide
         self.objective = make_objective(config.elbo, config.particles, config.jit)
@@ -233,7 +235,7 @@ class _Trainer:
         config, _vae, n = self.config, self.vae, len(self.data.train)
         epoch_rng = self.generator.get_state()   # resuming mid-epoch replays the draws below
         x_train = binarize(self.data.train, self.generator) if config.binarize == "dynamic" else self.data.train
-        order = torch.randperm(n, generator=self.generator).to(self.device)
+        order = torch.randperm(n, generator=self.generator, device=self.device)
         beta = kl_coefficient(config, epoch)
         for group in self.optimizer.param_groups:   # a function of the epoch alone, so resume needs no state
             group["lr"] = config.lr * config.lr_decay ** epoch
