@@ -85,8 +85,7 @@ def main() -> None:
     metrics = runs.read_jsonl(run_dir / runs.METRICS)
     run = load_run(run_dir, "cpu", root)
     started = time.perf_counter()
-    result = estimate_log_likelihood(run.vae, run.data.test[:args.limit], k=args.k, batch_size=100,
-                                     chunk_size=500, seed=0, progress=True)
+    result = estimate_log_likelihood(run.vae, run.data.test[:args.limit], k=args.k, seed=0, progress=True)
     summary = result.summary()
     RESULTS.mkdir(exist_ok=True)
     plot = RESULTS / f"loglik_{args.recipe}.png"

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from pyrovae.errors import UsageError
+from pyrovae.evaluate import BATCH_SIZE, CHUNK_SIZE
 
 
 def _per_point_path(path: str | None) -> Path | None:
@@ -34,8 +35,8 @@ def _per_point_path(path: str | None) -> Path | None:
 @click.option("--proposal", type=click.Choice(["guide", "fit", "prior"]), default=None,
               help="guide: the run's own q (default); fit: a per-point Gaussian fitted with the decoder "
                    "frozen (default for test points of a meanfield run); prior: p(z), a bad check.")
-@click.option("--batch-size", default=100, show_default=True, help="Datapoints per decoder pass.")
-@click.option("--chunk-size", default=250, show_default=True, help="Particles per decoder pass.")
+@click.option("--batch-size", default=BATCH_SIZE, show_default=True, help="Datapoints per decoder pass.")
+@click.option("--chunk-size", default=CHUNK_SIZE, show_default=True, help="Particles per decoder pass.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--data-dir", default=None, help="Folder holding MNIST/raw (else $PYROVAE_DATA_DIR).")

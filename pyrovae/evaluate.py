@@ -41,6 +41,7 @@ from .model import VAE, data_plate
 from .objectives import elbo_terms, iwae_bound, log_weights
 from .runs import atomic_path
 
+BATCH_SIZE, CHUNK_SIZE = 100, 50   # datapoints x particles per decoder pass (benchmarks/bench_evaluate.py)
 IWAE_KS = (1, 5, 50)        # bounds L_k reported besides L_K
 KHAT_BAD = 0.7              # Vehtari et al. (2024): above it, IS estimates are unreliable
 UNRELIABLE_SHARE = 0.05     # flag the estimate when more points than this have k-hat > KHAT_BAD
@@ -262,7 +263,7 @@ def _grouped_iwae(log_w: torch.Tensor, k: int) -> torch.Tensor:
 
 @torch.no_grad()
 def estimate_log_likelihood(vae: VAE, x: torch.Tensor, k: int = 5000, proposal: Proposal = "guide",
-                            batch_size: int = 100, chunk_size: int = 50, seed: int = 0,
+                            batch_size: int = BATCH_SIZE, chunk_size: int = CHUNK_SIZE, seed: int = 0,
                             progress: bool | Callable[[int, int], None] = False) -> LogLikelihoodResult:
     """Estimate log p(x_i) for every row of ``x`` [N, data_dim] with ``k`` importance samples.
 
