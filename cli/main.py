@@ -100,6 +100,9 @@ DATA_DIR = click.option("--data-dir", default=None, help="Folder holding MNIST/r
 @click.option("--hidden", default="400", show_default=True, callback=_hidden,
               help="Comma list of hidden widths of encoder and decoder; '' for linear.")
 @click.option("--guide", type=click.Choice(["amortized", "meanfield"]), default="amortized", show_default=True)
+@click.option("--local-lr", default=0.2, show_default=True, help="--guide meanfield: learning rate of the q_i.")
+@click.option("--local-steps", default=4, show_default=True,
+              help="--guide meanfield: steps on a batch's own q_i before each joint step.")
 @click.option("--elbo", type=click.Choice(["trace", "meanfield", "iwae"]), default="trace", show_default=True,
               help="Trace_ELBO, TraceMeanField_ELBO (analytic KL), or the IWAE bound.")
 @click.option("--particles", default=1, show_default=True, help="Particles per datapoint (K for iwae).")

@@ -102,10 +102,14 @@ def _adam_update(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
     param.addcdiv_(exp_avg * (lr / bias_correction1), denom, value=-1.0)
 
 
-def make_optimizer(vae: nn.Module, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(vae: nn.Module, lr: float, local_lr: float | None = None) -> torch.optim.Optimizer:
     """Adam for an amortized VAE; for a mean-field guide, RowSparseAdam with the guide's
-    per-datapoint tables row-sparse, so a minibatch step moves only its own rows."""
+    per-datapoint tables row-sparse, so a minibatch step moves only its own rows, at their own
+    learning rate ``local_lr`` (a row is stepped once per epoch, the decoder once per batch)."""
     guide = getattr(vae, "guide_module", None)
     if isinstance(guide, MeanFieldGuide):
-        return RowSparseAdam(vae.parameters(), row_sparse=guide.parameters(), lr=lr)
+        local = list(guide.parameters())
+        shared = [p for p in vae.parameters() if all(p is not q for q in local)]
+        groups = [{"params": shared, "lr": lr}, {"params": local, "lr": local_lr or lr}]
+        return RowSparseAdam(groups, row_sparse=local, lr=lr)
     return torch.optim.Adam(vae.parameters(), lr=lr)

@@ -27,6 +27,7 @@ from . import runs
 from .config import FitConfig, build_vae
 from .data import Dataset, binarize, check_for_likelihood, load_dataset
 from .errors import UsageError
+from .local_fit import frozen
 from .model import VAE
 from .objectives import elbo_terms, make_objective
 from .optim import make_optimizer
@@ -181,11 +182,14 @@ class _Trainer:
         # data order and binarization, drawn where the data lives
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
         self.vae = build_vae(config, data.dataset.data_dim, len(data.train)).to(device)
-        self.optimizer = make_optimizer(self.vae, config.lr)   # row-sparse Adam for a mean-field guide
+        self.optimizer = make_optimizer(self.vae, config.lr, config.local_lr)   # row-sparse for mean-field
         self.objective = make_objective(config.elbo, config.particles, config.jit)
         self.vae.register_params = config.jit   # the JIT ELBOs find parameters in the param store
         self.model, self.guide = self.vae.model, self.vae.guide   # one object each: the JIT keys on id()
         self.validated = False
+        # a mean-field guide's rows are stepped only when their batch comes up: give them extra steps
+        self.local_steps = config.local_steps if config.guide == "meanfield" else 0
+        self.local_objective = make_objective(config.elbo, config.particles)   # eager: the decoder is frozen
 
     def run(self, resume: bool) -> dict:
         config, start_epoch, start_step, partial = self.config, 0, 0, (0.0, 0)
@@ -232,13 +236,13 @@ class _Trainer:
                 "test_elbo_fit_steps": max(fitted.steps)}
 
     def _epoch(self, epoch: int, start_step: int, partial: tuple[float, int], stop: _StopFlag) -> None:
-        config, _vae, n = self.config, self.vae, len(self.data.train)
+        config, n = self.config, len(self.data.train)
         epoch_rng = self.generator.get_state()   # resuming mid-epoch replays the draws below
         x_train = binarize(self.data.train, self.generator) if config.binarize == "dynamic" else self.data.train
         order = torch.randperm(n, generator=self.generator, device=self.device)
         beta = kl_coefficient(config, epoch)
         for group in self.optimizer.param_groups:   # a function of the epoch alone, so resume needs no state
-            group["lr"] = config.lr * config.lr_decay ** epoch
+            group["lr"] = group.setdefault("initial_lr", group["lr"]) * config.lr_decay ** epoch
         beta_arg = torch.tensor(beta, device=self.device) if config.jit else beta
         batches = range(0, n, config.batch_size)
         loss_sum, seen = partial
@@ -249,10 +253,15 @@ class _Trainer:
             if step < start_step:
                 continue
             index = order[start:start + config.batch_size]
+            x_batch = x_train[index]
             try:
                 # Pyro's validation checks supports and shapes on the first step; then it only costs time
                 with pyro.validation_enabled(not self.validated):
-                    loss = training_step(self.objective, self.optimizer, self.model, self.guide, x_train[index],
+                    for _ in range(self.local_steps):   # classical SVI: first move this batch's own q_i
+                        with frozen(self.vae.decoder):
+                            training_step(self.local_objective, self.optimizer, self.model, self.guide, x_batch,
+                                          index, beta, n)
+                    loss = training_step(self.objective, self.optimizer, self.model, self.guide, x_batch,
                                          index, beta_arg, n)
                 self.validated = True
             except FloatingPointError as error:

@@ -143,7 +143,8 @@ def interrupt_at(monkeypatch, at_call: int, sig=signal.SIGINT):
     (STEPS_PER_EPOCH, signal.SIGTERM, []),                    # the last step of epoch 1
     (STEPS_PER_EPOCH + 4, signal.SIGTERM, ["--binarize", "static", "--elbo", "iwae", "--particles", "2"]),
     (STEPS_PER_EPOCH + 2, signal.SIGINT, ["--elbo", "meanfield", "--kl-warmup", "2"]),
-    (STEPS_PER_EPOCH + 5, signal.SIGINT, ["--guide", "meanfield", "--elbo", "meanfield"]),
+    # a mean-field guide's step is 2 local steps on the batch's own q_i, then the joint step
+    (STEPS_PER_EPOCH + 5, signal.SIGINT, ["--guide", "meanfield", "--elbo", "meanfield", "--local-steps", "2"]),
 ], ids=["first-step", "mid-epoch", "end-of-epoch", "mid-epoch-iwae-static", "mid-epoch-meanfield-elbo",
         "mid-epoch-meanfield-guide"])
 def test_interrupted_then_resumed_is_bit_identical(tmp_path, data, monkeypatch, at_call, sig, extra):
@@ -152,8 +153,9 @@ def test_interrupted_then_resumed_is_bit_identical(tmp_path, data, monkeypatch, 
     assert invoke(fit_args(data, reference, epochs, *extra)).exit_code == 0
 
     run = tmp_path / "run"
+    calls_per_step = 1 + (int(extra[extra.index("--local-steps") + 1]) if "--local-steps" in extra else 0)
     with monkeypatch.context() as patch:
-        interrupt_at(patch, at_call, sig)
+        interrupt_at(patch, (at_call - 1) * calls_per_step + 1, sig)   # at_call counts steps
         line = one_error_line(invoke(fit_args(data, run, epochs, *extra)), code=130)
     epoch, step = (at_call - 1) // STEPS_PER_EPOCH + 1, (at_call - 1) % STEPS_PER_EPOCH + 1
     assert f"stopped by signal {int(sig)} at epoch {epoch}, step {step}" in line, line

@@ -83,7 +83,9 @@ def test_meanfield_training_improves_and_checkpoints(tmp_path):
     assert metrics[-1]["train_elbo"] > metrics[0]["train_elbo"] + 5   # nats; the gain is ~tens of nats
     state = runs.load_checkpoint(tmp_path / "run", map_location="cpu")   # weights_only=True
     steps = [s["step"] for s in state["optimizer"]["state"].values() if s["step"].dim() == 1]
-    assert len(steps) == 2 and all(torch.equal(s, torch.full((5000,), 3.0)) for s in steps)  # 1 step/epoch/row
+    # each row is stepped only with its batch: (local_steps + 1) steps per epoch
+    per_epoch = config.local_steps + 1
+    assert len(steps) == 2 and all(torch.equal(s, torch.full((5000,), 3.0 * per_epoch)) for s in steps)
 
 
 # ---------------------------------------------------------------------------- test-time fit vs closed form
