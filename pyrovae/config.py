@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .data import BINARIZE
 from .errors import UsageError
@@ -73,7 +73,6 @@ class FitConfig:
     seed: int = 0
     device: str = "auto"
     eval_train_points: int = 10_000     # train ELBO each epoch on this many training points
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.hidden = tuple(self.hidden)
