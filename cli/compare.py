@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from pyrovae.cli.options import DATA_DIR, DEVICE, emit
 
 from pyrovae.errors import UsageError
 
@@ -29,8 +30,8 @@ _EXAMPLES = {"--limit": 1000, "--k": 5000, "--steps": 3000, "--lr": 0.05, "--bat
               help="Points to evaluate [default: test; both for a meanfield run].")
 @click.option("--batch-size", default=1000, show_default=True, help="Points fitted at once.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--data-dir", default=None, help="Folder holding MNIST/raw (else $PYROVAE_DATA_DIR).")
+@DEVICE
+@DATA_DIR
 def compare(run_dir: str, limit: int, k: int, steps: int, lr: float, refine_steps: int, eval_samples: int,
             split: str | None, batch_size: int, seed: int, device: str, data_dir: str | None) -> None:
     """Amortization gap L[q*] - L[q] and approximation gap log p(x) - L[q*] of RUN_DIR."""
@@ -39,7 +40,6 @@ def compare(run_dir: str, limit: int, k: int, steps: int, lr: float, refine_step
         _positive(name, value)
     if refine_steps < 0:
         raise UsageError(f"--refine-steps must be >= 0, got {refine_steps}; pass 0 to skip the refinement")
-    from pyrovae.cli.main import emit
     from pyrovae.compare import compare_inference, format_table
     from pyrovae.train import load_run
 

@@ -2,29 +2,13 @@
 diagnostics; the work is done by :func:`pyrovae.evaluate.estimate_log_likelihood`."""
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import click
+from pyrovae.cli.options import DATA_DIR, DEVICE, emit, output_file
 
 from pyrovae.errors import UsageError
 from pyrovae.evaluate import BATCH_SIZE, CHUNK_SIZE
-
-
-def _per_point_path(path: str | None) -> Path | None:
-    """Check --per-point before any work is done."""
-    if path is None:
-        return None
-    out = Path(path)
-    if out.suffix not in (".csv", ".npz"):
-        raise UsageError(f"--per-point {path!r} must end in .csv or .npz")
-    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-        raise UsageError(f"--per-point {path!r}: folder {str(out.parent)!r} does not exist or is not writable; "
-                         "create it or choose another path")
-    if out.is_dir():
-        raise UsageError(f"--per-point {path!r} is a folder; pass a file name ending in .csv or .npz")
-    return out
 
 
 @click.command()
@@ -38,8 +22,8 @@ def _per_point_path(path: str | None) -> Path | None:
 @click.option("--batch-size", default=BATCH_SIZE, show_default=True, help="Datapoints per decoder pass.")
 @click.option("--chunk-size", default=CHUNK_SIZE, show_default=True, help="Particles per decoder pass.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--data-dir", default=None, help="Folder holding MNIST/raw (else $PYROVAE_DATA_DIR).")
+@DEVICE
+@DATA_DIR
 @click.option("--per-point", default=None, help="Write per-datapoint values to this .csv or .npz file.")
 def evaluate(run_dir: str, k: int, split: str, limit: int | None, proposal: str | None, batch_size: int,
              chunk_size: int, seed: int, device: str, data_dir: str | None, per_point: str | None) -> None:
@@ -49,8 +33,7 @@ def evaluate(run_dir: str, k: int, split: str, limit: int | None, proposal: str 
             raise UsageError(f"{name} must be at least 1, got {value}")
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be at least 1, got {limit}; omit it to evaluate the whole split")
-    per_point_path = _per_point_path(per_point)
-    from pyrovae.cli.main import emit
+    per_point_path = output_file(per_point, "--per-point", (".csv", ".npz")) if per_point else None
     from pyrovae.evaluate import estimate_log_likelihood, write_per_point
     from pyrovae.local_fit import fit_local
     from pyrovae.train import load_run

@@ -5,22 +5,17 @@ one-line ``pyrovae: error: ...`` on stderr and exit code 2.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
+from pyrovae.cli.options import DATA_DIR, DEVICE, emit, output_file
 
 from pyrovae.config import PRESETS
 from pyrovae.errors import UsageError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
-
-def emit(result: dict) -> None:
-    """The command's result: one JSON object on stdout."""
-    click.echo(json.dumps(result, sort_keys=True, default=str))
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
@@ -68,22 +63,7 @@ def _hidden(ctx, param, value: str):
 
 
 def output_png(path: str) -> Path:
-    """Check an output image path before any work is done."""
-    out = Path(path)
-    if out.suffix.lower() != ".png":
-        raise UsageError(f"--out {path!r} must end in .png")
-    if not out.parent.is_dir():
-        raise UsageError(f"--out {path!r}: folder {str(out.parent)!r} does not exist; create it first")
-    if out.is_dir():
-        raise UsageError(f"--out {path!r} is a folder; pass a file name ending in .png")
-    import os
-    if not os.access(out.parent, os.W_OK):
-        raise UsageError(f"--out {path!r}: folder {str(out.parent)!r} is not writable; choose another path")
-    return out
-
-
-DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-DATA_DIR = click.option("--data-dir", default=None, help="Folder holding MNIST/raw (else $PYROVAE_DATA_DIR).")
+    return output_file(path, "--out", (".png",))
 
 
 @cli.command()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -220,7 +221,7 @@ class _Trainer:
         result = {"run_dir": str(self.run_dir), "epochs": len(metrics), "test_elbo": last.get("test_elbo"),
                   "train_elbo": last.get("train_elbo"), "test_reconstruction": last.get("test_reconstruction"),
                   "test_kl": last.get("test_kl"), "seed": config.seed, "device": str(self.device),
-                  "seconds_per_epoch": _median([m["train_seconds"] for m in metrics]),
+                  "seconds_per_epoch": statistics.median([m["train_seconds"] for m in metrics]) if metrics else None,
                   "stopped_by_time_budget": stopped_by_budget}
         if config.guide == "meanfield" and metrics:
             result.update(self._meanfield_test_elbo())
@@ -335,14 +336,6 @@ def _load_model_state(vae: VAE, state: dict, run_dir: Path) -> None:
     except (RuntimeError, KeyError) as error:
         raise UsageError(f"the checkpoint in {str(run_dir)!r} does not match its config's architecture "
                          f"({str(error).splitlines()[0][:100]}); retrain or restore the run") from None
-
-
-def _median(values: list[float]) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 @dataclass
