@@ -8,19 +8,23 @@ For each K (default 50, 500, 5000) a fresh subprocess evaluates N test points an
 
 - GFLOP/s of the evaluator, from the matmul FLOPs it executes: 2 * fan_in * fan_out per
   layer, the decoder once per (datapoint, particle), the encoder once per (datapoint, chunk).
-  The "nominal" count charges the encoder per particle too (2x the executed count here).
+  The "nominal" count charges the encoder per particle too.
 - GFLOP/s of a plain torch matmul of the decoder's shapes, [chunk*batch, 50] @ [50, 400] and
-  [chunk*batch, 400] @ [400, 784], timed in the same process (median of repeats before and
-  after the evaluation), and the ratio.
+  [chunk*batch, 400] @ [400, 784] into preallocated outputs, timed after every batch of points
+  in the same process (the machine's rate drifts), and the ratio of the two.
+- the seconds spent warming up (imports and, when compiled, torch.compile of the kernels),
+  apart from the timed evaluation.
 - the process's peak RSS (ru_maxrss): flat in K when the chunking works.
 
 Each case runs with glibc's default allocator settings and, with ``--malloc both`` (default),
-again with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ raised so freed decoder buffers stay
-in the heap instead of being returned to the OS and page-faulted anew every chunk.
+again after ``pyrovae.evaluate.keep_freed_memory()`` as ``pyrovae evaluate`` calls it, so freed
+decoder buffers stay in the heap instead of being returned to the OS and page-faulted anew
+every chunk. ``--compile auto`` (default) compiles the log densities where
+``estimate_log_likelihood`` would (N x K >= 5,000,000).
 
 Usage:
-    python benchmarks/bench_evaluate.py --data-dir ../shared/data            # N=500
-    python benchmarks/bench_evaluate.py --data-dir ../shared/data --n 10000  # full test set
+    python benchmarks/bench_evaluate.py --data-dir ../shared/data                  # N=500
+    python benchmarks/bench_evaluate.py --data-dir ../shared/data --n 10000 --ks 5000  # full test set
 
 One JSON object goes to stdout, progress to stderr; results/evaluate.json and
 results/evaluate.md are written next to this script.
@@ -41,9 +45,10 @@ from pathlib import Path
 
 import torch
 
+from pyrovae.evaluate import BATCH_SIZE, CHUNK_SIZE
+
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA_DIR_ENV = "PYROVAE_DATA_DIR"
-TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
 def log(message: str) -> None:
@@ -76,52 +81,85 @@ def layer_flops(module: torch.nn.Module) -> int:
 
 
 def matmul_seconds(rows: int, latent: int, hidden: int, pixels: int, repeats: int) -> list[float]:
-    """Times of [rows, latent] @ [latent, hidden] plus [rows, hidden] @ [hidden, pixels]."""
-    z, w1 = torch.randn(rows, latent), torch.randn(latent, hidden)
-    h, w2 = torch.randn(rows, hidden), torch.randn(hidden, pixels)
+    """Times of [rows, latent] @ [latent, hidden] plus [rows, hidden] @ [hidden, pixels], into
+    preallocated outputs: the rate of the arithmetic alone, with no allocation or page faults."""
+    z, w1, h_out = torch.randn(rows, latent), torch.randn(latent, hidden), torch.empty(rows, hidden)
+    h, w2, x_out = torch.randn(rows, hidden), torch.randn(hidden, pixels), torch.empty(rows, pixels)
     times = []
     for _ in range(repeats + 1):  # the first is a warm-up
         start = time.perf_counter()
-        torch.mm(z, w1)
-        torch.mm(h, w2)
+        torch.mm(z, w1, out=h_out)
+        torch.mm(h, w2, out=x_out)
         times.append(time.perf_counter() - start)
     return times[1:]
 
 
-def worker(args: argparse.Namespace) -> dict:
-    """One K case, in its own process: the matmul reference, the evaluator, the reference again."""
-    from pyrovae.evaluate import estimate_log_likelihood
+def full_and_tail(total: int, step: int) -> int:
+    """How many items cover one full step and the last, shorter one of range(0, total, step)."""
+    return total if total <= step else step + total % step
 
+
+def worker(args: argparse.Namespace) -> dict:
+    """One K case, in its own process. After every batch of points the evaluator reports
+    progress, and the matmul reference runs there (outside the evaluator's timed spans), so each
+    batch is compared with the machine's matmul rate of the same moment: this 2-vCPU machine's
+    rate drifts by a third from one second to the next."""
+    from pyrovae.evaluate import COMPILE_PAIRS, estimate_log_likelihood, keep_freed_memory
+
+    if args.malloc == "kept":
+        keep_freed_memory()  # as pyrovae evaluate does
     x = load_test_images(args.data_dir, args.n)
     vae = build_vae(args.run_dir)
-    n, k = len(x), args.k
-    rows = min(k, args.chunk_size) * min(n, args.batch_size)
+    n, k, batch, chunk = len(x), args.k, args.batch_size, args.chunk_size
+    compile = {"auto": n * k >= COMPILE_PAIRS, "on": True, "off": False}[args.compile]
+    rows = min(k, chunk) * min(n, batch)
     shape = (rows, vae.latent_dim, vae.decoder.net[0].out_features, x.shape[1])
-    reference = matmul_seconds(*shape, args.repeats)  # before and after: the machine may be shared
-    baseline_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # libraries and data
-    estimate_log_likelihood(vae, x[:2], k=min(args.k, args.chunk_size))  # warm-up: lazy imports
-    load_before = os.getloadavg()[0]
-    start = time.perf_counter()
-    result = estimate_log_likelihood(vae, x, k=args.k, batch_size=args.batch_size, chunk_size=args.chunk_size,
-                                     progress=sys.stderr.isatty())
-    seconds = time.perf_counter() - start
-    max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    reference += matmul_seconds(*shape, args.repeats)
-    matmul_gflops = 2 * rows * (shape[1] * shape[2] + shape[2] * shape[3]) / statistics.median(reference) / 1e9
-    chunks = math.ceil(k / args.chunk_size)
     decoder, encoder = layer_flops(vae.decoder), layer_flops(vae.guide_module)
-    executed = n * k * decoder + n * chunks * encoder
+    baseline_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # libraries and data
+    # warm-up: lazy imports, and with compile=True the kernels for every shape of the run (a
+    # full batch or chunk and the last, shorter one); its time is reported apart
+    start = time.perf_counter()
+    estimate_log_likelihood(vae, x[:full_and_tail(n, batch)], k=full_and_tail(k, chunk),
+                            batch_size=batch, chunk_size=chunk, compile=compile)
+    warmup_seconds = time.perf_counter() - start
+    reference: list[float] = []
+    batches: list[dict] = []
+    span_start = [time.perf_counter()]
+
+    def after_batch(done: int, total: int) -> None:
+        seconds = time.perf_counter() - span_start[0]
+        points = done - sum(b["points"] for b in batches)
+        flops = points * k * decoder + points * math.ceil(k / chunk) * encoder
+        times = matmul_seconds(*shape, args.repeats)
+        reference.extend(times)
+        batches.append({"points": points, "seconds": seconds, "gflops": flops / seconds / 1e9,
+                        "matmul_gflops": matmul_flops / statistics.median(times) / 1e9})
+        log(f"  {done}/{total} points, {batches[-1]['gflops']:.0f} GFLOP/s vs matmul "
+            f"{batches[-1]['matmul_gflops']:.0f}")
+        span_start[0] = time.perf_counter()
+
+    matmul_flops = 2 * rows * (shape[1] * shape[2] + shape[2] * shape[3])
+    load_before = os.getloadavg()[0]
+    result = estimate_log_likelihood(vae, x, k=k, batch_size=batch, chunk_size=chunk, compile=compile,
+                                     progress=after_batch)
+    seconds = sum(b["seconds"] for b in batches)
+    max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    matmul_gflops = matmul_flops / statistics.median(reference) / 1e9
+    executed = n * k * decoder + n * math.ceil(k / chunk) * encoder
     nominal = n * k * (decoder + encoder)
     summary = result.summary()
     return {
-        "k": k, "n": n, "batch_size": args.batch_size, "chunk_size": args.chunk_size, "rows_per_chunk": rows,
+        "k": k, "n": n, "batch_size": batch, "chunk_size": chunk, "rows_per_chunk": rows,
+        "malloc": args.malloc, "compile": compile, "threads": torch.get_num_threads(),
         "seconds": round(seconds, 3),
+        "warmup_seconds": round(warmup_seconds, 3),
         "points_per_second": round(n / seconds, 2),
         "particles_per_second": round(n * k / seconds),
         "gflops_executed": round(executed / seconds / 1e9, 2),
         "gflops_nominal": round(nominal / seconds / 1e9, 2),
         "matmul_gflops": round(matmul_gflops, 2),
         "ratio_to_matmul": round(executed / seconds / 1e9 / matmul_gflops, 3),
+        "ratio_median_of_batches": round(statistics.median(b["gflops"] / b["matmul_gflops"] for b in batches), 3),
         "max_rss_mb": round(max_rss_mb, 1),
         "baseline_rss_mb": round(baseline_rss_mb, 1),
         "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
@@ -143,22 +181,24 @@ def machine() -> dict:
 
 def markdown(report: dict) -> str:
     lines = [f"# Evaluator throughput (`{report['command']}`)", "",
-             "| K | N | malloc | s | points/s | GFLOP/s executed | GFLOP/s nominal | matmul GFLOP/s | ratio "
-             "| peak RSS MB (before evaluating) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| K | N | malloc | compiled | s (+ warm-up) | points/s | GFLOP/s executed | matmul GFLOP/s | ratio "
+             "| ratio, median of batches | peak RSS MB (before evaluating) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in report["cases"]:
-        lines.append(f"| {c['k']} | {c['n']} | {c['malloc']} | {c['seconds']} | {c['points_per_second']} | "
-                     f"{c['gflops_executed']} | "
-                     f"{c['gflops_nominal']} | {c['matmul_gflops']} | {c['ratio_to_matmul']} | {c['max_rss_mb']} "
-                     f"({c['baseline_rss_mb']}) |")
+        lines.append(f"| {c['k']} | {c['n']} | {c['malloc']} | {'yes' if c['compile'] else 'no'} | {c['seconds']} "
+                     f"(+{c['warmup_seconds']}) | {c['points_per_second']} | {c['gflops_executed']} | "
+                     f"{c['matmul_gflops']} | {c['ratio_to_matmul']} | {c['ratio_median_of_batches']} | "
+                     f"{c['max_rss_mb']} ({c['baseline_rss_mb']}) |")
     m = report["machine"]
     lines += ["", f"Machine: {m['cpu']}, {m['cpus_usable']} usable CPUs, torch {m['torch']} "
                   f"({m['torch_threads']} threads), {m['platform']}.",
-              "Executed FLOPs: decoder per (point, particle), encoder per (point, chunk); nominal charges the "
-              "encoder per particle. Ratio = executed GFLOP/s / matmul GFLOP/s of the decoder's shapes in the "
-              "same process. The 1-min load average before/after each case is in evaluate.json.",
-              "malloc: glibc defaults, or tuned = " + ", ".join(f"{k}={v}" for k, v in report["tuned_malloc"].items())
-              + " (freed buffers stay in the heap: no page faults on every chunk).", ""]
+              "Executed FLOPs: decoder per (point, particle), encoder per (point, chunk); evaluate.json also has "
+              "the nominal count, which charges the encoder per particle. Ratio = executed GFLOP/s over the "
+              "median GFLOP/s of a matmul of the decoder's shapes into preallocated outputs, timed after every "
+              "batch of points in the same process; the median of the per-batch ratios is less sensitive to the "
+              "machine's drift. Warm-up: imports and, when compiled, torch.compile of the kernels.",
+              "malloc: glibc's defaults, or kept = pyrovae.evaluate.keep_freed_memory(), as `pyrovae evaluate` "
+              "runs (freed buffers stay in the heap: no page faults on every chunk).", ""]
     return "\n".join(lines)
 
 
@@ -168,12 +208,14 @@ def main() -> int:
                         help=f"folder holding MNIST/raw (torchvision layout); default ${DATA_DIR_ENV}")
     parser.add_argument("--n", type=int, default=500, help="test points (10000 = the full test set)")
     parser.add_argument("--ks", default="50,500,5000", help="comma-separated numbers of importance samples")
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--chunk-size", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=7,
-                        help="repeats of the matmul reference, before and after the evaluation each")
-    parser.add_argument("--malloc", choices=["default", "tuned", "both"], default="both",
-                        help="glibc allocator settings of the worker processes (see above)")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--chunk-size", type=int, default=CHUNK_SIZE)
+    parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                        help="torch.compile of the log densities; auto: as estimate_log_likelihood decides")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of the matmul reference after each batch")
+    parser.add_argument("--malloc", choices=["default", "kept", "both"], default="both",
+                        help="glibc's default allocator settings, or pyrovae.evaluate.keep_freed_memory() as "
+                             "pyrovae evaluate calls it, or both (see above)")
     parser.add_argument("--run-dir", help="time a trained run (pyrovae fit --out) instead of random weights")
     parser.add_argument("--no-save", action="store_true", help="do not write results/evaluate.{json,md}")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -189,22 +231,21 @@ def main() -> int:
         return 0
     command = "python benchmarks/bench_evaluate.py " + " ".join(sys.argv[1:])
     cases = []
-    mallocs = ["default", "tuned"] if args.malloc == "both" else [args.malloc]
+    mallocs = ["default", "kept"] if args.malloc == "both" else [args.malloc]
     for k in (int(v) for v in args.ks.split(",")):
         for malloc in mallocs:
             log(f"K={k}, N={args.n}, {malloc} malloc: running in a fresh process ...")
             argv = [sys.executable, __file__, "--worker", "--k", str(k), "--n", str(args.n),
                     "--data-dir", args.data_dir, "--batch-size", str(args.batch_size),
-                    "--chunk-size", str(args.chunk_size), "--repeats", str(args.repeats)]
+                    "--chunk-size", str(args.chunk_size), "--repeats", str(args.repeats), "--compile", args.compile, "--malloc", malloc]
             argv += ["--run-dir", args.run_dir] if args.run_dir else []
-            env = {**os.environ, **(TUNED_MALLOC if malloc == "tuned" else {})}
-            done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=True, env=env)
-            cases.append({"malloc": malloc, **json.loads(done.stdout.strip().splitlines()[-1])})
+            done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=True)
+            cases.append(json.loads(done.stdout.strip().splitlines()[-1]))
             c = cases[-1]
             log(f"  {c['seconds']} s, {c['gflops_executed']} GFLOP/s vs matmul {c['matmul_gflops']} "
-                f"(ratio {c['ratio_to_matmul']}), peak RSS {c['max_rss_mb']} MB")
+                f"(ratio {c['ratio_to_matmul']}, median of batches {c['ratio_median_of_batches']}), peak RSS {c['max_rss_mb']} MB")
     report = {"command": command, "machine": machine(), "weights": args.run_dir or "random (default architecture)",
-              "tuned_malloc": TUNED_MALLOC, "cases": cases}
+              "cases": cases}
     if not args.no_save:
         from pyrovae.runs import atomic_path
 

@@ -21,6 +21,8 @@ and every result, are the same for any ``chunk_size`` and ``batch_size``.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,21 +32,21 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.distributions import constraints
 from pyro.distributions.util import is_validation_enabled
 from pyro.poutine.messenger import Messenger
-from torch.nn.functional import softplus
 
 from . import diagnostics
+from .fused import FusedDensities
 from .guides import AmortizedGuide
 from .model import VAE, data_plate
 from .objectives import elbo_terms, iwae_bound, log_weights
 from .runs import atomic_path
 
-BATCH_SIZE, CHUNK_SIZE = 100, 50   # datapoints x particles per decoder pass (benchmarks/bench_evaluate.py)
+BATCH_SIZE, CHUNK_SIZE = 200, 50   # datapoints x particles per decoder pass (benchmarks/bench_evaluate.py)
 IWAE_KS = (1, 5, 50)        # bounds L_k reported besides L_K
 KHAT_BAD = 0.7              # Vehtari et al. (2024): above it, IS estimates are unreliable
 UNRELIABLE_SHARE = 0.05     # flag the estimate when more points than this have k-hat > KHAT_BAD
+COMPILE_PAIRS = 5_000_000  # auto-compile from here: ~20 s of eager work vs 1-11 s of compiling
 RNG_TILE = (50, 25)         # particles x rows drawn from one seeded generator
 _IS_STREAM, _ELBO_STREAM = 0, 1
 
@@ -192,45 +194,11 @@ def _noise(seed: int, stream: int, particles: range, rows: range, dim: int, like
     return eps[particles.start - p0 * tp: particles.stop - p0 * tp, rows.start - r0 * tr: rows.stop - r0 * tr]
 
 
-class _BernoulliRows(dist.TorchDistribution):
-    """Bernoulli(logits l).to_event(1) with log p(x | z) = -Σ_j (softplus(l_j) - x_j l_j), computed
-    in place: fewer passes over [particles, batch, pixels] than torch's BCE-with-logits, which
-    took about half of the evaluator's time on MNIST."""
-
-    arg_constraints: dict = {}
-    support = constraints.independent(constraints.boolean, 1)
-
-    def __init__(self, logits: torch.Tensor):
-        self.logits = logits
-        super().__init__(logits.shape[:-1], logits.shape[-1:])
-
-    def sample(self, sample_shape=torch.Size()):
-        return torch.bernoulli(torch.sigmoid(self.logits).expand(self.shape(sample_shape)))
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        if self._validate_args:
-            self._validate_sample(value)
-        nll = softplus(self.logits)
-        return -nll.addcmul_(self.logits, value, value=-1).sum(-1)
-
-
-class _FastBernoulli(Messenger):
-    """Swaps observed Bernoulli(logits).to_event(1) sites for the same density as
-    :class:`_BernoulliRows`. Enter it outside the particle plate, so it acts after the plates
-    have broadcast the distribution."""
-
-    def _pyro_sample(self, msg) -> None:
-        fn = msg["fn"]
-        if (msg["is_observed"] and isinstance(fn, torch.distributions.Independent)
-                and fn.reinterpreted_batch_ndims == 1 and type(fn.base_dist) is dist.Bernoulli
-                and "logits" in vars(fn.base_dist)):  # constructed from logits (probs is lazy)
-            msg["fn"] = _BernoulliRows(fn.base_dist.logits)
-
-
 # ---------------------------------------------------------------------------- estimator
 
 def _batch_log_weights(vae: VAE, guide: Callable, x: torch.Tensor, rows: range, num_data: int,
-                       k: int, chunk_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       k: int, chunk_size: int, seed: int, compile: bool
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For the rows x (= rows of the evaluated set): log Σ_k w, log Σ_k w² (streamed over chunks
     of particles) and all log w as [K, batch] float64 on the CPU."""
     index = torch.arange(rows.start, rows.stop, device=x.device)
@@ -243,7 +211,7 @@ def _batch_log_weights(vae: VAE, guide: Callable, x: torch.Tensor, rows: range, 
         eps = _noise(seed, _IS_STREAM, particles, rows, vae.latent_dim, x)
         # validation checks (finite logits, binary x) rerun on every [chunk, batch, pixels]
         # tensor: once per batch suffices
-        with pyro.validation_enabled(is_validation_enabled() and start == 0), _FastBernoulli():
+        with pyro.validation_enabled(is_validation_enabled() and start == 0), FusedDensities(compile):
             terms = log_weights(vae.model, _with_noise(guide, eps), len(particles), x, index=index,
                                 num_data=num_data)
         log_w = terms.log_w.double()
@@ -264,16 +232,20 @@ def _grouped_iwae(log_w: torch.Tensor, k: int) -> torch.Tensor:
 @torch.no_grad()
 def estimate_log_likelihood(vae: VAE, x: torch.Tensor, k: int = 5000, proposal: Proposal = "guide",
                             batch_size: int = BATCH_SIZE, chunk_size: int = CHUNK_SIZE, seed: int = 0,
-                            progress: bool | Callable[[int, int], None] = False) -> LogLikelihoodResult:
+                            progress: bool | Callable[[int, int], None] = False,
+                            compile: bool | None = None) -> LogLikelihoodResult:
     """Estimate log p(x_i) for every row of ``x`` [N, data_dim] with ``k`` importance samples.
 
     ``proposal``: ``"guide"`` (the VAE's own guide; with a MeanFieldGuide the rows of ``x``
     must be its rows), ``"prior"``, or a (loc, scale) pair of [N, latent_dim] tensors: a diagonal
     Gaussian per row of ``x``. ``batch_size`` rows and ``chunk_size`` particles go through the
-    decoder at once: memory grows with their product, not with ``k``. The default 5,000 pairs
-    (16 MB per [pairs, 784] float32 buffer) ran fastest on a 2-core CPU: larger buffers are
-    handed back to the OS by glibc on free and page-faulted anew every chunk. ``progress``: True
-    for a bar on stderr, or a callable(points_done, points_total).
+    decoder at once: memory grows with their product, not with ``k``. The default 10,000 pairs
+    (31 MB per [pairs, 784] float32 buffer) amortize the per-chunk Python work and stay below
+    glibc's 32 MB mmap ceiling (see :func:`keep_freed_memory`), above which every buffer would be
+    mapped and page-faulted anew each chunk. ``progress``: True
+    for a bar on stderr, or a callable(points_done, points_total). ``compile``: fuse the log
+    densities with ``torch.compile`` (:mod:`pyrovae.fused`); None (default) compiles when there
+    are at least ``COMPILE_PAIRS`` (point, particle) pairs, where the seconds spent compiling pay off.
     """
     if k < 1 or batch_size < 1 or chunk_size < 1:
         raise ValueError("k, batch_size and chunk_size must be positive")
@@ -283,13 +255,15 @@ def estimate_log_likelihood(vae: VAE, x: torch.Tensor, k: int = 5000, proposal: 
     guide, proposal_name = _proposal_guide(vae, proposal, n, x)
     encode = proposal_name == "guide" and isinstance(vae.guide_module, AmortizedGuide)
     iwae_ks = [j for j in IWAE_KS if j < k]
+    if compile is None:
+        compile = n * k >= COMPILE_PAIRS
     pyro.set_rng_seed(seed)  # only non-Gaussian proposal sites draw from the global generator
     report = _progress(progress, n)
     out: dict[str, list] = {name: [] for name in ("log_px", "ess", "khat", "recon", "kl", "means", *map(str, iwae_ks))}
     for start in range(0, n, batch_size):
         rows = range(start, min(start + batch_size, n))
         xb = x[rows.start: rows.stop]
-        log_sum_w, log_sum_w2, log_w = _batch_log_weights(vae, guide, xb, rows, n, k, chunk_size, seed)
+        log_sum_w, log_sum_w2, log_w = _batch_log_weights(vae, guide, xb, rows, n, k, chunk_size, seed, compile)
         out["log_px"].append(log_sum_w - math.log(k))
         out["ess"].append(diagnostics.ess_from_log_sums(log_sum_w, log_sum_w2, k))
         out["khat"].append(torch.as_tensor(diagnostics.psis_khat(log_w.T)))
@@ -311,6 +285,22 @@ def estimate_log_likelihood(vae: VAE, x: torch.Tensor, k: int = 5000, proposal: 
         kl=kl, ess_frac=cat["ess"], khat=cat["khat"],
         iwae={**{j: cat[str(j)] for j in iwae_ks}, k: cat["log_px"]},
         active_units=diagnostics.active_units(torch.from_numpy(cat["means"])) if encode else None)
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed buffers in the heap for reuse, instead of handing them back to the
+    OS. By default it returns the top of the heap once twice the mmap threshold is free, so each
+    chunk of the evaluator page-faults its tens of MB in anew: about a quarter of its time on a
+    2-core machine (benchmarks/bench_evaluate.py). Process-wide and lasting: ``pyrovae evaluate``
+    and ``pyrovae compare`` call it. Returns False where mallopt is unavailable (not glibc)."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    # 32 MB is glibc's ceiling for the mmap threshold on 64-bit (larger requests are refused)
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) & bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def _progress(progress: bool | Callable[[int, int], None], total: int) -> Callable[[int], None]:
