@@ -26,8 +26,8 @@ Usage:
     python benchmarks/bench_evaluate.py --data-dir ../shared/data                  # N=500
     python benchmarks/bench_evaluate.py --data-dir ../shared/data --n 10000 --ks 5000  # full test set
 
-One JSON object goes to stdout, progress to stderr; results/evaluate.json and
-results/evaluate.md are written next to this script.
+One JSON object goes to stdout, progress to stderr; results/evaluate.json and .md (N=500, or
+evaluate_n<N>.json and .md) are written next to this script.
 """
 from __future__ import annotations
 
@@ -217,7 +217,7 @@ def main() -> int:
                         help="glibc's default allocator settings, or pyrovae.evaluate.keep_freed_memory() as "
                              "pyrovae evaluate calls it, or both (see above)")
     parser.add_argument("--run-dir", help="time a trained run (pyrovae fit --out) instead of random weights")
-    parser.add_argument("--no-save", action="store_true", help="do not write results/evaluate.{json,md}")
+    parser.add_argument("--no-save", action="store_true", help="do not write results/evaluate*.{json,md}")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--k", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -250,7 +250,8 @@ def main() -> int:
         from pyrovae.runs import atomic_path
 
         RESULTS.mkdir(exist_ok=True)
-        for name, text in (("evaluate.json", json.dumps(report, indent=2) + "\n"), ("evaluate.md", markdown(report))):
+        stem = "evaluate" if args.n == 500 else f"evaluate_n{args.n}"
+        for name, text in ((f"{stem}.json", json.dumps(report, indent=2) + "\n"), (f"{stem}.md", markdown(report))):
             with atomic_path(RESULTS / name) as tmp:
                 tmp.write_text(text)
     print(json.dumps(report))
