@@ -16,11 +16,8 @@ For each K (default 50, 500, 5000) a fresh subprocess evaluates N test points an
   apart from the timed evaluation.
 - the process's peak RSS (ru_maxrss): flat in K when the chunking works.
 
-Each case runs with glibc's default allocator settings and, with ``--malloc both`` (default),
-again after ``pyrovae.evaluate.keep_freed_memory()`` as ``pyrovae evaluate`` calls it, so freed
-decoder buffers stay in the heap instead of being returned to the OS and page-faulted anew
-every chunk. ``--compile auto`` (default) compiles the log densities where
-``estimate_log_likelihood`` would (N x K >= 5,000,000).
+``--compile auto`` (default) compiles the log densities where ``estimate_log_likelihood``
+would (N x K >= 1,000,000); ``on`` and ``off`` force it.
 
 Usage:
     python benchmarks/bench_evaluate.py --data-dir ../shared/data                  # N=500
@@ -104,10 +101,8 @@ def worker(args: argparse.Namespace) -> dict:
     progress, and the matmul reference runs there (outside the evaluator's timed spans), so each
     batch is compared with the machine's matmul rate of the same moment: this 2-vCPU machine's
     rate drifts by a third from one second to the next."""
-    from pyrovae.evaluate import COMPILE_PAIRS, estimate_log_likelihood, keep_freed_memory
+    from pyrovae.evaluate import COMPILE_PAIRS, estimate_log_likelihood
 
-    if args.malloc == "kept":
-        keep_freed_memory()  # as pyrovae evaluate does
     x = load_test_images(args.data_dir, args.n)
     vae = build_vae(args.run_dir)
     n, k, batch, chunk = len(x), args.k, args.batch_size, args.chunk_size
@@ -150,7 +145,7 @@ def worker(args: argparse.Namespace) -> dict:
     summary = result.summary()
     return {
         "k": k, "n": n, "batch_size": batch, "chunk_size": chunk, "rows_per_chunk": rows,
-        "malloc": args.malloc, "compile": compile, "threads": torch.get_num_threads(),
+        "compile": compile, "threads": torch.get_num_threads(),
         "seconds": round(seconds, 3),
         "warmup_seconds": round(warmup_seconds, 3),
         "points_per_second": round(n / seconds, 2),
@@ -181,11 +176,11 @@ def machine() -> dict:
 
 def markdown(report: dict) -> str:
     lines = [f"# Evaluator throughput (`{report['command']}`)", "",
-             "| K | N | malloc | compiled | s (+ warm-up) | points/s | GFLOP/s executed | matmul GFLOP/s | ratio "
+             "| K | N | compiled | s (+ warm-up) | points/s | GFLOP/s executed | matmul GFLOP/s | ratio "
              "| ratio, median of batches | peak RSS MB (before evaluating) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for c in report["cases"]:
-        lines.append(f"| {c['k']} | {c['n']} | {c['malloc']} | {'yes' if c['compile'] else 'no'} | {c['seconds']} "
+        lines.append(f"| {c['k']} | {c['n']} | {'yes' if c['compile'] else 'no'} | {c['seconds']} "
                      f"(+{c['warmup_seconds']}) | {c['points_per_second']} | {c['gflops_executed']} | "
                      f"{c['matmul_gflops']} | {c['ratio_to_matmul']} | {c['ratio_median_of_batches']} | "
                      f"{c['max_rss_mb']} ({c['baseline_rss_mb']}) |")
@@ -196,9 +191,7 @@ def markdown(report: dict) -> str:
               "the nominal count, which charges the encoder per particle. Ratio = executed GFLOP/s over the "
               "median GFLOP/s of a matmul of the decoder's shapes into preallocated outputs, timed after every "
               "batch of points in the same process; the median of the per-batch ratios is less sensitive to the "
-              "machine's drift. Warm-up: imports and, when compiled, torch.compile of the kernels.",
-              "malloc: glibc's defaults, or kept = pyrovae.evaluate.keep_freed_memory(), as `pyrovae evaluate` "
-              "runs (freed buffers stay in the heap: no page faults on every chunk).", ""]
+              "machine's drift. Warm-up: imports and, when compiled, torch.compile of the kernels.", ""]
     return "\n".join(lines)
 
 
@@ -213,9 +206,6 @@ def main() -> int:
     parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                         help="torch.compile of the log densities; auto: as estimate_log_likelihood decides")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the matmul reference after each batch")
-    parser.add_argument("--malloc", choices=["default", "kept", "both"], default="both",
-                        help="glibc's default allocator settings, or pyrovae.evaluate.keep_freed_memory() as "
-                             "pyrovae evaluate calls it, or both (see above)")
     parser.add_argument("--run-dir", help="time a trained run (pyrovae fit --out) instead of random weights")
     parser.add_argument("--no-save", action="store_true", help="do not write results/evaluate*.{json,md}")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -231,19 +221,17 @@ def main() -> int:
         return 0
     command = "python benchmarks/bench_evaluate.py " + " ".join(sys.argv[1:])
     cases = []
-    mallocs = ["default", "kept"] if args.malloc == "both" else [args.malloc]
     for k in (int(v) for v in args.ks.split(",")):
-        for malloc in mallocs:
-            log(f"K={k}, N={args.n}, {malloc} malloc: running in a fresh process ...")
-            argv = [sys.executable, __file__, "--worker", "--k", str(k), "--n", str(args.n),
-                    "--data-dir", args.data_dir, "--batch-size", str(args.batch_size),
-                    "--chunk-size", str(args.chunk_size), "--repeats", str(args.repeats), "--compile", args.compile, "--malloc", malloc]
-            argv += ["--run-dir", args.run_dir] if args.run_dir else []
-            done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=True)
-            cases.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            c = cases[-1]
-            log(f"  {c['seconds']} s, {c['gflops_executed']} GFLOP/s vs matmul {c['matmul_gflops']} "
-                f"(ratio {c['ratio_to_matmul']}, median of batches {c['ratio_median_of_batches']}), peak RSS {c['max_rss_mb']} MB")
+        log(f"K={k}, N={args.n}: running in a fresh process ...")
+        argv = [sys.executable, __file__, "--worker", "--k", str(k), "--n", str(args.n), "--data-dir", args.data_dir,
+                "--batch-size", str(args.batch_size), "--chunk-size", str(args.chunk_size),
+                "--repeats", str(args.repeats), "--compile", args.compile]
+        argv += ["--run-dir", args.run_dir] if args.run_dir else []
+        done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=True)
+        cases.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        c = cases[-1]
+        log(f"  {c['seconds']} s, {c['gflops_executed']} GFLOP/s vs matmul {c['matmul_gflops']} (ratio "
+            f"{c['ratio_to_matmul']}, median of batches {c['ratio_median_of_batches']}), peak RSS {c['max_rss_mb']} MB")
     report = {"command": command, "machine": machine(), "weights": args.run_dir or "random (default architecture)",
               "cases": cases}
     if not args.no_save:

@@ -41,10 +41,8 @@ def compare(run_dir: str, limit: int, k: int, steps: int, lr: float, refine_step
     if refine_steps < 0:
         raise UsageError(f"--refine-steps must be >= 0, got {refine_steps}; pass 0 to skip the refinement")
     from pyrovae.compare import compare_inference, format_table
-    from pyrovae.evaluate import keep_freed_memory
     from pyrovae.train import load_run
 
-    keep_freed_memory()
     run = load_run(run_dir, device, data_dir)
     meanfield = run.config.guide == "meanfield"
     splits = {"both": ["train", "test"], None: ["train", "test"] if meanfield else ["test"]}.get(split, [split])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ BATCH_SIZE, CHUNK_SIZE = 200, 50   # datapoints x particles per decoder pass (be
 IWAE_KS = (1, 5, 50)        # bounds L_k reported besides L_K
 KHAT_BAD = 0.7              # Vehtari et al. (2024): above it, IS estimates are unreliable
 UNRELIABLE_SHARE = 0.05     # flag the estimate when more points than this have k-hat > KHAT_BAD
-COMPILE_PAIRS = 5_000_000  # auto-compile from here: ~20 s of eager work vs 1-11 s of compiling
+COMPILE_PAIRS = 1_000_000  # auto-compile from here: ~5 s of eager work vs 1 s of compiling (11 s the first time)
 RNG_TILE = (50, 25)         # particles x rows drawn from one seeded generator
 _IS_STREAM, _ELBO_STREAM = 0, 1
 
@@ -241,8 +242,8 @@ def estimate_log_likelihood(vae: VAE, x: torch.Tensor, k: int = 5000, proposal: 
     Gaussian per row of ``x``. ``batch_size`` rows and ``chunk_size`` particles go through the
     decoder at once: memory grows with their product, not with ``k``. The default 10,000 pairs
     (31 MB per [pairs, 784] float32 buffer) amortize the per-chunk Python work and stay below
-    glibc's 32 MB mmap ceiling (see :func:`keep_freed_memory`), above which every buffer would be
-    mapped and page-faulted anew each chunk. ``progress``: True
+    glibc's 32 MB mmap threshold (set by :func:`keep_freed_memory`, which this calls), above
+    which every buffer would be mapped and page-faulted anew each chunk. ``progress``: True
     for a bar on stderr, or a callable(points_done, points_total). ``compile``: fuse the log
     densities with ``torch.compile`` (:mod:`pyrovae.fused`); None (default) compiles when there
     are at least ``COMPILE_PAIRS`` (point, particle) pairs, where the seconds spent compiling pay off.
@@ -257,6 +258,7 @@ def estimate_log_likelihood(vae: VAE, x: torch.Tensor, k: int = 5000, proposal: 
     iwae_ks = [j for j in IWAE_KS if j < k]
     if compile is None:
         compile = n * k >= COMPILE_PAIRS
+    keep_freed_memory()
     pyro.set_rng_seed(seed)  # only non-Gaussian proposal sites draw from the global generator
     report = _progress(progress, n)
     out: dict[str, list] = {name: [] for name in ("log_px", "ess", "khat", "recon", "kl", "means", *map(str, iwae_ks))}
@@ -287,12 +289,13 @@ def estimate_log_likelihood(vae: VAE, x: torch.Tensor, k: int = 5000, proposal: 
         active_units=diagnostics.active_units(torch.from_numpy(cat["means"])) if encode else None)
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
     """Ask glibc to keep freed buffers in the heap for reuse, instead of handing them back to the
     OS. By default it returns the top of the heap once twice the mmap threshold is free, so each
-    chunk of the evaluator page-faults its tens of MB in anew: about a quarter of its time on a
-    2-core machine (benchmarks/bench_evaluate.py). Process-wide and lasting: ``pyrovae evaluate``
-    and ``pyrovae compare`` call it. Returns False where mallopt is unavailable (not glibc)."""
+    chunk of the evaluator page-faults its tens of MB in anew: a third of its time on a 2-core
+    machine. Process-wide and lasting (the heap keeps its peak size until the process exits);
+    :func:`estimate_log_likelihood` calls it once. Returns False where mallopt is unavailable."""
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
     except (OSError, AttributeError, TypeError):
