@@ -21,9 +21,6 @@ and every result, are the same for any ``chunk_size`` and ``batch_size``.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +35,7 @@ from pyro.poutine.messenger import Messenger
 
 from . import diagnostics
 from .fused import FusedDensities
+from .heap import keep_freed_memory, release_free_memory
 from .guides import AmortizedGuide
 from .model import VAE, data_plate
 from .objectives import elbo_terms, iwae_bound, log_weights
@@ -48,6 +46,7 @@ IWAE_KS = (1, 5, 50)        # bounds L_k reported besides L_K
 KHAT_BAD = 0.7              # Vehtari et al. (2024): above it, IS estimates are unreliable
 UNRELIABLE_SHARE = 0.05     # flag the estimate when more points than this have k-hat > KHAT_BAD
 COMPILE_PAIRS = 1_000_000  # auto-compile from here: ~5 s of eager work vs 1 s of compiling (11 s the first time)
+RELEASE_PAIRS = 1_000_000   # return the heap's free pages after this many (point, particle) pairs
 RNG_TILE = (50, 25)         # particles x rows drawn from one seeded generator
 _IS_STREAM, _ELBO_STREAM = 0, 1
 
@@ -84,7 +83,7 @@ class LogLikelihoodResult:
         frac_bad = float(np.mean(khat > KHAT_BAD))
         reliable = frac_bad <= UNRELIABLE_SHARE
         warning = None if reliable else (
-            f"{frac_bad:.0%} of the {n} points have Pareto k-hat > {KHAT_BAD}: their importance weights "
+            f"{frac_bad:.1%} of the {n} points have Pareto k-hat > {KHAT_BAD}: their importance weights "
             f"are heavy-tailed, so log p(x) is likely underestimated and its SE is not trustworthy. "
             f"More samples help little against heavy tails; use a proposal closer to the posterior "
             f"(e.g. `pyrovae evaluate --proposal fit`) or a better-trained guide.")
@@ -242,8 +241,8 @@ def estimate_log_likelihood(vae: VAE, x: torch.Tensor, k: int = 5000, proposal: 
     Gaussian per row of ``x``. ``batch_size`` rows and ``chunk_size`` particles go through the
     decoder at once: memory grows with their product, not with ``k``. The default 10,000 pairs
     (31 MB per [pairs, 784] float32 buffer) amortize the per-chunk Python work and stay below
-    glibc's 32 MB mmap threshold (set by :func:`keep_freed_memory`, which this calls), above
-    which every buffer would be mapped and page-faulted anew each chunk. ``progress``: True
+    glibc's 32 MB mmap threshold (:mod:`pyrovae.heap`), above which every buffer would be
+    mapped and page-faulted anew each chunk. ``progress``: True
     for a bar on stderr, or a callable(points_done, points_total). ``compile``: fuse the log
     densities with ``torch.compile`` (:mod:`pyrovae.fused`); None (default) compiles when there
     are at least ``COMPILE_PAIRS`` (point, particle) pairs, where the seconds spent compiling pay off.
@@ -259,6 +258,7 @@ def estimate_log_likelihood(vae: VAE, x: torch.Tensor, k: int = 5000, proposal: 
     if compile is None:
         compile = n * k >= COMPILE_PAIRS
     keep_freed_memory()
+    pairs_since_release = 0
     pyro.set_rng_seed(seed)  # only non-Gaussian proposal sites draw from the global generator
     report = _progress(progress, n)
     out: dict[str, list] = {name: [] for name in ("log_px", "ess", "khat", "recon", "kl", "means", *map(str, iwae_ks))}
@@ -279,6 +279,10 @@ def estimate_log_likelihood(vae: VAE, x: torch.Tensor, k: int = 5000, proposal: 
         out["kl"].append(kl.cpu())
         if encode:
             out["means"].append(vae.guide_module(xb)[0].cpu())
+        pairs_since_release += k * len(rows)
+        if pairs_since_release >= RELEASE_PAIRS:
+            release_free_memory()
+            pairs_since_release = 0
         report(rows.stop)
     cat = {name: torch.cat(values).double().numpy() if values else None for name, values in out.items()}
     recon, kl = cat["recon"], cat["kl"]
@@ -287,23 +291,6 @@ def estimate_log_likelihood(vae: VAE, x: torch.Tensor, k: int = 5000, proposal: 
         kl=kl, ess_frac=cat["ess"], khat=cat["khat"],
         iwae={**{j: cat[str(j)] for j in iwae_ks}, k: cat["log_px"]},
         active_units=diagnostics.active_units(torch.from_numpy(cat["means"])) if encode else None)
-
-
-@functools.cache
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed buffers in the heap for reuse, instead of handing them back to the
-    OS. By default it returns the top of the heap once twice the mmap threshold is free, so each
-    chunk of the evaluator page-faults its tens of MB in anew: a third of its time on a 2-core
-    machine. Process-wide and lasting (the heap keeps its peak size until the process exits);
-    :func:`estimate_log_likelihood` calls it once. Returns False where mallopt is unavailable."""
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
-    except (OSError, AttributeError, TypeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    # 32 MB is glibc's ceiling for the mmap threshold on 64-bit (larger requests are refused)
-    return bool(mallopt(m_mmap_threshold, 32 << 20)) & bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def _progress(progress: bool | Callable[[int, int], None], total: int) -> Callable[[int], None]:
