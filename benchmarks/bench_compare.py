@@ -4,8 +4,8 @@ Trains an amortized VAE and a mean-field VAE (free (loc_i, log_scale_i) per trai
 row-sparse Adam) with the same decoder for ``--minutes`` of training each (whole epochs: an
 epoch is not started if the mean epoch time says it would overrun the budget), then runs
 :func:`pyrovae.compare.compare_inference` on the first ``--limit`` test points (and, for the
-mean-field run, training points). Prints one JSON object on stdout; writes a markdown table
-to benchmarks/results/compare.md.
+mean-field run, training points). Prints one JSON object on stdout; writes it and a markdown
+table, with the command and the machine, to benchmarks/results/compare.{json,md}.
 
     python benchmarks/bench_compare.py --data-dir /work/shared/data --minutes 10
 
@@ -14,17 +14,17 @@ MNIST is read only from --data-dir or $PYROVAE_DATA_DIR; without it the benchmar
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import click
 
-from pyrovae.compare import compare_inference, format_table
-from pyrovae.config import FitConfig
-from pyrovae.train import fit, load_run
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import data_dir as find_data_dir, machine, write_results  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
+from pyrovae.compare import compare_inference, format_table  # noqa: E402
+from pyrovae.config import FitConfig, parse_hidden  # noqa: E402
+from pyrovae.train import fit, load_run  # noqa: E402
 
 
 class BudgetSpent(Exception):
@@ -60,11 +60,11 @@ def train_for(config: FitConfig, run_dir: Path, seconds: float) -> dict:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", "out_dir", default="benchmarks/runs", show_default=True, help="Where the two runs go.")
 def main(data_dir, minutes, limit, k, steps, latent_dim, hidden, seed, out_dir) -> None:
-    data_dir = data_dir or os.environ.get("PYROVAE_DATA_DIR")
-    if not data_dir or not (Path(data_dir) / "MNIST" / "raw").is_dir():
+    data_dir = find_data_dir(data_dir)
+    if data_dir is None:
         click.echo(json.dumps({"skipped": "MNIST not found; pass --data-dir or set PYROVAE_DATA_DIR"}))
         return
-    hidden_widths = tuple(int(w) for w in hidden.split(",") if w)
+    hidden_widths = parse_hidden(hidden)
     rows = {}
     for guide in ("amortized", "meanfield"):
         config = FitConfig(dataset="mnist", data_dir=data_dir, guide=guide, latent_dim=latent_dim,
@@ -81,18 +81,18 @@ def main(data_dir, minutes, limit, k, steps, latent_dim, hidden, seed, out_dir) 
             print(format_table(table, f"{guide}, {split} points"), file=sys.stderr)
             row[split] = table
         rows[guide] = row
-    result = {"minutes": minutes, "limit": limit, "k": k, "latent_dim": latent_dim, "hidden": hidden,
+    result = {"command": "python benchmarks/bench_compare.py " + " ".join(sys.argv[1:]), "machine": machine(),
+              "minutes": minutes, "limit": limit, "k": k, "latent_dim": latent_dim, "hidden": hidden,
               "seed": seed, "models": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "compare.md").write_text(markdown(result))
-    click.echo(json.dumps(result, default=str))
+    write_results("compare", json.loads(json.dumps(result, default=str)), markdown(result))
 
 
 def markdown(result: dict) -> str:
     def cell(table: dict, key: str) -> str:
         return f"{table[key]:.2f} ± {table[key + '_se']:.2f}" if key in table else "–"
 
-    lines = [f"# Amortized vs mean-field VI on MNIST ({result['minutes']} min of training each)", "",
+    lines = [f"# Amortized vs mean-field VI on MNIST ({result['minutes']} min of training each; "
+             f"`{result['command']}`)", "",
              f"latent {result['latent_dim']}, hidden {result['hidden']}, {result['limit']} points, "
              f"K = {result['k']}, seed {result['seed']}. Nats per point; ± is the SE over points.", "",
              "| model | points | q | log p̂(x) | L[q] | L[q*] | amortization gap | approximation gap "

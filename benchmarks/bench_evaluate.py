@@ -32,7 +32,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -42,14 +41,10 @@ from pathlib import Path
 
 import torch
 
-from pyrovae.evaluate import BATCH_SIZE, CHUNK_SIZE
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import data_dir, log, machine, write_results  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
-DATA_DIR_ENV = "PYROVAE_DATA_DIR"
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+from pyrovae.evaluate import BATCH_SIZE, CHUNK_SIZE  # noqa: E402
 
 
 def load_test_images(data_dir: str, n: int) -> torch.Tensor:
@@ -163,17 +158,6 @@ def worker(args: argparse.Namespace) -> dict:
     }
 
 
-def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    import pyro
-
-    return {"platform": platform.platform(), "cpu": model, "cpu_count": os.cpu_count(),
-            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__,
-            "torch_threads": torch.get_num_threads(), "mkl": torch.backends.mkl.is_available()}
-
-
 def markdown(report: dict) -> str:
     lines = [f"# Evaluator throughput (`{report['command']}`)", "",
              "| K | N | compiled | s (+ warm-up) | points/s | GFLOP/s executed | matmul GFLOP/s | ratio "
@@ -184,10 +168,7 @@ def markdown(report: dict) -> str:
                      f"(+{c['warmup_seconds']}) | {c['points_per_second']} | {c['gflops_executed']} | "
                      f"{c['matmul_gflops']} | {c['ratio_to_matmul']} | {c['ratio_median_of_batches']} | "
                      f"{c['max_rss_mb']} ({c['baseline_rss_mb']}) |")
-    m = report["machine"]
-    lines += ["", f"Machine: {m['cpu']}, {m['cpus_usable']} usable CPUs, torch {m['torch']} "
-                  f"({m['torch_threads']} threads), {m['platform']}.",
-              "Executed FLOPs: decoder per (point, particle), encoder per (point, chunk); evaluate.json also has "
+    lines += ["", "Executed FLOPs: decoder per (point, particle), encoder per (point, chunk); evaluate.json also has "
               "the nominal count, which charges the encoder per particle. Ratio = executed GFLOP/s over the "
               "median GFLOP/s of a matmul of the decoder's shapes into preallocated outputs, timed after every "
               "batch of points in the same process; the median of the per-batch ratios is less sensitive to the "
@@ -197,8 +178,7 @@ def markdown(report: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV),
-                        help=f"folder holding MNIST/raw (torchvision layout); default ${DATA_DIR_ENV}")
+    parser.add_argument("--data-dir", help="folder holding MNIST/raw (torchvision layout); default $PYROVAE_DATA_DIR")
     parser.add_argument("--n", type=int, default=500, help="test points (10000 = the full test set)")
     parser.add_argument("--ks", default="50,500,5000", help="comma-separated numbers of importance samples")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
@@ -212,11 +192,12 @@ def main() -> int:
     parser.add_argument("--k", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    args.data_dir = data_dir(args.data_dir)
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
-    if not args.data_dir or not (Path(args.data_dir) / "MNIST" / "raw").is_dir():
-        log(f"skipped: MNIST not found; pass --data-dir (or set {DATA_DIR_ENV}) to a folder holding MNIST/raw")
+    if args.data_dir is None:
+        log("skipped: MNIST not found; pass --data-dir (or set PYROVAE_DATA_DIR) to a folder holding MNIST/raw")
         print(json.dumps({"skipped": "MNIST not found"}))
         return 0
     command = "python benchmarks/bench_evaluate.py " + " ".join(sys.argv[1:])
@@ -234,15 +215,10 @@ def main() -> int:
             f"{c['ratio_to_matmul']}, median of batches {c['ratio_median_of_batches']}), peak RSS {c['max_rss_mb']} MB")
     report = {"command": command, "machine": machine(), "weights": args.run_dir or "random (default architecture)",
               "cases": cases}
-    if not args.no_save:
-        from pyrovae.runs import atomic_path
-
-        RESULTS.mkdir(exist_ok=True)
-        stem = "evaluate" if args.n == 500 else f"evaluate_n{args.n}"
-        for name, text in ((f"{stem}.json", json.dumps(report, indent=2) + "\n"), (f"{stem}.md", markdown(report))):
-            with atomic_path(RESULTS / name) as tmp:
-                tmp.write_text(text)
-    print(json.dumps(report))
+    if args.no_save:
+        print(json.dumps(report))
+    else:
+        write_results("evaluate" if args.n == 500 else f"evaluate_n{args.n}", report, markdown(report))
     return 0
 
 

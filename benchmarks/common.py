@@ -26,19 +26,9 @@ def machine() -> dict:
         pass
     import pyro
     return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "pyro": pyro.__version__,
+            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "mkl": torch.backends.mkl.is_available(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "pyro": pyro.__version__,
             "python": platform.python_version(), "cuda": torch.cuda.is_available()}
-
-
-def median_seconds(step: Callable[[], object], repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def interleaved_medians(steps: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, float]:
@@ -65,13 +55,17 @@ def data_dir(option: str | None) -> str | None:
 
 def write_results(name: str, results: dict, table: str) -> None:
     """benchmarks/results/NAME.json and NAME.md, plus the JSON on stdout."""
+    from pyrovae.runs import atomic_path
+
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     info = results["machine"]
     header = (f"Machine: {info['cpu']}, {info['cpu_count']} CPUs, torch {info['torch']} "
               f"({info['torch_threads']} threads), pyro {info['pyro']}, Python {info['python']}, "
               f"{info['platform']}.\n\n")
-    (RESULTS / f"{name}.md").write_text(header + table + "\n")
+    for path, text in ((RESULTS / f"{name}.json", json.dumps(results, indent=2) + "\n"),
+                       (RESULTS / f"{name}.md", header + table + "\n")):
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
     print(json.dumps(results), flush=True)
 
 

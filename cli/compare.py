@@ -5,30 +5,33 @@ from __future__ import annotations
 import click
 from pyrovae.cli.options import DATA_DIR, DEVICE, emit
 
+from pyrovae.compare import DEFAULT_REFINE_STEPS
 from pyrovae.errors import UsageError
+
+DEFAULTS = {"--limit": 1000, "--k": 5000, "--steps": 3000, "--lr": 0.05, "--batch-size": 1000,
+            "--eval-samples": 100}
 
 
 def _positive(name: str, value: int | float) -> None:
     if not value > 0:
-        raise UsageError(f"{name} must be positive, got {value}; e.g. {name} {_EXAMPLES[name]}")
-
-
-_EXAMPLES = {"--limit": 1000, "--k": 5000, "--steps": 3000, "--lr": 0.05, "--batch-size": 1000,
-             "--eval-samples": 100}
+        raise UsageError(f"{name} must be positive, got {value}; e.g. {name} {DEFAULTS[name]}")
 
 
 @click.command()
 @click.argument("run_dir")
-@click.option("--limit", default=1000, show_default=True, help="Evaluate the first LIMIT points of the split.")
-@click.option("--k", default=5000, show_default=True, help="Importance samples per point for log p(x).")
-@click.option("--steps", default=3000, show_default=True, help="Most Adam steps of the test-time fit of q*.")
-@click.option("--lr", default=0.05, show_default=True, help="Adam learning rate of the test-time fit.")
-@click.option("--refine-steps", default=20, show_default=True,
+@click.option("--limit", default=DEFAULTS["--limit"], show_default=True,
+              help="Evaluate the first LIMIT points of the split.")
+@click.option("--k", default=DEFAULTS["--k"], show_default=True, help="Importance samples per point for log p(x).")
+@click.option("--steps", default=DEFAULTS["--steps"], show_default=True,
+              help="Most Adam steps of the test-time fit of q*.")
+@click.option("--lr", default=DEFAULTS["--lr"], show_default=True, help="Adam learning rate of the test-time fit.")
+@click.option("--refine-steps", default=DEFAULT_REFINE_STEPS, show_default=True,
               help="Steps of semi-amortized refinement from the encoder (0: skip).")
-@click.option("--eval-samples", default=100, show_default=True, help="Reconstruction draws per ELBO estimate.")
+@click.option("--eval-samples", default=DEFAULTS["--eval-samples"], show_default=True,
+              help="Reconstruction draws per ELBO estimate.")
 @click.option("--split", type=click.Choice(["test", "train", "both"]), default=None,
               help="Points to evaluate [default: test; both for a meanfield run].")
-@click.option("--batch-size", default=1000, show_default=True, help="Points fitted at once.")
+@click.option("--batch-size", default=DEFAULTS["--batch-size"], show_default=True, help="Points fitted at once.")
 @click.option("--seed", default=0, show_default=True)
 @DEVICE
 @DATA_DIR

@@ -43,7 +43,7 @@ def evaluate(run_dir: str, k: int, split: str, limit: int | None, proposal: str 
 
     started = time.perf_counter()
     run = load_run(run_dir, device, data_dir)
-    x, index = run.points(split, limit, seed)
+    x, _ = run.points(split, limit, seed)
     meanfield = run.config.guide == "meanfield"
     if proposal is None:
         proposal = "fit" if meanfield and split == "test" else "guide"

@@ -25,25 +25,18 @@ expectation, so the approximation gap is, if anything, underestimated.
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
-import numpy as np
 import torch
 
+from . import diagnostics
 from .evaluate import estimate_log_likelihood
 from .guides import AmortizedGuide
 from .local_fit import elbo_per_point, fit_local
 from .model import VAE
 
 DEFAULT_REFINE_STEPS = 20   # Kim et al. (2018) refine the encoder's q with ~20 SVI steps
-
-
-def _mean_se(values: torch.Tensor | np.ndarray) -> tuple[float, float]:
-    values = np.asarray(torch.as_tensor(values, dtype=torch.float64).cpu())
-    se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
-    return float(values.mean()), se
 
 
 def compare_inference(run: Any, x: torch.Tensor, index: torch.Tensor | None = None, k: int = 5000,
@@ -97,8 +90,7 @@ def compare_inference(run: Any, x: torch.Tensor, index: torch.Tensor | None = No
 
     say(f"log p(x) by importance sampling, K = {k}")
     started = time.perf_counter()
-    ll = estimate_log_likelihood(vae, x, k=k, proposal=(best_loc, best_scale), batch_size=min(batch_size, 100),
-                                 seed=seed, progress=progress)
+    ll = estimate_log_likelihood(vae, x, k=k, proposal=(best_loc, best_scale), seed=seed, progress=progress)
     ll_seconds = time.perf_counter() - started
     log_px = torch.from_numpy(ll.log_px)
     elbo_star, elbo_q = elbo_star.double().cpu(), elbo_q.double().cpu()
@@ -117,7 +109,7 @@ def compare_inference(run: Any, x: torch.Tensor, index: torch.Tensor | None = No
         per_point["elbo_refined"] = fits["refined"].elbo.double().cpu()
     table: dict[str, Any] = {"n": len(x), "q": q_name, "k": k}
     for name, values in per_point.items():
-        table[name], table[f"{name}_se"] = _mean_se(values)
+        table[name], table[f"{name}_se"] = diagnostics.mean_and_se(values)
     summary = ll.summary()
     table.update({
         "optimized_from_prior_frac": float(use_prior_fit.float().mean()),

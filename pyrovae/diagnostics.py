@@ -26,15 +26,17 @@ AU_THRESHOLD = 0.01  # Burda et al. (2016)
 PSISFunction = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 
 
-def ess_from_log_sums(log_sum_w: torch.Tensor, log_sum_w2: torch.Tensor, k: int) -> torch.Tensor:
-    """ESS / K = exp(2 log Σ w - log Σ w²) / K, from the two log-sums (which may be streamed)."""
-    return torch.exp(2 * log_sum_w - log_sum_w2) / k
-
-
 def ess_fraction(log_w: torch.Tensor) -> torch.Tensor:
-    """Importance-sampling ESS / K = 1 / (K Σ_k w̄_k²) per datapoint, with w̄ the normalized
-    weights; ``log_w`` is [K, batch], the result [batch]."""
-    return ess_from_log_sums(torch.logsumexp(log_w, 0), torch.logsumexp(2 * log_w, 0), log_w.shape[0])
+    """Importance-sampling ESS / K = 1 / (K Σ_k w̄_k²) = exp(2 log Σ w - log Σ w²) / K per
+    datapoint, with w̄ the normalized weights; ``log_w`` is [K, batch], the result [batch]."""
+    return torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)) / log_w.shape[0]
+
+
+def mean_and_se(values) -> tuple[float, float]:
+    """The mean of ``values`` and its standard error std / sqrt(n) (NaN for a single value)."""
+    values = np.asarray(torch.as_tensor(values, dtype=torch.float64).cpu())
+    se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return float(values.mean()), se
 
 
 def _psis_backend() -> tuple[PSISFunction, float]:

@@ -12,8 +12,8 @@ shrinks like Var(w) / (2 K E[w]²). From the same draws we report L_k for smalle
 2018; Vehtari et al. 2024): with k-hat > 0.7 the estimate is unreliable at any practical K.
 
 The log weights come from Pyro traces (``objectives.log_weights``: the model replayed on
-the proposal's samples, one weight per datapoint and particle), chunked over particles so
-memory stays flat in K, with a streaming logsumexp across chunks.
+the proposal's samples, one weight per datapoint and particle), chunked over particles so the
+decoder's buffers stay flat in K; only the [K, batch] log weights of one batch of points are kept.
 
 Reproducibility: for Gaussian proposals the standard-normal noise of particle k and row i
 comes from a tile of ``RNG_TILE`` (particles x rows) seeded by (seed, tile), so the draws,
@@ -21,7 +21,6 @@ and every result, are the same for any ``chunk_size`` and ``batch_size``.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Union
@@ -78,7 +77,7 @@ class LogLikelihoodResult:
         ELBO, reconstruction and KL are those of the proposal q. JSON-safe: a value that is not
         finite (the SE of one point, k-hat without a tail) is None."""
         n = self.n
-        se = lambda a: _finite(np.std(a, ddof=1) / math.sqrt(n)) if n > 1 else None  # noqa: E731
+        se = lambda a: _finite(diagnostics.mean_and_se(a)[1])  # noqa: E731
         khat = np.where(np.isnan(self.khat), np.inf, self.khat)  # an unknown k-hat counts as a bad one
         frac_bad = float(np.mean(khat > KHAT_BAD))
         reliable = frac_bad <= UNRELIABLE_SHARE
@@ -124,6 +123,15 @@ def table_guide(loc: torch.Tensor, scale: torch.Tensor) -> Callable:
     return guide
 
 
+def as_table(pair, n: int, latent_dim: int, like: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (loc, scale) pair as two [n, latent_dim] tensors like ``like``; ``what`` names it in errors."""
+    loc, scale = (torch.as_tensor(t).to(like) for t in pair)
+    if loc.shape != (n, latent_dim) or scale.shape != loc.shape:
+        raise ValueError(f"{what} (loc, scale) must both be [{n}, {latent_dim}], "
+                         f"got {tuple(loc.shape)} and {tuple(scale.shape)}")
+    return loc, scale
+
+
 def prior_guide(vae: VAE) -> Callable:
     """The prior p(z) as the proposal: log p̂(x) = log mean_k p(x | z_k), a deliberately poor check."""
     def guide(x, index=None, beta=1.0, num_data=None):
@@ -139,11 +147,7 @@ def _proposal_guide(vae: VAE, proposal: Proposal, n: int, like: torch.Tensor) ->
         if proposal == "prior":
             return prior_guide(vae), "prior"
         raise ValueError(f"unknown proposal {proposal!r}; use 'guide', 'prior' or a (loc, scale) pair")
-    loc, scale = (torch.as_tensor(t).to(like) for t in proposal)
-    if loc.shape != (n, vae.latent_dim) or scale.shape != loc.shape:
-        raise ValueError(f"proposal (loc, scale) must both be [{n}, {vae.latent_dim}], "
-                         f"got {tuple(loc.shape)} and {tuple(scale.shape)}")
-    return table_guide(loc, scale), "table"
+    return table_guide(*as_table(proposal, n, vae.latent_dim, like, "proposal")), "table"
 
 
 class _FixedNoise(Messenger):
@@ -197,15 +201,13 @@ def _noise(seed: int, stream: int, particles: range, rows: range, dim: int, like
 # ---------------------------------------------------------------------------- estimator
 
 def _batch_log_weights(vae: VAE, guide: Callable, x: torch.Tensor, rows: range, num_data: int,
-                       k: int, chunk_size: int, seed: int, compile: bool
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For the rows x (= rows of the evaluated set): log Σ_k w, log Σ_k w² (streamed over chunks
-    of particles) and all log w as [K, batch] float64 on the CPU."""
+                       k: int, chunk_size: int, seed: int, compile: bool) -> torch.Tensor:
+    """All log w for the rows x (= rows of the evaluated set), as [K, batch] float64 on the CPU,
+    drawn ``chunk_size`` particles at a time."""
     index = torch.arange(rows.start, rows.stop, device=x.device)
-    log_sum_w = log_sum_w2 = None
     # allocated once per batch: small per-chunk tensors kept alive between the decoder's large
     # buffers fragment the heap, and the process grew with K
-    kept = torch.empty(k, len(rows), dtype=torch.float64)
+    log_w = torch.empty(k, len(rows), dtype=torch.float64)
     for start in range(0, k, chunk_size):
         particles = range(start, min(start + chunk_size, k))
         eps = _noise(seed, _IS_STREAM, particles, rows, vae.latent_dim, x)
@@ -214,12 +216,8 @@ def _batch_log_weights(vae: VAE, guide: Callable, x: torch.Tensor, rows: range, 
         with pyro.validation_enabled(is_validation_enabled() and start == 0), FusedDensities(compile):
             terms = log_weights(vae.model, _with_noise(guide, eps), len(particles), x, index=index,
                                 num_data=num_data)
-        log_w = terms.log_w.double()
-        chunk_w, chunk_w2 = torch.logsumexp(log_w, 0), torch.logsumexp(2 * log_w, 0)
-        log_sum_w = chunk_w if log_sum_w is None else torch.logaddexp(log_sum_w, chunk_w)
-        log_sum_w2 = chunk_w2 if log_sum_w2 is None else torch.logaddexp(log_sum_w2, chunk_w2)
-        kept[particles.start: particles.stop] = log_w
-    return log_sum_w.cpu(), log_sum_w2.cpu(), kept
+        log_w[particles.start: particles.stop] = terms.log_w
+    return log_w
 
 
 def _grouped_iwae(log_w: torch.Tensor, k: int) -> torch.Tensor:
@@ -265,9 +263,9 @@ def estimate_log_likelihood(vae: VAE, x: torch.Tensor, k: int = 5000, proposal: 
     for start in range(0, n, batch_size):
         rows = range(start, min(start + batch_size, n))
         xb = x[rows.start: rows.stop]
-        log_sum_w, log_sum_w2, log_w = _batch_log_weights(vae, guide, xb, rows, n, k, chunk_size, seed, compile)
-        out["log_px"].append(log_sum_w - math.log(k))
-        out["ess"].append(diagnostics.ess_from_log_sums(log_sum_w, log_sum_w2, k))
+        log_w = _batch_log_weights(vae, guide, xb, rows, n, k, chunk_size, seed, compile)
+        out["log_px"].append(iwae_bound(log_w))
+        out["ess"].append(diagnostics.ess_fraction(log_w))
         out["khat"].append(torch.as_tensor(diagnostics.psis_khat(log_w.T)))
         for j in iwae_ks:
             out[str(j)].append(_grouped_iwae(log_w, j))

@@ -19,18 +19,17 @@ window's; once it improves by less than ``tol`` nats per point, divide the learn
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Union
+from typing import Callable, Union
 
 import pyro
 import torch
 
-from .evaluate import table_guide
+from .evaluate import as_table, table_guide
 from .guides import AmortizedGuide
-from .model import VAE
+from .model import VAE, frozen
 from .objectives import elbo_terms, log_weights, make_objective
 
 Init = Union[str, tuple[torch.Tensor, torch.Tensor]]   # "prior", "encoder", or a (loc, scale) table
@@ -46,22 +45,6 @@ class LocalFit:
     elbo: torch.Tensor       # [N]: analytic KL, reconstruction averaged over eval_samples draws
     steps: list[int] = field(default_factory=list)   # Adam steps taken, per batch of rows
     seconds: float = 0.0
-
-
-@contextlib.contextmanager
-def frozen(module: torch.nn.Module) -> Iterator[None]:
-    """No gradients for ``module``'s parameters inside the block: only the local q moves.
-    (Eval mode too, which also tells pyro.module not to register the frozen parameters.)"""
-    flags, training = [(p, p.requires_grad) for p in module.parameters()], module.training
-    for p, _ in flags:
-        p.requires_grad_(False)
-    module.train(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        module.train(training)
 
 
 class Plateau:
@@ -102,11 +85,7 @@ def initial_q(vae: VAE, x: torch.Tensor, init: Init) -> tuple[torch.Tensor, torc
             with torch.no_grad():
                 return vae.guide_module(x)
         raise ValueError(f"unknown init {init!r}; use 'prior', 'encoder' or a (loc, scale) pair")
-    loc, scale = (torch.as_tensor(t).to(x) for t in init)
-    if loc.shape != (len(x), vae.latent_dim) or scale.shape != loc.shape:
-        raise ValueError(f"init (loc, scale) must both be [{len(x)}, {vae.latent_dim}], got "
-                         f"{tuple(loc.shape)} and {tuple(scale.shape)}")
-    return loc, scale
+    return as_table(init, len(x), vae.latent_dim, x, "init")
 
 
 def fit_local(vae: VAE, x: torch.Tensor, init: Init = "prior", max_steps: int = 3000, lr: float = 0.05,

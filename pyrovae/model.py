@@ -12,8 +12,9 @@ Kingma & Welling (2014), "Auto-Encoding Variational Bayes".
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -89,6 +90,22 @@ class Decoder(nn.Module):
         if self.likelihood == "bernoulli":
             return dist.Bernoulli(logits=out).to_event(1)
         return dist.Normal(out, self.sigma().expand_as(out)).to_event(1)
+
+
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module) -> Iterator[None]:
+    """No gradients for ``module``'s parameters inside the block: e.g. only the local q moves.
+    (Eval mode too, which also tells pyro.module not to register the frozen parameters.)"""
+    flags, training = [(p, p.requires_grad) for p in module.parameters()], module.training
+    for p, _ in flags:
+        p.requires_grad_(False)
+    module.train(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        module.train(training)
 
 
 def data_plate(x: torch.Tensor, index: torch.Tensor | None, num_data: int | None) -> pyro.plate:

@@ -174,17 +174,12 @@ class ShapeKeyedJit:
         if key not in self.compiled:
             # Compiling runs the program more than once and so draws extra random numbers; undo
             # them, so a run draws the same numbers with or without the JIT, and after a resume.
-            rng = torch.get_rng_state()
             self.compiled[key] = self.cls(**self.options)
-            with warnings.catch_warnings():   # torch 2.x marks torch.jit.trace, which Pyro uses, deprecated
-                warnings.simplefilter("ignore", FutureWarning)
+            devices = [x.device] if x.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch 2.x deprecates torch.jit.trace, which Pyro uses
                 self.compiled[key].differentiable_loss(model, guide, x, *args, **kwargs)
-            torch.set_rng_state(rng)
         return self.compiled[key].differentiable_loss(model, guide, x, *args, **kwargs)
-
-    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
 
 
 def elbo_terms(model: Callable, guide: Callable, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:

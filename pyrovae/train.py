@@ -28,8 +28,7 @@ from . import runs
 from .config import FitConfig, build_vae
 from .data import Dataset, binarize, check_for_likelihood, load_dataset
 from .errors import UsageError
-from .local_fit import frozen
-from .model import VAE
+from .model import VAE, frozen
 from .objectives import elbo_terms, make_objective
 from .optim import make_optimizer
 
@@ -258,10 +257,11 @@ class _Trainer:
             try:
                 # Pyro's validation checks supports and shapes on the first step; then it only costs time
                 with pyro.validation_enabled(not self.validated):
-                    for _ in range(self.local_steps):   # classical SVI: first move this batch's own q_i
+                    if self.local_steps:   # classical SVI: first move this batch's own q_i
                         with frozen(self.vae.decoder):
-                            training_step(self.local_objective, self.optimizer, self.model, self.guide, x_batch,
-                                          index, beta, n)
+                            for _ in range(self.local_steps):
+                                training_step(self.local_objective, self.optimizer, self.model, self.guide,
+                                              x_batch, index, beta, n)
                     loss = training_step(self.objective, self.optimizer, self.model, self.guide, x_batch,
                                          index, beta_arg, n)
                 self.validated = True
