@@ -319,10 +319,11 @@ def write_per_point(result: LogLikelihoodResult, path: str | Path) -> Path:
     """Write the per-datapoint values to ``path`` (.csv or .npz), atomically."""
     path = Path(path)
     columns = per_point_columns(result)
-    if path.suffix not in (".csv", ".npz"):
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".npz"):
         raise ValueError(f"per-point output must end in .csv or .npz, got {str(path)!r}")
     with atomic_path(path) as tmp:
-        if path.suffix == ".npz":
+        if suffix == ".npz":
             with open(tmp, "wb") as file:  # a file object: np.savez would append .npz to a name
                 np.savez(file, **columns)
         else:
