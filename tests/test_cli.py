@@ -1,5 +1,6 @@
 """The ``pyrovae`` command through click's CliRunner: JSON on stdout, one-line errors, exit codes."""
 import json
+import math
 
 import numpy as np
 import pyro
@@ -7,14 +8,18 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pyrovae import runs
+from pyrovae import diagnostics, runs
 from pyrovae.cli.main import cli
 from pyrovae.data import load_dataset
+from pyrovae.train import load_run
 
 
 SMALL = ["--latent-dim", "2", "--hidden", "16", "--batch-size", "500", "--lr", "0.01", "--quiet",
          "--device", "cpu"]
 RUN_FILES = (runs.CONFIG, runs.CHECKPOINT, runs.METRICS, "samples.png", "reconstructions.png")
+# an untrained Bernoulli decoder has logits near 0: log p(x | z) ≈ -784 log 2 per MNIST digit (fresh
+# VAEs with 32 hidden units and 4 latents measure -547..-552 nats, see test_train.py)
+UNTRAINED_ELBO = -784 * math.log(2)   # -543.4 nats
 
 
 
@@ -239,15 +244,35 @@ def test_evaluate_end_to_end(image_run, tmp_path):
     assert 0 < out["ess_frac_mean"] <= 1 and 0 <= out["active_units"] <= 2
     rows = per_point.read_text().splitlines()
     assert rows[0].startswith("index,log_px,elbo") and len(rows) == 13
+    # the summary is the mean of the per-point values; the CSV holds them to 17 significant digits,
+    # so the means agree to float64 rounding (~1e-13 at ~300 nats)
+    table = np.genfromtxt(per_point, delimiter=",", names=True)
+    assert table["log_px"].mean() == pytest.approx(out["log_likelihood"], abs=1e-9)
+    assert table["elbo"].mean() == pytest.approx(out["elbo"], abs=1e-9)
+    # active units: those of the encoder's means on the same 12 test points, computed directly
+    # (variances 0.34 and 1.06 against the 0.01 threshold, so float rounding cannot flip the count)
+    run = load_run(run_dir, device="cpu")
+    with torch.no_grad():
+        means = run.vae.guide_module(run.points("test", 12)[0])[0]
+    assert out["active_units"] == diagnostics.active_units(means)
 
 
 def test_evaluate_meanfield_run_fits_test_points(tmp_path, tiny_npz):
     run_dir = tmp_path / "mf"
+    # --lr 0.03: with the default 1e-3 the 2 decoder steps of one epoch leave the ELBOs and log p̂ at
+    # -543..-551 nats (seeds 0-3), as untrained, so the checks of learning below would fail
     result = invoke("fit", "--dataset", tiny_npz, "--guide", "meanfield", "--epochs", 1, "--out", run_dir,
-                    "--hidden", 16, "--latent-dim", 2, "--batch-size", 100, "--quiet")
+                    "--hidden", 16, "--latent-dim", 2, "--batch-size", 100, "--lr", 0.03, "--quiet")
     assert result.exit_code == 0, result.stderr
+    fitted = one_json(result)
     out = one_json(invoke("evaluate", run_dir, "--k", 20, "--limit", 5, "--device", "cpu"))
     assert out["proposal"] == "fit" and out["fit_steps"] >= 1 and out["n"] == 5
+    # learning happened: over seeds 0-3 the test-time-fit ELBO of fit is -379..-394 nats and log p̂ of the
+    # first 5 test points -379..-395; 100 nats above an untrained decoder leaves >= 45 nats to spare
+    assert fitted["test_elbo"] > UNTRAINED_ELBO + 100, fitted["test_elbo"]
+    assert out["log_likelihood"] > UNTRAINED_ELBO + 100, out["log_likelihood"]
     out = one_json(invoke("evaluate", run_dir, "--k", 20, "--limit", 5, "--split", "train", "--device", "cpu"))
     assert out["proposal"] == "guide" and out["n"] == 5
+    # training points through their trained rows: -416..-455 nats over seeds 0-3 (>= 48 to spare)
+    assert out["log_likelihood"] > UNTRAINED_ELBO + 40, out["log_likelihood"]
     assert_usage_error(invoke("evaluate", run_dir, "--proposal", "guide", "--device", "cpu"))
