@@ -1,0 +1,1 @@
+"""Estimators of log p(x) and their diagnostics."""
