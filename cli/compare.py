@@ -1,11 +1,11 @@
 """``pyrovae compare RUN_DIR``: the amortization and approximation gaps of a trained run
-(Cremer, Li & Duvenaud 2018); the work is done by :func:`pyrovae.compare.compare_inference`."""
+(Cremer, Li & Duvenaud 2018); the work is done by :func:`pyrovae.inference.compare.compare_inference`."""
 from __future__ import annotations
 
 import click
 from pyrovae.cli.options import DATA_DIR, DEVICE, emit
 
-from pyrovae.compare import DEFAULT_REFINE_STEPS
+from pyrovae.inference.compare import DEFAULT_REFINE_STEPS
 from pyrovae.errors import UsageError
 
 DEFAULTS = {"--limit": 1000, "--k": 5000, "--steps": 3000, "--lr": 0.05, "--batch-size": 1000,
@@ -43,12 +43,14 @@ def compare(run_dir: str, limit: int, k: int, steps: int, lr: float, refine_step
         _positive(name, value)
     if refine_steps < 0:
         raise UsageError(f"--refine-steps must be >= 0, got {refine_steps}; pass 0 to skip the refinement")
-    from pyrovae.compare import compare_inference, format_table
-    from pyrovae.train import load_run
+    from pyrovae import heap
+    from pyrovae.inference.compare import compare_inference, format_table
+    from pyrovae.training import load_run
 
+    heap.keep_freed_memory()   # the CLI process opts in to the evaluator's heap settings
     run = load_run(run_dir, device, data_dir)
-    meanfield = run.config.guide == "meanfield"
-    splits = {"both": ["train", "test"], None: ["train", "test"] if meanfield else ["test"]}.get(split, [split])
+    per_datapoint = run.vae.can("per_datapoint")
+    splits = {"both": ["train", "test"], None: ["train", "test"] if per_datapoint else ["test"]}.get(split, [split])
     result = {"run_dir": run_dir, "guide": run.config.guide, "epoch": run.epoch, "k": k, "seed": seed}
     for name in splits:
         x, index = run.points(name, limit, seed)

@@ -1,5 +1,5 @@
 """``pyrovae evaluate RUN_DIR``: log p(x) by importance sampling, with its standard error and
-diagnostics; the work is done by :func:`pyrovae.evaluate.estimate_log_likelihood`."""
+diagnostics; the work is done by :func:`pyrovae.evaluation.importance.estimate_log_likelihood`."""
 from __future__ import annotations
 
 import time
@@ -8,7 +8,7 @@ import click
 from pyrovae.cli.options import DATA_DIR, DEVICE, emit, output_file
 
 from pyrovae.errors import UsageError
-from pyrovae.evaluate import BATCH_SIZE, CHUNK_SIZE, COMPILE_PAIRS
+from pyrovae.evaluation.importance import BATCH_SIZE, CHUNK_SIZE, COMPILE_PAIRS
 
 
 @click.command()
@@ -37,23 +37,29 @@ def evaluate(run_dir: str, k: int, split: str, limit: int | None, proposal: str 
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be at least 1, got {limit}; omit it to evaluate the whole split")
     per_point_path = output_file(per_point, "--per-point", (".csv", ".npz")) if per_point else None
-    from pyrovae.evaluate import estimate_log_likelihood, write_per_point
-    from pyrovae.local_fit import fit_local
-    from pyrovae.train import load_run
+    from pyrovae import heap
+    from pyrovae.evaluation.importance import estimate_log_likelihood, write_per_point
+    from pyrovae.inference.local_fit import fit_local
+    from pyrovae.training import load_run
 
+    heap.keep_freed_memory()   # the CLI process opts in to the evaluator's heap settings
     started = time.perf_counter()
     run = load_run(run_dir, device, data_dir)
-    x, _ = run.points(split, limit, seed)
-    meanfield = run.config.guide == "meanfield"
+    x, index = run.points(split, limit, seed)
+    encoder = run.vae.can("amortized")
     if proposal is None:
-        proposal = "fit" if meanfield and split == "test" else "guide"
-    if proposal == "guide" and meanfield and split == "test":
-        raise UsageError("a meanfield run has no q for test points; use --proposal fit (the default) or --split train")
+        proposal = "fit" if not encoder and split == "test" else "guide"
+    if proposal == "guide" and not encoder and split == "test":
+        raise UsageError(f"a --guide {run.config.guide} run has no q for test points; use --proposal fit "
+                         "(the default) or --split train")
     extra = {}
     if proposal == "fit":
-        fitted = fit_local(run.vae, x, init="encoder" if not meanfield else "prior", seed=seed)
-        proposal_arg = (fitted.loc, fitted.scale)
+        has_q = encoder or index is not None
+        fitted = fit_local(run.vae, x, init="q" if has_q else "prior", index=index, seed=seed)
+        proposal_arg = fitted.guide
         extra = {"fit_steps": max(fitted.steps), "fit_seconds": round(fitted.seconds, 3)}
+    elif proposal == "guide" and index is not None:
+        proposal_arg = _rows_of_guide(run.vae.guide, index)
     else:
         proposal_arg = proposal
     result = estimate_log_likelihood(run.vae, x, k=k, proposal=proposal_arg, batch_size=batch_size,
@@ -66,3 +72,9 @@ def evaluate(run_dir: str, k: int, split: str, limit: int | None, proposal: str 
     emit({**summary, **extra, "proposal": proposal, "split": split, "run_dir": run_dir, "epoch": run.epoch,
           "seed": seed, "per_point": str(per_point_path) if per_point_path else None,
           "seconds": round(time.perf_counter() - started, 3)})
+
+
+def _rows_of_guide(guide, index):
+    """A per-datapoint guide's rows ``index`` as a guide over rows 0..len(index)-1."""
+    from pyrovae.guides.rows import take_rows
+    return take_rows(guide, index)

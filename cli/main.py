@@ -12,7 +12,10 @@ import click
 from pyrovae.cli.options import DATA_DIR, DEVICE, emit, output_file
 
 from pyrovae.config import PRESETS
-from pyrovae.errors import UsageError
+from pyrovae.errors import UsageError, speak_cli
+from pyrovae.guides import GUIDES
+from pyrovae.models import LIKELIHOODS, MODELS
+from pyrovae.objectives import OBJECTIVES
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -27,7 +30,8 @@ class PyrovaeGroup(click.Group):
     """Turns bad input into one line on stderr and exit code 2, never a traceback."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        from pyrovae.train import NonFiniteLoss, TrainingInterrupted
+        from pyrovae.training import NonFiniteLoss, TrainingInterrupted
+        speak_cli()
         try:
             code = super().main(args, prog_name or "pyrovae", complete_var, standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as error:
@@ -71,19 +75,31 @@ def output_png(path: str) -> Path:
               help="mnist, mnist-sample (ships with pyrovae), toy2d, or a .npz/.npy path.")
 @DATA_DIR
 @click.option("--test-fraction", default=0.1, show_default=True, help="Held-out share of an .npy file.")
-@click.option("--likelihood", type=click.Choice(["bernoulli", "normal"]), default="bernoulli", show_default=True)
+@click.option("--likelihood", type=click.Choice(list(LIKELIHOODS)), default="bernoulli", show_default=True)
 @click.option("--sigma", default="1.0", show_default=True,
               help="Normal likelihood: a fixed sigma (0.7071 gives MSE), 'learned' or 'learned-pixel'.")
 @click.option("--binarize", type=click.Choice(["dynamic", "static", "none"]), default=None,
               help="Bernoulli data: resample every epoch (default), fix once by the seed, or keep intensities.")
-@click.option("--latent-dim", default=50, show_default=True)
+@click.option("--model", type=click.Choice(list(MODELS)), default="vae", show_default=True,
+              help="vae: z -> x; two-layer: z2 -> z1 -> x (Burda et al. 2016).")
+@click.option("--latent-dim", default=50, show_default=True,
+              help="Units of the latent z (the top layer z2 of --model two-layer).")
 @click.option("--hidden", default="400", show_default=True, callback=_hidden,
-              help="Comma list of hidden widths of encoder and decoder; '' for linear.")
-@click.option("--guide", type=click.Choice(["amortized", "meanfield"]), default="amortized", show_default=True)
+              help="Comma list of hidden widths between x and the first latent layer (encoder and decoder); "
+                   "'' for linear.")
+@click.option("--z1-dim", default=100, show_default=True, help="--model two-layer: units of the bottom layer z1.")
+@click.option("--z1-hidden", default="100,100", show_default=True, callback=_hidden,
+              help="--model two-layer: hidden widths between z1 and z2.")
+@click.option("--guide", type=click.Choice(list(GUIDES)), default="amortized", show_default=True,
+              help="amortized: an encoder; meanfield: free Gaussians per training point; flow: inverse "
+                   "autoregressive flows on the encoder's Gaussian.")
+@click.option("--flows", default=2, show_default=True, help="--guide flow: IAF steps per latent layer.")
+@click.option("--flow-hidden", default=0, show_default=True,
+              help="--guide flow: hidden units of each MADE (0: twice the latent layer's size).")
 @click.option("--local-lr", default=0.2, show_default=True, help="--guide meanfield: learning rate of the q_i.")
 @click.option("--local-steps", default=4, show_default=True,
               help="--guide meanfield: steps on a batch's own q_i before each joint step.")
-@click.option("--elbo", type=click.Choice(["trace", "meanfield", "iwae"]), default="trace", show_default=True,
+@click.option("--elbo", type=click.Choice(list(OBJECTIVES)), default="trace", show_default=True,
               help="Trace_ELBO, TraceMeanField_ELBO (analytic KL), or the IWAE bound.")
 @click.option("--particles", default=1, show_default=True, help="Particles per datapoint (K for iwae).")
 @click.option("--jit/--no-jit", default=None,
@@ -108,9 +124,7 @@ def fit(ctx: click.Context, run_dir: str, resume: bool, overwrite: bool, quiet: 
         **options) -> None:
     """Train a VAE by SVI and write RUN_DIR (config, checkpoint, metrics, images)."""
     from pyrovae.config import FitConfig
-    from pyrovae.train import fit as train
-    if resume and overwrite:
-        raise UsageError("--resume and --overwrite contradict each other; pass one of them")
+    from pyrovae.training import fit as train
     for name, value in PRESETS.get(preset, {}).items():
         if ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT:
             options[name] = value
@@ -127,12 +141,12 @@ def fit(ctx: click.Context, run_dir: str, resume: bool, overwrite: bool, quiet: 
 @DATA_DIR
 def sample(run_dir: str, n: int, mean: bool, seed: int, out: str, device: str, data_dir: str | None) -> None:
     """Draw x from the model's prior predictive: z ~ N(0, I), x ~ p(x | z)."""
-    import torch
-
     from pyrovae.plots import prior_samples, save_grid
+    from pyrovae.programs import rows_of
     path = output_png(out)
     run = _image_run(run_dir, device, data_dir)
-    images = prior_samples(run.vae, n, mean=mean, generator=torch.Generator().manual_seed(seed))
+    template = rows_of(run.data.test, [i % len(run.data.test[0]) for i in range(n)])
+    images = prior_samples(run.vae, template, mean=mean, seed=seed)
     save_grid(images, run.data.dataset.image_shape, path)
     emit({"out": str(path), "n": n, "mean": mean, "run_dir": run_dir})
 
@@ -145,14 +159,17 @@ def sample(run_dir: str, n: int, mean: bool, seed: int, out: str, device: str, d
 @DATA_DIR
 def reconstruct(run_dir: str, n: int, out: str, device: str, data_dir: str | None) -> None:
     """Test images next to their reconstructions E[x | z = loc(x)]."""
-    from pyrovae.guides import AmortizedGuide
+    import torch
+
     from pyrovae.plots import reconstruction_pairs, save_grid
+    from pyrovae.programs import rows_of
     path = output_png(out)
     run = _image_run(run_dir, device, data_dir)
-    amortized = isinstance(run.vae.guide_module, AmortizedGuide)
-    x = (run.data.test if amortized else run.data.train)[:n]
-    save_grid(reconstruction_pairs(run.vae, x), run.data.dataset.image_shape, path)
-    emit({"out": str(path), "n": len(x), "split": "test" if amortized else "train", "run_dir": run_dir})
+    amortized = run.vae.can("amortized")
+    batch = rows_of(run.data.test if amortized else run.data.train, slice(0, n))
+    index = None if amortized else torch.arange(len(batch[0]), device=batch[0].device)
+    save_grid(reconstruction_pairs(run.vae, batch, index), run.data.dataset.image_shape, path)
+    emit({"out": str(path), "n": len(batch[0]), "split": "test" if amortized else "train", "run_dir": run_dir})
 
 
 @cli.command("latent-map")
@@ -163,20 +180,20 @@ def reconstruct(run_dir: str, n: int, out: str, device: str, data_dir: str | Non
 @DATA_DIR
 def latent_map(run_dir: str, n: int, out: str, device: str, data_dir: str | None) -> None:
     """Encoder means of test points: the latents for 2-D latents, else a PCA projection."""
-    from pyrovae.guides import AmortizedGuide
     from pyrovae.plots import latent_map as draw
-    from pyrovae.train import load_run
+    from pyrovae.programs import rows_of
+    from pyrovae.training import load_run
     path = output_png(out)
     run = load_run(run_dir, device, data_dir)
-    if not isinstance(run.vae.guide_module, AmortizedGuide):
-        raise UsageError("latent-map needs an encoder; this run has --guide meanfield")
+    if not run.vae.can("amortized"):
+        raise UsageError(f"latent-map needs an encoder; this run has --guide {run.config.guide}")
     labels = run.data.dataset.test_labels
-    result = draw(run.vae, run.data.test[:n], None if labels is None else labels[:n], path)
+    result = draw(run.vae, rows_of(run.data.test, slice(0, n)), None if labels is None else labels[:n], path)
     emit({"out": str(path), "run_dir": run_dir, **result})
 
 
 def _image_run(run_dir: str, device: str, data_dir: str | None):
-    from pyrovae.train import load_run
+    from pyrovae.training import load_run
     run = load_run(run_dir, device, data_dir)
     if run.data.dataset.image_shape is None:
         raise UsageError(f"{run.data.dataset.name} rows are not images; use latent-map or the metrics instead")

@@ -1,23 +1,30 @@
-"""pyrovae: a variational autoencoder written as a Pyro program.
+"""pyrovae: variational autoencoders written as Pyro programs.
 
 The public API, for use from Python::
 
     from pyrovae import FitConfig, fit, load_run, estimate_log_likelihood
     fit(FitConfig(dataset="mnist-sample", epochs=5), "runs/demo")
     run = load_run("runs/demo")
-    print(estimate_log_likelihood(run.vae, run.data.test[:100], k=1000).summary())
+    print(estimate_log_likelihood(run.vae, run.data.test[0][:100], k=1000).summary())
+
+Your own Pyro model and guide (see :mod:`pyrovae.programs`) go in as ``fit(config, run_dir,
+vae=VAE(model, guide), data=Dataset(...))``.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-from .compare import compare_inference
 from .config import FitConfig, build_vae
-from .evaluate import estimate_log_likelihood
-from .guides import AmortizedGuide, MeanFieldGuide
-from .local_fit import fit_local
-from .model import VAE, Decoder
-from .objectives import IWAE_ELBO, log_weights, make_objective
-from .train import fit, load_run
+from .data import Dataset
+from .evaluation.importance import estimate_log_likelihood
+from .guides import GUIDES, AmortizedGuide, FlowGuide, MeanFieldGuide
+from .inference.compare import compare_inference
+from .inference.local_fit import fit_local
+from .models import MODELS, TwoLayerModel, VAEModel
+from .objectives import IWAE_ELBO, OBJECTIVES, log_weights, make_objective
+from .programs import DATA_PLATE, data_plate
+from .training import Callback, fit, load_run
+from .vae import VAE
 
-__all__ = ["VAE", "Decoder", "AmortizedGuide", "MeanFieldGuide", "FitConfig", "build_vae", "fit", "load_run",
-           "make_objective", "IWAE_ELBO", "log_weights", "estimate_log_likelihood", "fit_local",
-           "compare_inference"]
+__all__ = ["VAE", "VAEModel", "TwoLayerModel", "AmortizedGuide", "MeanFieldGuide", "FlowGuide", "MODELS", "GUIDES",
+           "OBJECTIVES", "FitConfig", "Dataset", "build_vae", "fit", "load_run", "Callback", "make_objective",
+           "IWAE_ELBO", "log_weights", "estimate_log_likelihood", "fit_local", "compare_inference", "DATA_PLATE",
+           "data_plate"]

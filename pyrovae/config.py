@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from .data import BINARIZE
 from .errors import UsageError
-from .guides import AmortizedGuide, MeanFieldGuide
-from .model import LIKELIHOODS, VAE, Decoder, parse_sigma
+from .guides import GUIDES
+from .models import LIKELIHOODS, MODELS, parse_sigma
 from .objectives import OBJECTIVES
-
-GUIDES = ("amortized", "meanfield")
+from .programs import can
+from .vae import VAE
 
 # Named recipes: option values a preset sets unless the command line gives them.
 PRESETS: dict[str, dict] = {
@@ -25,6 +25,10 @@ PRESETS: dict[str, dict] = {
     # Burda et al. (2016)'s one-stochastic-layer sizes (784-200-200-50, batch 20) with the IWAE bound, K=50
     "iwae-paper": dict(dataset="mnist", hidden=(200, 200), latent_dim=50, batch_size=20, lr=1e-3,
                        lr_decay=0.99, elbo="iwae", particles=50),
+    # Burda et al.'s two stochastic layers (784-200-200-100-100-100-50), trained with the ELBO
+    "mnist-two-layer": dict(dataset="mnist", model="two-layer", hidden=(200, 200), z1_dim=100,
+                            z1_hidden=(100, 100), latent_dim=50, batch_size=128, lr=1e-3, lr_decay=0.99,
+                            kl_warmup=10, elbo="trace"),
 }
 MAX_SIZE = 100_000      # widths, latent dims and particles beyond this are typos, not models that fit in memory
 
@@ -52,9 +56,14 @@ class FitConfig:
     likelihood: str = "bernoulli"
     sigma: str = "1.0"
     binarize: str | None = None         # default: dynamic for bernoulli, none for normal
-    latent_dim: int = 50
-    hidden: tuple[int, ...] = (400,)
-    guide: str = "amortized"
+    model: str = "vae"                  # a name in pyrovae.models.MODELS
+    latent_dim: int = 50                # z (the top layer of a two-layer model)
+    hidden: tuple[int, ...] = (400,)    # MLP widths between x and the first latent layer
+    z1_dim: int = 100                   # --model two-layer: the bottom latent layer z1
+    z1_hidden: tuple[int, ...] = (100, 100)   # --model two-layer: MLP widths between z1 and z2
+    guide: str = "amortized"            # a name in pyrovae.guides.GUIDES
+    flows: int = 2                      # --guide flow: IAF steps per latent layer
+    flow_hidden: int = 0                # --guide flow: MADE hidden units (0: twice the layer's size)
     elbo: str = "trace"
     particles: int = 1
     jit: bool | None = None             # None: Pyro's JIT for trace and meanfield, eager for iwae
@@ -75,12 +84,12 @@ class FitConfig:
     eval_train_points: int = 10_000     # train ELBO each epoch on this many training points
 
     def __post_init__(self) -> None:
-        self.hidden = tuple(self.hidden)
+        self.hidden, self.z1_hidden = tuple(self.hidden), tuple(self.z1_hidden)
         if self.binarize is None:
             self.binarize = "dynamic" if self.likelihood == "bernoulli" else "none"
         if self.jit is None:
             # the compiled loss is the fast path (benchmarks/bench_speed.py); Pyro has none for IWAE
-            self.jit = self.elbo != "iwae"
+            self.jit = self.elbo in OBJECTIVES and OBJECTIVES[self.elbo].jit is not None
 
     def validate(self) -> "FitConfig":
         """Raise :class:`UsageError` naming the first bad option and its fix."""
@@ -88,9 +97,14 @@ class FitConfig:
             if not ok:
                 raise UsageError(message)
 
-        need(self.likelihood in LIKELIHOODS, f"unknown --likelihood {self.likelihood!r}; use bernoulli or normal")
-        need(self.guide in GUIDES, f"unknown --guide {self.guide!r}; use amortized or meanfield")
-        need(self.elbo in OBJECTIVES, f"unknown --elbo {self.elbo!r}; use trace, meanfield or iwae")
+        def choices(registry) -> str:
+            return ", ".join(registry)
+
+        need(self.likelihood in LIKELIHOODS,
+             f"unknown --likelihood {self.likelihood!r}; use {choices(LIKELIHOODS)}")
+        need(self.model in MODELS, f"unknown --model {self.model!r}; use {choices(MODELS)}")
+        need(self.guide in GUIDES, f"unknown --guide {self.guide!r}; use {choices(GUIDES)}")
+        need(self.elbo in OBJECTIVES, f"unknown --elbo {self.elbo!r}; use {choices(OBJECTIVES)}")
         need(self.binarize in BINARIZE, f"unknown --binarize {self.binarize!r}; use dynamic, static or none")
         need(self.likelihood == "bernoulli" or self.binarize == "none",
              f"--binarize {self.binarize} only makes sense with --likelihood bernoulli; drop it or use --binarize none")
@@ -111,12 +125,18 @@ class FitConfig:
         need(self.kl_warmup >= 0, f"--kl-warmup must be >= 0 epochs, got {self.kl_warmup}")
         need(0 < self.test_fraction < 1, f"--test-fraction must lie in (0, 1), got {self.test_fraction}")
         need(self.eval_train_points >= 1, f"eval_train_points must be at least 1, got {self.eval_train_points}")
-        need(not (self.jit and self.elbo == "iwae"),
-             "--jit is not available for --elbo iwae (Pyro has no JIT IWAE objective); drop --jit")
+        need(not self.jit or OBJECTIVES[self.elbo].jit is not None,
+             f"--jit is not available for --elbo {self.elbo} (Pyro has no JIT version of it); drop --jit")
         need(all(isinstance(width, int) and width > 0 for width in self.hidden),
              f"--hidden widths must be positive integers, got {self.hidden}")
         need(all(width <= MAX_SIZE for width in self.hidden),
              f"--hidden widths must be at most {MAX_SIZE}, got {self.hidden}")
+        need(1 <= self.z1_dim <= MAX_SIZE, f"--z1-dim must lie in [1, {MAX_SIZE}], got {self.z1_dim}")
+        need(all(isinstance(width, int) and 0 < width <= MAX_SIZE for width in self.z1_hidden),
+             f"--z1-hidden widths must be positive integers up to {MAX_SIZE}, got {self.z1_hidden}")
+        need(1 <= self.flows <= 100, f"--flows must lie in [1, 100], got {self.flows}")
+        need(self.flow_hidden == 0 or 2 <= self.flow_hidden <= MAX_SIZE,
+             f"--flow-hidden must be 0 (twice the latent size) or in [2, {MAX_SIZE}], got {self.flow_hidden}")
         if self.likelihood == "normal":
             try:
                 parse_sigma(self.sigma)
@@ -134,10 +154,15 @@ class FitConfig:
 
 
 def build_vae(config: FitConfig, data_dim: int, num_train: int) -> VAE:
-    """The VAE a config describes: its decoder and its guide (amortized or mean-field)."""
-    decoder = Decoder(config.latent_dim, data_dim, config.hidden, config.likelihood, config.sigma)
-    if config.guide == "meanfield":
-        guide = MeanFieldGuide(num_train, config.latent_dim)
-    else:
-        guide = AmortizedGuide(data_dim, config.latent_dim, config.hidden)
-    return VAE(decoder, guide)
+    """The model and guide a config names, from the registries; refuses an objective the guide
+    cannot serve (TraceMeanField_ELBO is exact only for a mean-field guide)."""
+    model = MODELS[config.model].from_config(config, data_dim)
+    guide = GUIDES[config.guide].from_config(config, model, num_train)
+    if OBJECTIVES[config.elbo].needs_mean_field_guide and not can(guide, "mean_field"):
+        raise UsageError(f"--elbo {config.elbo} (closed-form KL) needs a mean-field guide, but --guide {config.guide} "
+                         f"of --model {config.model} makes latent sites depend on each other; use --elbo trace or iwae")
+    if config.guide == "flow" and config.flow_hidden and any(config.flow_hidden < layer.dim
+                                                             for layer in model.latent_layers()):
+        raise UsageError(f"--flow-hidden {config.flow_hidden} is smaller than a latent layer "
+                         f"({max(layer.dim for layer in model.latent_layers())} units); a MADE needs at least as many")
+    return VAE(model, guide)

@@ -31,14 +31,14 @@ BINARIZE = ("dynamic", "static", "none")
 @dataclass
 class Dataset:
     name: str
-    train: torch.Tensor            # [N, D] float32
-    test: torch.Tensor             # [M, D] float32
+    train: torch.Tensor            # [N, D] float32 (or a tuple (x, y, ...) of row-first tensors)
+    test: torch.Tensor             # [M, D] float32 (or a tuple, like train)
     image_shape: tuple[int, ...] | None = None  # (C, H, W) when rows are images
     test_labels: torch.Tensor | None = None     # class labels, for latent maps
 
     @property
     def data_dim(self) -> int:
-        return self.train.shape[1]
+        return (self.train if isinstance(self.train, torch.Tensor) else self.train[0]).shape[1]
 
 
 def load_dataset(name: str, data_dir: str | None = None, test_fraction: float = 0.1,

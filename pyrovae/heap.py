@@ -6,7 +6,9 @@ threshold is free, so every chunk page-faults those buffers in anew: a third of 
 time on a 2-core machine. :func:`keep_freed_memory` keeps them; :func:`release_free_memory`,
 called every few seconds of work, returns the free pages that fragmentation strands between
 live allocations, so the process does not grow with the number of points either.
-Both do nothing where glibc's malloc is not the allocator.
+Both do nothing where glibc's malloc is not the allocator. These are process-wide settings,
+so the library never makes them itself: the CLI's evaluating commands opt in (a Python caller
+may too), and the evaluator then trims its heap as it goes (:func:`tuned`).
 """
 from __future__ import annotations
 
@@ -37,6 +39,11 @@ def keep_freed_memory() -> bool:
     if libc is None:
         return False
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) & bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def tuned() -> bool:
+    """Whether :func:`keep_freed_memory` has been called in this process."""
+    return keep_freed_memory.cache_info().currsize > 0
 
 
 def release_free_memory() -> None:

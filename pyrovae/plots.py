@@ -1,46 +1,63 @@
-"""Pictures of a run: prior samples, test reconstructions, and the latent space."""
+"""Pictures of a run: prior samples, reconstructions, and the latent space, for any model and
+guide that follow :mod:`pyrovae.programs`: the observed site's distribution gives the pictures
+(its mean, or a draw), the guide's sites the latent codes."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
+from pyro import poutine
 
-from .guides import AmortizedGuide
-from .model import VAE
+from .objectives.traces import sample_sites
+from .programs import num_rows, rows_of
+from .vae import VAE
 
 SAMPLES_PNG = "samples.png"
 RECONSTRUCTIONS_PNG = "reconstructions.png"
 
 
-@torch.no_grad()
-def prior_samples(vae: VAE, n: int, mean: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-    """x ~ p(x | z), z ~ p(z); with ``mean``, the decoder's mean E[x | z] instead of a draw."""
-    device = next(vae.parameters()).device
-    z = torch.randn(n, vae.latent_dim, generator=generator).to(device)
-    likelihood = vae.decoder.likelihood_dist(z).base_dist
-    if mean:
-        return likelihood.mean
-    return likelihood.sample() if generator is None else _sample_with(likelihood, generator)
-
-
-def _sample_with(likelihood, generator: torch.Generator) -> torch.Tensor:
-    if isinstance(likelihood, torch.distributions.Bernoulli):
-        return torch.bernoulli(likelihood.probs.cpu(), generator=generator).to(likelihood.probs.device)
-    noise = torch.randn(likelihood.loc.shape, generator=generator).to(likelihood.loc.device)
-    return likelihood.loc + likelihood.scale * noise
+def _observed(trace) -> dict:
+    return next(site for _, site in sample_sites(trace) if site["is_observed"])
 
 
 @torch.no_grad()
-def reconstructions(vae: VAE, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-    """Decoder means at the guide's means: E[x | z = loc(x)]."""
-    loc, _ = vae.guide_module(x, index)
-    return vae.decoder.likelihood_dist(loc).base_dist.mean
+def prior_samples(vae: VAE, template: Sequence[torch.Tensor], mean: bool = False, seed: int = 0) -> torch.Tensor:
+    """x ~ p(x | z), z ~ p(z), one per row of ``template`` (whose x values are ignored; other
+    tensors, e.g. labels, condition the model); with ``mean``, E[x | z] instead of a draw.
+    Seeded by ``seed`` without touching the caller's generator."""
+    model, _ = vae.bound()
+    devices = [vae.device] if vae.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        trace = poutine.trace(poutine.uncondition(model)).get_trace(None, 1.0, *template)
+    observed = _observed_after_uncondition(trace, vae, template)
+    return observed["fn"].mean if mean else observed["value"]
 
 
-def reconstruction_pairs(vae: VAE, x: torch.Tensor) -> torch.Tensor:
+def _observed_after_uncondition(trace, vae: VAE, template: Sequence[torch.Tensor]) -> dict:
+    """The site that was observed in the model (uncondition samples it instead)."""
+    model, _ = vae.bound()
+    names = {name for name, site in sample_sites(poutine.trace(model).get_trace(None, 1.0, *rows_of(template, slice(0, 1))))
+             if site["is_observed"]}
+    return next(site for name, site in sample_sites(trace) if name in names)
+
+
+@torch.no_grad()
+def reconstructions(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor | None = None) -> torch.Tensor:
+    """E[x | z] at the guide's mean of z (a draw for a site without a closed-form mean)."""
+    from .evaluation.importance import MeanValues
+    model, guide = vae.bound()
+    with MeanValues():
+        guide_trace = poutine.trace(guide).get_trace(index, 1.0, *batch)
+    trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(index, 1.0, *batch)
+    return _observed(trace)["fn"].mean
+
+
+def reconstruction_pairs(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor | None = None) -> torch.Tensor:
     """Rows of x interleaved with their reconstructions: x_0, x̂_0, x_1, x̂_1, ..."""
-    index = torch.arange(len(x), device=x.device)
-    return torch.stack([x, reconstructions(vae, x, index)], dim=1).reshape(-1, x.shape[-1])
+    x = batch[0]
+    return torch.stack([x, reconstructions(vae, batch, index)], dim=1).reshape(-1, x.shape[-1])
 
 
 def save_grid(images: torch.Tensor, image_shape: tuple[int, ...], path: Path, nrow: int = 8) -> None:
@@ -51,47 +68,46 @@ def save_grid(images: torch.Tensor, image_shape: tuple[int, ...], path: Path, nr
         save_image(images.reshape(-1, *image_shape).clamp(0, 1).cpu(), tmp, nrow=nrow, format="png")
 
 
-def save_scatter(points: dict[str, torch.Tensor], path: Path, title: str = "") -> None:
-    """2-D points (e.g. data vs samples, or latent means) as a scatter plot."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .runs import atomic_path
-    figure, axes = plt.subplots(figsize=(5, 5))
-    for label, xy in points.items():
-        xy = xy.cpu()
-        axes.scatter(xy[:, 0], xy[:, 1], s=3, alpha=0.5, label=label)
-    axes.legend(markerscale=4)
-    axes.set_title(title)
-    with atomic_path(Path(path)) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)
+def save_scatter(points: dict[str, torch.Tensor], path: Path, title: str = "", xlabel: str = "",
+                 ylabel: str = "") -> None:
+    """2-D points (e.g. data vs samples, or latent means by class) as a scatter plot."""
+    from .figures import scatter
+    scatter({label: xy.detach().cpu().numpy() for label, xy in points.items()}, Path(path), title, xlabel, ylabel)
 
 
-def write_run_images(vae: VAE, data, run_dir: Path, n: int = 64) -> None:
+def write_run_images(vae: VAE, data, run_dir: Path, n: int = 64, caption: str = "") -> None:
     """samples.png and reconstructions.png in RUN_DIR (grids for images, scatter plots otherwise)."""
     shape = data.dataset.image_shape
-    generator = torch.Generator().manual_seed(0)
+    test, train = data.test, data.train
+    # a guide without an encoder has parameters for training rows only
+    batch = rows_of(test if vae.can("amortized") else train, slice(0, n // 2))
+    index = None if vae.can("amortized") else torch.arange(num_rows(batch), device=batch[0].device)
     if shape is not None:
-        save_grid(prior_samples(vae, n, mean=True, generator=generator), shape, run_dir / SAMPLES_PNG)
-        # a mean-field guide has parameters for training rows only
-        x = data.test[: n // 2] if isinstance(vae.guide_module, AmortizedGuide) else data.train[: n // 2]
-        save_grid(reconstruction_pairs(vae, x), shape, run_dir / RECONSTRUCTIONS_PNG, nrow=8)
+        from .figures import reconstruction_figure, sample_grid
+        template = rows_of(test, slice(0, n)) if num_rows(test) >= n else rows_of(train, slice(0, n))
+        sample_grid(prior_samples(vae, template, mean=True).cpu(), shape, run_dir / SAMPLES_PNG,
+                    caption=f"prior samples (decoder means){caption}")
+        split = "test" if vae.can("amortized") else "training"
+        reconstruction_figure(batch[0].cpu(), reconstructions(vae, batch, index).cpu(), shape,
+                              run_dir / RECONSTRUCTIONS_PNG, caption=f"{split} images and reconstructions{caption}")
     elif data.dataset.data_dim == 2:
-        save_scatter({"data": data.test[:2000], "samples": prior_samples(vae, 2000, generator=generator)},
-                     run_dir / SAMPLES_PNG, "prior samples")
-        x = data.test[:2000]
-        if isinstance(vae.guide_module, AmortizedGuide):
-            save_scatter({"data": x, "reconstruction": reconstructions(vae, x)}, run_dir / RECONSTRUCTIONS_PNG,
-                         "test reconstructions")
+        template = rows_of(test, slice(0, 2000))
+        save_scatter({"data": template[0], "samples": prior_samples(vae, template)}, run_dir / SAMPLES_PNG,
+                     "prior samples", "x1", "x2")
+        if vae.can("amortized"):
+            save_scatter({"data": template[0], "reconstruction": reconstructions(vae, template)},
+                         run_dir / RECONSTRUCTIONS_PNG, "test reconstructions", "x1", "x2")
 
 
 @torch.no_grad()
-def latent_map(vae: VAE, x: torch.Tensor, labels: torch.Tensor | None, path: Path) -> dict:
-    """Encoder means of x in 2-D: the latents themselves when latent_dim is 2, else their
-    first two principal components."""
-    loc, _ = vae.guide_module(x)
+def latent_map(vae: VAE, batch: Sequence[torch.Tensor], labels: torch.Tensor | None, path: Path,
+               site: str | None = None) -> dict:
+    """The guide's means of a latent site (the first by default) for the rows of ``batch``, in
+    2-D: the latents themselves when the site has 2 dims, else their first two principal components."""
+    from .inference.local_fit import guide_moments
+    moments = guide_moments(vae, batch, None)
+    site = site or next(iter(moments))
+    loc = moments[site][0].reshape(num_rows(batch), -1)
     projection = "identity"
     if loc.shape[1] > 2:
         centered = loc - loc.mean(0)
@@ -101,5 +117,6 @@ def latent_map(vae: VAE, x: torch.Tensor, labels: torch.Tensor | None, path: Pat
     elif loc.shape[1] == 1:
         loc = torch.cat([loc, torch.zeros_like(loc)], dim=1)
     groups = {"x": loc} if labels is None else {str(int(c)): loc[labels == c] for c in labels.unique()}
-    save_scatter(groups, path, f"latent means ({projection})")
-    return {"projection": projection, "points": len(x)}
+    axis = "principal component" if projection == "pca" else site
+    save_scatter(groups, path, f"posterior means of {site} ({projection})", f"{axis} 1", f"{axis} 2")
+    return {"projection": projection, "points": num_rows(batch), "site": site}

@@ -12,7 +12,7 @@ import json
 import os
 import pickle
 import platform
-import tempfile
+import secrets
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,9 +21,7 @@ import torch
 
 from .errors import UsageError
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: the model and guide are nn.Modules of their own (pyrovae 0.2)
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -35,9 +33,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename,
     so readers see the old file or the new one, never half of one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600; a run's files should read like any other
+    while True:
+        # created like any file the user's process makes (0666 less the umask; mkstemp would give 0600)
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
         yield Path(tmp)
         os.replace(tmp, path)

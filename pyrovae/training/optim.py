@@ -1,6 +1,6 @@
 """Optimizers for training with per-datapoint (local) variational parameters.
 
-A :class:`~pyrovae.guides.MeanFieldGuide` holds tables loc, log_scale of shape [N, D]; a
+A per-datapoint guide (:class:`~pyrovae.guides.MeanFieldGuide`) holds tables of shape [N, D]; a
 minibatch step indexes B << N rows, so the gradient is zero on every other row. Plain Adam
 still moves those rows, by its momentum m / sqrt(v), so a row drifts on steps that never
 saw its datapoint. :class:`RowSparseAdam` ("lazy" Adam) updates, on a row-sparse table,
@@ -20,9 +20,8 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
-from torch import nn
 
-from .guides import MeanFieldGuide
+from ..vae import VAE
 
 
 class RowSparseAdam(torch.optim.Optimizer):
@@ -102,14 +101,13 @@ def _adam_update(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
     param.addcdiv_(exp_avg * (lr / bias_correction1), denom, value=-1.0)
 
 
-def make_optimizer(vae: nn.Module, lr: float, local_lr: float | None = None) -> torch.optim.Optimizer:
-    """Adam for an amortized VAE; for a mean-field guide, RowSparseAdam with the guide's
-    per-datapoint tables row-sparse, so a minibatch step moves only its own rows, at their own
-    learning rate ``local_lr`` (a row is stepped once per epoch, the decoder once per batch)."""
-    guide = getattr(vae, "guide_module", None)
-    if isinstance(guide, MeanFieldGuide):
-        local = list(guide.parameters())
-        shared = [p for p in vae.parameters() if all(p is not q for q in local)]
-        groups = [{"params": shared, "lr": lr}, {"params": local, "lr": local_lr or lr}]
-        return RowSparseAdam(groups, row_sparse=local, lr=lr)
-    return torch.optim.Adam(vae.parameters(), lr=lr)
+def make_optimizer(vae: VAE, lr: float, local_lr: float | None = None) -> torch.optim.Optimizer:
+    """Adam for a guide without per-datapoint parameters; otherwise RowSparseAdam with the guide's
+    tables row-sparse, so a minibatch step moves only its own rows, at their own learning rate
+    ``local_lr`` (a row is stepped once per epoch, the decoder once per batch)."""
+    local = vae.row_parameters()
+    if not local:
+        return torch.optim.Adam(vae.parameters(), lr=lr)
+    shared = [p for p in vae.parameters() if all(p is not q for q in local)]
+    groups = [{"params": shared, "lr": lr}, {"params": local, "lr": local_lr or lr}]
+    return RowSparseAdam(groups, row_sparse=local, lr=lr)

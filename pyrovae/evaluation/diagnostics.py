@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 AU_THRESHOLD = 0.01  # Burda et al. (2016)
+MIN_KHAT_DRAWS = 25  # ArviZ fits the tail of the largest min(0.2 K, 3 sqrt(K)) weights: too few below this
 
 PSISFunction = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 
@@ -61,9 +62,12 @@ def psis_khat(log_w: np.ndarray | torch.Tensor) -> np.ndarray:
     (samples on the last axis); returns shape [batch] (or a 0-d array).
 
     Rows whose weights are all equal (spread < 1e-8 in log space: q is the exact posterior)
-    have no tail to fit; their k-hat is -inf. With fewer than ~25 draws ArviZ returns inf.
+    have no tail to fit; their k-hat is -inf. With fewer than ``MIN_KHAT_DRAWS`` draws there is
+    no tail to fit either: k-hat is NaN (unknown).
     """
     log_w = np.asarray(log_w.detach().cpu() if isinstance(log_w, torch.Tensor) else log_w, dtype=np.float64)
+    if log_w.shape[-1] < MIN_KHAT_DRAWS:
+        return np.full(log_w.shape[:-1], np.nan)
     psislw, sign = _psis_backend()
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")  # ArviZ warns on large k-hat; the caller reports it

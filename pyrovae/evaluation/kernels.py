@@ -30,10 +30,11 @@ evaluator); every other site is left alone.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
-from typing import Callable
+from typing import Callable, Iterator
 
 import pyro.distributions as dist
 import torch
@@ -73,17 +74,32 @@ def _run(kernel: Callable, compile: bool, *args: torch.Tensor) -> torch.Tensor:
     """kernel(*args), through torch.compile when asked and when compiling works here."""
     if not compile or _compile_failed:
         return kernel(*args)
-    if kernel not in _compiled:
-        # inductor's C++ toolchain lookup warns about CUDA_HOME on machines without CUDA
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    first = kernel not in _compiled
+    if first:
         _compiled[kernel] = torch.compile(kernel)
     try:
-        return _compiled[kernel](*args)
+        if not first:
+            return _compiled[kernel](*args)
+        # compiling happens on the first call; inductor's C++ toolchain lookup warns about
+        # CUDA_HOME on machines without CUDA: quiet that logger for this call only
+        with _quiet("torch.utils.cpp_extension"):
+            return _compiled[kernel](*args)
     except Exception as error:  # no C++ compiler, an unsupported device, ...: same math, eagerly
         _compile_failed.append(f"{type(error).__name__}: {error}".splitlines()[0])
         warnings.warn(f"torch.compile failed ({_compile_failed[0]}); evaluating without it, "
                       f"which is slower but gives the same numbers", RuntimeWarning, stacklevel=2)
         return kernel(*args)
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def compile_works() -> bool:

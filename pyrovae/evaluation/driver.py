@@ -1,0 +1,205 @@
+"""What every estimator of log p(x) shares: seeded noise per (site, particle, row), batches of
+points, and per-point results that survive an interrupt.
+
+Reproducibility. The standard-normal noise of latent site s, particle (or chain) k and row i
+comes from a tile of ``RNG_TILE`` (particles x rows) drawn by a generator seeded by
+(seed, stream, s, tile), so every draw is a pure function of (seed, s, k, i): results do not
+depend on the batch size, the chunk size, a point's batchmates, an interrupted-and-resumed run,
+or which process of a distributed run evaluates the point. :class:`FixedNoise` makes a guide's
+draws from that noise by reparameterization, for every site whose distribution is a Normal, a
+MultivariateNormal, or a transformed one of these (flows); a site it cannot reparameterize is
+drawn from torch's global generator, and the estimator says its results depend on batching.
+
+Batches. :func:`run_batches` evaluates contiguous batches of rows with a function that returns
+per-point arrays, skips rows already done (a resumed run), and on SIGINT/SIGTERM after a batch
+saves what is done (atomically) before raising :class:`EvaluationInterrupted`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyro.distributions as dist
+import torch
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+
+from ..errors import Interrupted, UsageError, option
+from ..interrupts import StopFlag
+from ..runs import atomic_path
+
+RNG_TILE = (50, 25)         # particles x rows drawn from one seeded generator
+
+
+def tile_seed(*ints: int) -> int:
+    """A 63-bit seed from integers (splitmix64 folding), so neighbouring tiles are unrelated."""
+    h = 0x9E3779B97F4A7C15
+    for value in ints:
+        h = (h ^ (value & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+    return (h ^ (h >> 29)) >> 1
+
+
+def site_stream(name: str) -> int:
+    """A stable integer for a site name (crc32: the same in every process and Python version)."""
+    return zlib.crc32(name.encode())
+
+
+def noise(seed: int, stream: int, particles: range, rows: range, shape: tuple[int, ...],
+          like: torch.Tensor, kind: str = "normal") -> torch.Tensor:
+    """Standard-normal (or uniform, ``kind="uniform"``) noise [len(particles), len(rows), *shape],
+    a pure function of (seed, stream, particle, row), assembled from RNG_TILE tiles."""
+    tp, tr = RNG_TILE
+    p0, r0 = particles.start // tp, rows.start // tr
+    draw = torch.randn if kind == "normal" else torch.rand
+    generator = torch.Generator(device=like.device)
+    tiles = [[draw(tp, tr, *shape, generator=generator.manual_seed(tile_seed(seed, stream, p, r)),
+                   device=like.device, dtype=like.dtype)
+              for r in range(r0, (rows.stop - 1) // tr + 1)]
+             for p in range(p0, (particles.stop - 1) // tp + 1)]
+    eps = torch.cat([torch.cat(row, dim=1) for row in tiles], dim=0)
+    return eps[particles.start - p0 * tp: particles.stop - p0 * tp, rows.start - r0 * tr: rows.stop - r0 * tr]
+
+
+def reparameterize(fn: dist.Distribution, eps: torch.Tensor) -> torch.Tensor | None:
+    """A draw of ``fn`` from standard-normal ``eps`` [..., *event_shape], or None when ``fn`` is
+    not a (transformed, independent) Normal or MultivariateNormal."""
+    if isinstance(fn, torch.distributions.Independent):
+        return reparameterize(fn.base_dist, eps)
+    if isinstance(fn, torch.distributions.Normal):
+        return fn.loc + fn.scale * eps
+    if isinstance(fn, torch.distributions.MultivariateNormal):
+        return fn.loc + (fn.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+    if isinstance(fn, torch.distributions.TransformedDistribution):
+        value = reparameterize(fn.base_dist, eps)
+        if value is not None:
+            for transform in fn.transforms:   # through each transform's own cache: log_prob needs no inverse
+                value = transform(value)
+        return value
+    return None
+
+
+class FixedNoise(Messenger):
+    """Sets each latent guide site to its reparameterized draw from ``eps_for(name, event_shape)``
+    ([particles, rows, *event_shape]); records the sites it could not reparameterize. Enter it
+    inside the particle plate: the value is set before that plate broadcasts the distribution."""
+
+    def __init__(self, eps_for: Callable[[str, torch.Size], torch.Tensor]):
+        super().__init__()
+        self.eps_for = eps_for
+        self.unsupported: set[str] = set()
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["is_observed"] or msg["value"] is not None or site_is_subsample(msg):
+            return
+        value = reparameterize(msg["fn"], self.eps_for(msg["name"], msg["fn"].event_shape))
+        if value is None:
+            self.unsupported.add(msg["name"])
+        else:
+            msg["value"] = value
+
+
+def with_noise(guide: Callable, eps_for: Callable[[str, torch.Size], torch.Tensor],
+               unsupported: set[str] | None = None) -> Callable:
+    """``guide`` drawing from :class:`FixedNoise`; names of sites it could not fix go to ``unsupported``."""
+    def noisy_guide(*args, **kwargs):
+        messenger = FixedNoise(eps_for)
+        with messenger:
+            result = guide(*args, **kwargs)
+        if unsupported is not None:
+            unsupported.update(messenger.unsupported)
+        return result
+    return noisy_guide
+
+
+def seeded_noise(seed: int, stream: int, particles: range, rows: range, like: torch.Tensor
+                 ) -> Callable[[str, torch.Size], torch.Tensor]:
+    """eps_for(site, event_shape) for one chunk of particles and rows."""
+    return lambda name, shape: noise(seed, stream ^ site_stream(name), particles, rows, tuple(shape), like)
+
+
+# ---------------------------------------------------------------------------- resumable batches
+
+class EvaluationInterrupted(Interrupted):
+    """SIGINT/SIGTERM stopped an evaluation; the finished points are saved in ``path``."""
+
+    def __init__(self, done: int, total: int, path: Path | None):
+        kept = f"the {done} finished points are saved in {path}" if path else "nothing was saved"
+        super().__init__(f"interrupted after {done} of {total} points; {kept}")
+        self.done, self.total, self.path = done, total, path
+
+
+def fingerprint(options: dict) -> str:
+    """A short stable hash of the options that determine an evaluation's per-point values."""
+    return hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class Partial:
+    """Per-point results of an unfinished evaluation: arrays of length n and a mask of done rows,
+    in an .npz file with the options they were computed with."""
+
+    def __init__(self, n: int, options: dict, path: Path | None = None):
+        self.n, self.options, self.path = n, options, path
+        self.done = np.zeros(n, dtype=bool)
+        self.values: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def load(cls, path: Path, n: int, options: dict) -> "Partial":
+        """The saved state at ``path``; refuses one made with other options."""
+        if not path.exists():
+            raise UsageError(f"there is no interrupted evaluation with these options to resume ({path} does not "
+                             f"exist); run without {option('resume', True)}")
+        with np.load(path, allow_pickle=False) as saved:
+            saved_options = json.loads(str(saved["__options__"]))
+            if saved_options != json.loads(json.dumps(options, sort_keys=True, default=str)) or len(saved["__done__"]) != n:
+                raise UsageError(f"{path} was made with other options ({saved_options}); rerun with those, or "
+                                 f"without {option('resume', True)}")
+            partial = cls(n, options, path)
+            partial.done = saved["__done__"].copy()
+            partial.values = {k: saved[k].copy() for k in saved.files if not k.startswith("__")}
+        return partial
+
+    def record(self, rows: range, values: dict[str, np.ndarray]) -> None:
+        for name, array in values.items():
+            if name not in self.values:
+                self.values[name] = np.full((self.n, *array.shape[1:]), np.nan, dtype=array.dtype)
+            self.values[name][rows.start:rows.stop] = array
+        self.done[rows.start:rows.stop] = True
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as tmp, open(tmp, "wb") as file:
+            np.savez(file, __done__=self.done, __options__=np.array(json.dumps(self.options, sort_keys=True,
+                                                                                 default=str)), **self.values)
+
+    def discard(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def run_batches(n: int, batch_size: int, evaluate: Callable[[range], dict[str, np.ndarray]],
+                partial: Partial, progress: Callable[[int], None] | None = None,
+                rows_for_this_process: Callable[[int], bool] = lambda batch: True) -> dict[str, np.ndarray]:
+    """``evaluate(rows)`` for every batch of rows not yet done; per-point arrays of length n.
+
+    On SIGINT/SIGTERM (in the main thread) the batch under way finishes, the finished rows are
+    saved to ``partial.path`` and :class:`EvaluationInterrupted` is raised.
+    """
+    with StopFlag() as flag:
+        for number, start in enumerate(range(0, n, batch_size)):
+            rows = range(start, min(start + batch_size, n))
+            if partial.done[rows.start:rows.stop].all() or not rows_for_this_process(number):
+                continue
+            partial.record(rows, evaluate(rows))
+            if progress:
+                progress(int(partial.done.sum()))
+            if flag.signal is not None and not partial.done.all():
+                partial.save()
+                raise EvaluationInterrupted(int(partial.done.sum()), n, partial.path)
+    return partial.values

@@ -1,0 +1,333 @@
+"""Importance-sampling estimate of the marginal likelihood log p(x) of a trained model.
+
+For each datapoint x_i, draw K samples z_k ~ q(z | x_i) from a proposal and estimate
+
+    log p̂(x_i) = log (1/K) Σ_k w_ik,    log w_ik = log p(x_i, z_k) - log q(z_k | x_i),
+
+the K-sample importance-weighted bound L_K of Burda, Grosse & Salakhutdinov (2016),
+"Importance Weighted Autoencoders" (their log-likelihood estimate uses K = 5000).
+E[log p̂(x_i)] ≤ log p(x_i), with equality as K → ∞ when q covers the posterior; the gap
+shrinks like Var(w) / (2 K E[w]²). From the same draws we report L_k for smaller k
+(k = 1 is the ELBO), the ESS fraction and the PSIS Pareto k-hat of the weights (Yao et al.
+2018; Vehtari et al. 2024): with k-hat > 0.7 the estimate is unreliable at any practical K.
+
+The log weights come from Pyro traces (:func:`pyrovae.objectives.traces.log_weights`: the model
+replayed on the proposal's draws, summed over every latent site), chunked over particles so the
+decoder's buffers stay flat in K; only the [K, batch] log weights of one batch of points are
+kept. Draws are seeded per (site, particle, row) (:mod:`.driver`), so the results do not depend
+on ``batch_size``, ``chunk_size`` or a resumed interruption.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Union
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from pyro.distributions.util import is_validation_enabled
+from pyro.poutine.util import site_is_subsample
+
+from .. import heap
+from ..programs import Data
+from ..errors import UsageError, option
+from ..objectives.traces import elbo_terms, iwae_bound, log_weights
+from ..programs import as_batch, bind, can, num_rows, rows_of
+from ..vae import VAE
+from . import diagnostics
+from .driver import Partial, run_batches, seeded_noise, with_noise
+from .kernels import FusedDensities
+
+BATCH_SIZE, CHUNK_SIZE = 200, 50   # datapoints x particles per decoder pass (benchmarks/bench_evaluate.py)
+IWAE_KS = (1, 5, 50)        # bounds L_k reported besides L_K
+KHAT_BAD = 0.7              # Vehtari et al. (2024): above it, IS estimates are unreliable
+UNRELIABLE_SHARE = 0.05     # flag the estimate when more points than this have k-hat > KHAT_BAD
+COMPILE_PAIRS = 1_000_000  # auto-compile from here: ~5 s of eager work vs 1 s of compiling (11 s the first time)
+RELEASE_PAIRS = 1_000_000   # return the heap's free pages after this many (point, particle) pairs
+IS_STREAM, ELBO_STREAM = 0, 1
+
+Proposal = Union[str, Callable, tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class LogLikelihoodResult:
+    """Per-datapoint estimates (numpy float64 arrays of length N), in nats."""
+
+    k: int
+    proposal: str
+    data_dim: int
+    log_px: np.ndarray          # log p̂(x_i) with all K draws (= L_K)
+    elbo: np.ndarray            # recon - kl of the proposal
+    recon: np.ndarray           # E_q[log p(x_i | z)], one draw
+    kl: np.ndarray              # KL(q(z | x_i) || p(z)), closed form where exact, else one draw
+    ess_frac: np.ndarray        # ESS / K
+    khat: np.ndarray            # PSIS Pareto k-hat (NaN when K is too small to fit a tail)
+    iwae: dict[int, np.ndarray] = field(default_factory=dict)  # k -> L_k estimate per point
+    active_units: dict[str, int] | None = None   # per latent site, for a guide with an encoder
+    chunk_invariant: bool = True   # False: some proposal site drew from torch's global generator
+    method: str = "is"
+
+    @property
+    def n(self) -> int:
+        return len(self.log_px)
+
+    def advice(self) -> str:
+        """What to do about heavy-tailed weights, given the proposal already in use."""
+        ais = f"annealed importance sampling ({option('method', 'ais')})"
+        if self.proposal == "guide":
+            return (f"use a proposal closer to the posterior ({option('proposal', 'fit')}) or {ais}, which does "
+                    "not rely on the proposal's tails")
+        return f"the proposal is already fitted per point; use {ais}, which does not rely on the proposal's tails"
+
+    def summary(self) -> dict:
+        """Means over the N points, their standard errors (std / sqrt(N)), and diagnostics. The
+        ELBO, reconstruction and KL are those of the proposal q. JSON-safe: a value that is not
+        finite (the SE of one point, k-hat without a tail) is None."""
+        n = self.n
+        se = lambda a: _finite(diagnostics.mean_and_se(a)[1])  # noqa: E731
+        khat_known = bool(np.isfinite(self.khat).any() or np.isneginf(self.khat).any()) and self.k >= diagnostics.MIN_KHAT_DRAWS
+        khat = np.where(np.isnan(self.khat), np.inf, self.khat)   # an unknown k-hat counts as a bad one
+        frac_bad = float(np.mean(khat > KHAT_BAD)) if khat_known else None
+        reliable = None if frac_bad is None else frac_bad <= UNRELIABLE_SHARE
+        warning = None
+        if reliable is False:
+            warning = (f"{frac_bad:.1%} of the {n} points have Pareto k-hat > {KHAT_BAD}: their importance weights "
+                       f"are heavy-tailed, so log p(x) is likely underestimated and its SE is not trustworthy. "
+                       f"More samples help little against heavy tails; {self.advice()}.")
+        khat_reason = None if khat_known else (
+            f"k-hat needs at least {diagnostics.MIN_KHAT_DRAWS} draws per point to fit a tail; "
+            f"K = {self.k}: pass {option('k')} {diagnostics.MIN_KHAT_DRAWS} or more")
+        return {
+            "method": self.method,
+            "log_likelihood": float(np.mean(self.log_px)),
+            "log_likelihood_se": se(self.log_px),
+            "elbo": float(np.mean(self.elbo)),
+            "elbo_se": se(self.elbo),
+            "reconstruction": float(np.mean(self.recon)),
+            "kl": float(np.mean(self.kl)),
+            "iwae_bounds": {str(k): float(np.mean(v)) for k, v in sorted(self.iwae.items())},
+            "bits_per_dim": float(np.mean(diagnostics.bits_per_dim(self.log_px, self.data_dim))),
+            "k": self.k,
+            "n": n,
+            "proposal": self.proposal,
+            "ess_frac_mean": float(np.mean(self.ess_frac)),
+            "khat_frac_gt_0_5": float(np.mean(khat > 0.5)) if khat_known else None,
+            "khat_frac_gt_0_7": frac_bad,
+            "khat_max": _finite(np.max(khat)) if khat_known else None,
+            "khat_reason": khat_reason,
+            "active_units": None if self.active_units is None else sum(self.active_units.values()),
+            "active_units_by_site": self.active_units,
+            "chunk_invariant": self.chunk_invariant,
+            "reliable": reliable,
+            "warning": warning,
+        }
+
+
+def _finite(value) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+# ---------------------------------------------------------------------------- proposals
+
+def table_guide(loc: torch.Tensor, scale: torch.Tensor, site: str = "z") -> Callable:
+    """q(site | x_i) = N(loc[i], diag(scale[i]²)) for a fixed [N, D] table, indexed by ``index``."""
+    from ..guides.meanfield import MeanFieldGuide
+    return MeanFieldGuide.from_moments({site: (loc, scale)}).requires_grad_(False)
+
+
+def prior_guide(model: Callable) -> Callable:
+    """The model's prior p(z) as the proposal (ancestral draws of the latent sites, the observed
+    sites hidden): log p̂(x) = log mean_k p(x | z_k), a deliberately poor check."""
+    return poutine.block(model, hide_fn=lambda msg: msg["is_observed"])
+
+
+def proposal_guide(vae: VAE, proposal: Proposal) -> tuple[Callable, str, bool]:
+    """(bound guide, name, whether it encodes new x) for ``proposal``: ``"guide"`` (the VAE's own),
+    ``"prior"``, a guide program (e.g. a fitted :class:`~pyrovae.guides.MeanFieldGuide` over the
+    evaluated rows), or a (loc, scale) pair of [N, D] tensors for a one-site model."""
+    model, guide = vae.bound()
+    if isinstance(proposal, str):
+        if proposal == "guide":
+            return guide, "guide", vae.can("amortized")
+        if proposal == "prior":
+            return prior_guide(model), "prior", False
+        raise ValueError(f"unknown proposal {proposal!r}; use 'guide', 'prior', a guide, or a (loc, scale) pair")
+    if isinstance(proposal, tuple):
+        sites = latent_site_names(vae)
+        if len(sites) != 1:
+            raise ValueError(f"a (loc, scale) proposal needs a model with one latent site; this one has {sites}")
+        proposal = table_guide(*proposal, site=sites[0])
+    return bind(proposal), "table", can(proposal, "amortized") and not can(proposal, "per_datapoint")
+
+
+def latent_site_names(vae: VAE) -> list[str]:
+    layers = getattr(vae.model, "latent_layers", None)
+    return [layer.name for layer in layers()] if layers else ["z"]
+
+
+# ---------------------------------------------------------------------------- estimator
+
+def batch_log_weights(model: Callable, guide: Callable, batch: tuple[torch.Tensor, ...], rows: range, k: int,
+                      chunk_size: int, seed: int, compile: bool, unsupported: set[str]) -> torch.Tensor:
+    """All log w for ``batch`` (= ``rows`` of the evaluated set), as [K, batch] float64 on the
+    CPU, drawn ``chunk_size`` particles at a time."""
+    like = batch[0]
+    index = torch.arange(rows.start, rows.stop, device=like.device)
+    # allocated once per batch: small per-chunk tensors kept alive between the decoder's large
+    # buffers fragment the heap, and the process grew with K
+    log_w = torch.empty(k, len(rows), dtype=torch.float64)
+    for start in range(0, k, chunk_size):
+        particles = range(start, min(start + chunk_size, k))
+        noisy = with_noise(guide, seeded_noise(seed, IS_STREAM, particles, rows, like), unsupported)
+        # validation checks (finite logits, binary x) rerun on every [chunk, batch, pixels]
+        # tensor: once per batch suffices
+        with pyro.validation_enabled(is_validation_enabled() and start == 0), FusedDensities(compile):
+            terms = log_weights(model, noisy, len(particles), index, 1.0, *batch)
+        log_w[particles.start: particles.stop] = terms.log_w
+    return log_w
+
+
+def grouped_iwae(log_w: torch.Tensor, k: int) -> torch.Tensor:
+    """Unbiased estimate of L_k from K draws: the mean of L_k over the floor(K/k) disjoint
+    groups of k consecutive draws; ``log_w`` is [K, batch]."""
+    groups = log_w.shape[0] // k
+    return iwae_bound(log_w[: groups * k].reshape(groups, k, -1), dim=1).mean(0)
+
+
+class MeanValues(pyro.poutine.messenger.Messenger):
+    """Each latent guide site takes its distribution's mean where it has one (else a draw); the
+    means are kept by site."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.means: dict[str, torch.Tensor | None] = {}
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["is_observed"] or msg["value"] is not None or site_is_subsample(msg):
+            return
+        try:
+            msg["value"] = msg["fn"].mean
+            self.means[msg["name"]] = msg["value"]
+        except NotImplementedError:
+            self.means[msg["name"]] = None
+
+
+def guide_means(guide: Callable, index: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor | None]:
+    """E_q[z_s | x] per latent site s of ``guide`` (None for a site without a closed-form mean)."""
+    messenger = MeanValues()
+    with messenger:
+        guide(index, 1.0, *batch)
+    return messenger.means
+
+
+@torch.no_grad()
+def estimate_log_likelihood(vae: VAE, data: Data, k: int = 5000, proposal: Proposal = "guide",
+                            batch_size: int = BATCH_SIZE, chunk_size: int = CHUNK_SIZE, seed: int = 0,
+                            progress: bool | Callable[[int, int], None] = False, compile: bool | None = None,
+                            partial_path: str | Path | None = None, resume: bool = False,
+                            options: dict | None = None) -> LogLikelihoodResult:
+    """Estimate log p(x_i) for every row of ``data`` ([N, data_dim], or a tuple of row-first
+    tensors for a model that takes more) with ``k`` importance samples.
+
+    ``proposal``: ``"guide"`` (the VAE's own guide; with a per-datapoint guide the rows of
+    ``data`` must be its rows), ``"prior"``, a guide program over the rows of ``data`` (e.g. a
+    fitted table), or a (loc, scale) pair of [N, latent_dim] tensors. ``batch_size`` rows and
+    ``chunk_size`` particles go through the decoder at once: memory grows with their product,
+    not with ``k``. ``compile``: fuse the log densities with ``torch.compile``
+    (:mod:`.kernels`); None compiles when there are at least ``COMPILE_PAIRS`` (point,
+    particle) pairs. ``progress``: True for a bar on stderr, or a callable(points_done, total).
+    ``partial_path``: where an interrupted run saves its finished points; ``resume`` continues
+    from them (``options`` records what the points were computed with).
+    """
+    if k < 1 or batch_size < 1 or chunk_size < 1:
+        raise ValueError("k, batch_size and chunk_size must be positive")
+    data = tuple(t.to(device=vae.device, dtype=vae.dtype if t.is_floating_point() else t.dtype)
+                 for t in as_batch(data))
+    n, data_dim = num_rows(data), data[0].shape[-1]
+    model, _ = vae.bound()
+    guide, proposal_name, encodes = proposal_guide(vae, proposal)
+    iwae_ks = [j for j in IWAE_KS if j < k]
+    compile = n * k >= COMPILE_PAIRS if compile is None else compile
+    unsupported: set[str] = set()
+    pairs = [0]
+
+    def evaluate(rows: range) -> dict[str, np.ndarray]:
+        batch = rows_of(data, rows)
+        index = torch.arange(rows.start, rows.stop, device=batch[0].device)
+        log_w = batch_log_weights(model, guide, batch, rows, k, chunk_size, seed, compile, unsupported)
+        out = {"log_px": iwae_bound(log_w), "ess_frac": diagnostics.ess_fraction(log_w),
+               "khat": torch.as_tensor(diagnostics.psis_khat(log_w.T)),
+               **{f"iwae_{j}": grouped_iwae(log_w, j) for j in iwae_ks}}
+        del log_w   # the [K, batch] weights are needed only for k-hat and the L_k
+        noisy = with_noise(guide, seeded_noise(seed, ELBO_STREAM, range(1), rows, batch[0]), unsupported)
+        terms = elbo_terms(model, noisy, index, 1.0, *batch)
+        out.update(recon=terms.reconstruction, kl=terms.kl)
+        if encodes:
+            out.update({f"mean__{site}": m for site, m in guide_means(guide, index, batch).items() if m is not None})
+        pairs[0] += k * len(rows)
+        if heap.tuned() and pairs[0] >= RELEASE_PAIRS:
+            heap.release_free_memory()
+            pairs[0] = 0
+        return {name: value.detach().cpu().double().numpy() for name, value in out.items()}
+
+    options = {"k": k, "proposal": proposal_name, "seed": seed, "n": n, **(options or {})}
+    path = Path(partial_path) if partial_path else None
+    partial = Partial.load(path, n, options) if resume and path else Partial(n, options, path)
+    report = _progress(progress, n)
+    values = run_batches(n, batch_size, evaluate, partial, report)
+    partial.discard()
+    recon, kl = values["recon"], values["kl"]
+    active = None
+    if encodes:
+        active = {key.split("__", 1)[1]: diagnostics.active_units(torch.from_numpy(v))
+                  for key, v in values.items() if key.startswith("mean__")} or None
+    return LogLikelihoodResult(
+        k=k, proposal=proposal_name, data_dim=data_dim, log_px=values["log_px"], elbo=recon - kl, recon=recon,
+        kl=kl, ess_frac=values["ess_frac"], khat=values["khat"],
+        iwae={**{j: values[f"iwae_{j}"] for j in iwae_ks}, k: values["log_px"]},
+        active_units=active, chunk_invariant=not unsupported)
+
+
+def _progress(progress: bool | Callable[[int, int], None], total: int, desc: str = "log p(x)") -> Callable[[int], None]:
+    if callable(progress):
+        return lambda done: progress(done, total)
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="pt", desc=desc, disable=not progress, leave=False)
+
+    def update(done: int) -> None:
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+    return update
+
+
+# ---------------------------------------------------------------------------- output
+
+def per_point_columns(result: LogLikelihoodResult) -> dict[str, np.ndarray]:
+    """The per-datapoint values as named columns (iwae_<k> for each bound)."""
+    columns = {"index": np.arange(result.n), "log_px": result.log_px, "elbo": result.elbo,
+               "recon": result.recon, "kl": result.kl, "ess_frac": result.ess_frac, "khat": result.khat}
+    columns.update({f"iwae_{k}": v for k, v in sorted(result.iwae.items())})
+    return columns
+
+
+def write_per_point(result, path: str | Path) -> Path:
+    """Write ``result``'s per-datapoint columns to ``path`` (.csv or .npz), atomically."""
+    from ..runs import atomic_path
+    path = Path(path)
+    columns = result.columns() if hasattr(result, "columns") else per_point_columns(result)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".npz"):
+        raise UsageError(f"per-point output must end in .csv or .npz, got {str(path)!r}")
+    with atomic_path(path) as tmp:
+        if suffix == ".npz":
+            with open(tmp, "wb") as file:  # a file object: np.savez would append .npz to a name
+                np.savez(file, **columns)
+        else:
+            table = np.column_stack([np.asarray(v, dtype=np.float64) for v in columns.values()])
+            fmt = ["%d"] + ["%.17g"] * (len(columns) - 1)
+            np.savetxt(tmp, table, fmt=fmt, delimiter=",", header=",".join(columns), comments="")
+    return path

@@ -1,0 +1,21 @@
+"""Variational families q(z | x), registered by name: the CLI's ``--guide`` choices.
+
+- ``amortized``: an encoder gives a diagonal Gaussian per latent layer (Kingma & Welling 2014).
+- ``meanfield``: every training point owns a free diagonal Gaussian (Hoffman et al. 2013).
+- ``flow``:      inverse autoregressive flows on the encoder's Gaussian (Kingma et al. 2016).
+
+A guide class has ``from_config(config, model, num_data)`` and declares what it can do as
+attributes (see :data:`pyrovae.programs.CAPABILITIES`); a guide that has its own family of
+per-point fits offers ``local_family(batch, init)``. Adding a family is one file and one line here.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .amortized import AmortizedGuide
+from .flow import FlowGuide, PerPointFlowGuide
+from .meanfield import MeanFieldGuide
+
+GUIDES: dict[str, type[nn.Module]] = {"amortized": AmortizedGuide, "meanfield": MeanFieldGuide, "flow": FlowGuide}
+
+__all__ = ["GUIDES", "AmortizedGuide", "MeanFieldGuide", "FlowGuide", "PerPointFlowGuide"]

@@ -1,0 +1,80 @@
+"""Per-datapoint Gaussian tables: q_i(z) = N(loc_i, diag exp(log_scale_i)²) for every row i.
+
+As a training guide (``--guide meanfield``) this is classical mean-field VI with local
+parameters (Hoffman et al. 2013): no encoder, each training point owns a free Gaussian per
+latent site, initialized at N(0, I). The same tables, one row per evaluated point, are the
+family of the test-time fit q* (:mod:`pyrovae.inference.local_fit`) for every guide whose
+sites are Gaussian: the gap between the best q_i and an encoder's q_φ(z | x_i) is the
+amortization gap (Cremer, Li & Duvenaud 2018).
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from ..programs import data_plate
+
+
+def _key(site: str) -> str:
+    return site.replace(".", "·")   # parameter names cannot hold dots
+
+
+class MeanFieldGuide(nn.Module):
+    """Tables ``loc[site]``, ``log_scale[site]`` of shape [num_rows, *event_shape] per latent site.
+
+    ``forward(x, index)`` takes the rows ``index`` of the tables (all rows, in order, when
+    ``index`` is None and x has as many rows as the tables).
+    """
+
+    amortized = False
+    per_datapoint = True
+    mean_field = True
+
+    def __init__(self, sites: Mapping[str, tuple[int, ...] | int], num_rows: int, init_scale: float = 1.0):
+        super().__init__()
+        self.sites = {name: (shape,) if isinstance(shape, int) else tuple(shape) for name, shape in sites.items()}
+        self.num_rows = num_rows
+        # keyed by site name, so two tables of the same sites line up whatever their order
+        self.loc = nn.ParameterDict({_key(name): nn.Parameter(torch.zeros(num_rows, *shape))
+                                     for name, shape in self.sites.items()})
+        self.log_scale = nn.ParameterDict({_key(name): nn.Parameter(torch.full((num_rows, *shape), math.log(init_scale)))
+                                           for name, shape in self.sites.items()})
+
+    @classmethod
+    def from_config(cls, config, model: nn.Module, num_data: int) -> "MeanFieldGuide":
+        # the model's sample order, so Pyro's mean-field check sees the same order in both programs
+        return cls({layer.name: layer.dim for layer in reversed(model.latent_layers())}, num_data)
+
+    @classmethod
+    def from_moments(cls, moments: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> "MeanFieldGuide":
+        """Tables holding the given per-row (loc, scale) of each site."""
+        first = next(iter(moments.values()))[0]
+        guide = cls({name: tuple(loc.shape[1:]) for name, (loc, _) in moments.items()}, len(first))
+        guide.to(device=first.device, dtype=first.dtype)
+        with torch.no_grad():
+            for name, (loc, scale) in moments.items():
+                guide.loc[_key(name)].copy_(loc)
+                guide.log_scale[_key(name)].copy_(scale.log())
+        return guide
+
+    def row_parameters(self) -> list[nn.Parameter]:
+        """The parameters whose first dimension indexes datapoints."""
+        return list(self.parameters())
+
+    def moments(self, index: torch.Tensor | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """(loc, scale) per site for the rows ``index`` (all rows when None)."""
+        rows = slice(None) if index is None else index
+        return {name: (self.loc[_key(name)][rows], self.log_scale[_key(name)][rows].exp()) for name in self.sites}
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor | None = None) -> None:
+        if index is None and x.shape[0] != self.num_rows:
+            raise ValueError(f"a table guide of {self.num_rows} rows needs the row indices of a batch of "
+                             f"{x.shape[0]}; pass index=")
+        with data_plate(x):
+            for name, (loc, scale) in self.moments(index).items():
+                pyro.sample(name, dist.Normal(loc, scale).to_event(loc.dim() - 1))

@@ -1,0 +1,215 @@
+"""Per-point variational fits with the model frozen: q_i for each datapoint x_i, optimized alone.
+
+For each row, maximize ELBO(x_i; q_i) over the members q_i of a per-point family, with the
+model's parameters frozen: the best q_i of the family, whatever an encoder would have said. The
+ELBO of a batch is a sum of independent per-point ELBOs, so the gradient wrt q_i's parameters
+involves x_i only, and one Adam (per-coordinate, hence per-point) optimizes all rows at once.
+The loss is Pyro's TraceMeanField_ELBO (closed-form KL where the family has one, Monte Carlo
+otherwise) of the model against the per-point guide.
+
+The family is the guide's own when it has one (``guide.local_family(batch, init)``: per-point
+flows for a flow guide), else diagonal Gaussian tables over every latent site
+(:class:`~pyrovae.guides.MeanFieldGuide`). Started from the guide's q(z | x_i) and run for a few
+steps, this is the semi-amortized refinement of Kim et al. (2018); run to convergence it gives
+the L[q*] of Cremer, Li & Duvenaud (2018), "Inference Suboptimality in Variational Autoencoders".
+
+Stopping rule: every ``window`` steps compare the mean ELBO of the window with the previous
+window's; once it improves by less than ``tol`` nats per point, divide the learning rate by 10
+(at most ``lr_decays`` times, which removes most of Adam's noise from the final q), then stop.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..programs import Data
+from ..guides.meanfield import MeanFieldGuide
+from ..guides.rows import concat_rows
+from ..objectives import make_objective
+from ..objectives.traces import elbo_terms, latent_shapes, particle_traces, sample_sites
+from ..programs import as_batch, bind, num_rows, rows_of
+from ..vae import VAE, frozen
+
+Init = Union[str, tuple[torch.Tensor, torch.Tensor]]   # "prior", "q" ("encoder"), or a (loc, scale) table
+EVAL_ELEMENTS = 20_000   # rows x samples through the decoder at once when estimating the ELBO
+MOMENT_DRAWS = 64        # draws per point to match a non-Gaussian q's moments
+
+
+@dataclass
+class LocalFit:
+    """The fitted per-point guide over the rows of the data (``guide(x, index)``: a proposal for
+    :func:`~pyrovae.evaluation.importance.estimate_log_likelihood`) and its ELBO per point."""
+
+    guide: nn.Module
+    elbo: torch.Tensor       # [N]: closed-form KL where exact, reconstruction averaged over eval_samples draws
+    steps: list[int] = field(default_factory=list)   # Adam steps taken, per batch of rows
+    seconds: float = 0.0
+
+    @property
+    def loc(self) -> torch.Tensor:
+        """[N, D]: the fitted means of a one-site Gaussian table."""
+        return next(iter(self.guide.moments().values()))[0]
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return next(iter(self.guide.moments().values()))[1]
+
+
+class Plateau:
+    """The stopping rule: window means of the ELBO; a plateau first decays lr, then stops."""
+
+    def __init__(self, window: int, tol: float | None, lr_decays: int):
+        self.window, self.tol, self.decays_left = window, tol, lr_decays
+        self.values: list[float] = []
+        self.previous = -math.inf
+
+    def update(self, elbo: float) -> str:
+        """``"go"``, ``"decay"`` (divide lr by 10) or ``"stop"``, after one step's mean ELBO."""
+        self.values.append(elbo)
+        if self.tol is None or len(self.values) < self.window:
+            return "go"
+        mean = sum(self.values) / len(self.values)
+        self.values.clear()
+        improved = mean - self.previous > self.tol
+        self.previous = mean
+        if improved:
+            return "go"
+        if self.decays_left > 0:
+            self.decays_left -= 1
+            self.previous = -math.inf   # the first window at the new lr is compared afresh
+            return "decay"
+        return "stop"
+
+
+@torch.no_grad()
+def guide_moments(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor | None
+                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(mean, std) [rows, *event] per latent site of the VAE's guide on ``batch``: exact for a
+    Gaussian site whose parameters depend on x alone, matched from ``MOMENT_DRAWS`` draws otherwise."""
+    model, guide = vae.bound()
+    _, trace = particle_traces(model, guide, MOMENT_DRAWS, index, 1.0, *batch)
+    moments = {}
+    for name, site in sample_sites(trace):
+        fn, value = site["fn"], site["value"]
+        try:
+            mean, std = fn.mean, fn.stddev
+            exact = bool((mean == mean[:1]).all() and (std == std[:1]).all())
+        except NotImplementedError:
+            exact = False
+        moments[name] = (mean[0], std[0]) if exact else (value.mean(0), value.std(0).clamp(min=1e-4))
+    return moments
+
+
+def initial_guide(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor | None, init: Init) -> nn.Module:
+    """The per-point family of the VAE's guide for the rows of ``batch``, at its starting point."""
+    if isinstance(init, tuple):
+        names = list(latent_shapes(vae.bound()[0], index, 1.0, *batch))
+        return MeanFieldGuide.from_moments({names[0]: init})
+    if init not in ("prior", "q", "encoder"):
+        raise ValueError(f"unknown init {init!r}; use 'prior', 'q' (the guide's q(z | x)) or a (loc, scale) pair")
+    init = "q" if init == "encoder" else init
+    if init == "q" and not vae.can("amortized") and index is None:
+        raise ValueError("init='q' needs the guide's q for these points: this guide has per-datapoint parameters, "
+                         "so pass the rows' index (or init='prior')")
+    family = getattr(vae.guide, "local_family", None)
+    if family is not None:
+        return family(batch, init)
+    if init == "q":
+        return MeanFieldGuide.from_moments(guide_moments(vae, batch, index))
+    shapes = latent_shapes(vae.bound()[0], index, 1.0, *batch)
+    like = batch[0]
+    for name, (shape, support) in shapes.items():
+        if support not in (torch.distributions.constraints.real, torch.distributions.constraints.real_vector) \
+                and not str(support).startswith("IndependentConstraint(Real()"):
+            raise ValueError(f"latent site {name!r} has support {support}; per-point Gaussian fits need real latents")
+    return MeanFieldGuide.from_moments({name: (like.new_zeros(num_rows(batch), *shape), like.new_ones(num_rows(batch), *shape))
+                                        for name, (shape, _) in shapes.items()})
+
+
+def fit_local(vae: VAE, data: Data, init: Init = "prior", index: torch.Tensor | None = None, max_steps: int = 3000,
+              lr: float = 0.05, particles: int = 1, tol: float | None = 0.01, window: int = 100, lr_decays: int = 2,
+              batch_size: int = 1000, eval_samples: int = 100, seed: int = 0,
+              progress: Callable[[int, int], None] | None = None) -> LocalFit:
+    """Maximize each row's ELBO over its own member of the per-point family, the model frozen.
+
+    ``init``: ``"prior"`` (N(0, I), identity flows), ``"q"`` (the VAE's guide; ``index`` gives the
+    rows of a per-datapoint guide), or a (loc, scale) table for a one-site model. ``tol=None``
+    turns the stopping rule off (exactly ``max_steps`` steps, a fixed refinement budget).
+    ``batch_size`` rows are optimized together. ``progress(rows_done, N)``.
+    """
+    if max_steps < 0 or lr <= 0 or particles < 1 or window < 1 or batch_size < 1 or eval_samples < 1:
+        raise ValueError("max_steps >= 0, and lr, particles, window, batch_size, eval_samples > 0")
+    data = tuple(t.to(device=vae.device, dtype=vae.dtype if t.is_floating_point() else t.dtype)
+                 for t in as_batch(data))
+    n = num_rows(data)
+    objective = make_objective("meanfield", particles)
+    started = time.perf_counter()
+    guides, steps = [], []
+    devices = [vae.device] if vae.device.type == "cuda" else []
+    with frozen(vae), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for start in range(0, n, batch_size):
+            rows = range(start, min(start + batch_size, n))
+            batch = rows_of(data, rows)
+            rows_index = None if index is None else index[rows.start:rows.stop].to(vae.device)
+            if isinstance(init, tuple):
+                start_at = (init[0][rows.start:rows.stop].to(batch[0]), init[1][rows.start:rows.stop].to(batch[0]))
+            else:
+                start_at = init
+            local = initial_guide(vae, batch, rows_index, start_at).to(batch[0])
+            steps.append(_fit_batch(vae, local, batch, objective, max_steps, lr, Plateau(window, tol, lr_decays)))
+            guides.append(local.requires_grad_(False))
+            if progress:
+                progress(rows.stop, n)
+        guide = concat_rows(guides)
+        elbo = elbo_per_point(vae, data, guide, eval_samples)
+    return LocalFit(guide, elbo, steps, time.perf_counter() - started)
+
+
+def _fit_batch(vae: VAE, local: nn.Module, batch: tuple[torch.Tensor, ...], objective, max_steps: int,
+               lr: float, plateau: Plateau) -> int:
+    optimizer = torch.optim.Adam(local.parameters(), lr=lr)
+    model, guide = vae.bound()[0], bind(local)
+    index = torch.arange(num_rows(batch), device=batch[0].device)
+    step = 0
+    for step in range(1, max_steps + 1):
+        # sum over rows of -ELBO_i: row i's gradient depends on x_i alone
+        loss = objective.differentiable_loss(model, guide, index, 1.0, *batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        decision = plateau.update(-loss.item() / num_rows(batch))
+        if decision == "stop":
+            break
+        if decision == "decay":
+            for group in optimizer.param_groups:
+                group["lr"] /= 10
+    return step
+
+
+@torch.no_grad()
+def elbo_per_point(vae: VAE, data: Data, guide: nn.Module | Callable, num_samples: int = 100,
+                   index: torch.Tensor | None = None) -> torch.Tensor:
+    """ELBO(x_i; q_i) per row of ``data``: the reconstruction averaged over ``num_samples``
+    draws, the KL in closed form where exact. ``guide`` is a per-point guide over the rows of
+    ``data`` (or over the rows ``index`` of its tables), or an amortized guide; a (loc, scale)
+    pair stands for a one-site Gaussian table."""
+    data = as_batch(data)
+    if isinstance(guide, tuple):
+        names = list(latent_shapes(vae.bound()[0], None, 1.0, *rows_of(data, slice(0, 1))))
+        guide = MeanFieldGuide.from_moments({names[0]: guide})
+    model, bound_guide = vae.bound()[0], bind(guide)
+    n = num_rows(data)
+    rows_at_once = max(1, EVAL_ELEMENTS // num_samples)
+    out = []
+    for start in range(0, n, rows_at_once):
+        rows = range(start, min(start + rows_at_once, n))
+        rows_index = (torch.arange(rows.start, rows.stop, device=data[0].device) if index is None
+                      else index[rows.start:rows.stop])
+        out.append(elbo_terms(model, bound_guide, rows_index, 1.0, *rows_of(data, rows), num_samples=num_samples).elbo)
+    return torch.cat(out)

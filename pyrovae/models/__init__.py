@@ -1,0 +1,18 @@
+"""Generative models p_θ(x, z), registered by name: the CLI's ``--model`` choices.
+
+A model class has ``from_config(config, data_dim)``, ``latent_layers()`` (its latent sites in
+the order a guide samples them, for the built-in guides) and ``forward(x)``, the Pyro program.
+Adding a model is one file and one line here.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .likelihoods import LIKELIHOODS, MIN_SIGMA, parse_sigma
+from .nets import ReLU, mlp
+from .two_layer import TwoLayerModel
+from .vae import VAEModel
+
+MODELS: dict[str, type[nn.Module]] = {"vae": VAEModel, "two-layer": TwoLayerModel}
+
+__all__ = ["MODELS", "LIKELIHOODS", "MIN_SIGMA", "parse_sigma", "ReLU", "mlp", "VAEModel", "TwoLayerModel"]

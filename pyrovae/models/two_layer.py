@@ -1,0 +1,59 @@
+"""A VAE with two stochastic layers (Burda, Grosse & Salakhutdinov 2016, section 5):
+
+    z2 ~ N(0, I)
+    z1 | z2 ~ N(μ(z2), diag σ(z2)²)        MLP z2 -> upper hidden -> (μ, σ)
+    x | z1 ~ Bernoulli(logits = f(z1)), or Normal(f(z1), σ)
+
+with the guide q(z1 | x) q(z2 | z1). Burda et al.'s MNIST sizes: 100 units in z1 with two
+hidden layers of 200 between x and z1, 50 units in z2 with two hidden layers of 100 between z1
+and z2. σ(·) is softplus + 1e-4 here (they used exp), and the hidden units are ReLU (they
+used tanh). The prior of z1 depends on z2, so no closed-form KL: the ELBO is Monte Carlo.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from ..programs import LatentLayer, data_plate
+from .likelihoods import LIKELIHOODS
+from .nets import mlp
+
+MIN_SCALE = 1e-4
+
+
+class TwoLayerModel(nn.Module):
+    """p(z2) p(z1 | z2) p(x | z1); ``decoder`` is z1 -> x, ``prior_net`` is z2 -> (μ, σ) of z1."""
+
+    mean_field = False   # p(z1 | z2)
+
+    def __init__(self, latent_dim: int, data_dim: int, hidden: Sequence[int] = (200, 200),
+                 z1_dim: int = 100, z1_hidden: Sequence[int] = (100, 100),
+                 likelihood: str = "bernoulli", sigma: str | float = 1.0):
+        super().__init__()
+        self.latent_dim, self.z1_dim, self.data_dim = latent_dim, z1_dim, data_dim
+        self.hidden, self.z1_hidden = tuple(hidden), tuple(z1_hidden)
+        self.prior_net = mlp([latent_dim, *z1_hidden, 2 * z1_dim])
+        self.decoder = mlp([z1_dim, *hidden, data_dim])
+        self.likelihood = LIKELIHOODS[likelihood](data_dim, sigma)
+
+    @classmethod
+    def from_config(cls, config, data_dim: int) -> "TwoLayerModel":
+        return cls(config.latent_dim, data_dim, config.hidden, config.z1_dim, config.z1_hidden,
+                   config.likelihood, config.sigma)
+
+    def latent_layers(self) -> list[LatentLayer]:
+        """The guide's order: z1 from x, then z2 from z1."""
+        return [LatentLayer("z1", self.z1_dim, "x", self.hidden),
+                LatentLayer("z2", self.latent_dim, "z1", self.z1_hidden)]
+
+    def forward(self, x: torch.Tensor) -> None:
+        zeros = x.new_zeros(self.latent_dim)
+        with data_plate(x):
+            z2 = pyro.sample("z2", dist.Normal(zeros, torch.ones_like(zeros)).to_event(1))
+            loc, raw_scale = self.prior_net(z2).chunk(2, dim=-1)
+            z1 = pyro.sample("z1", dist.Normal(loc, nn.functional.softplus(raw_scale) + MIN_SCALE).to_event(1))
+            pyro.sample("x", self.likelihood(self.decoder(z1)), obs=x)

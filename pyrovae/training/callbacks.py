@@ -1,0 +1,167 @@
+"""What happens around the SVI steps of :class:`~pyrovae.training.loop.Trainer`, one callback each."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import runs
+from ..objectives.traces import elbo_terms
+from ..programs import Batch, num_rows, rows_of
+from ..vae import VAE, frozen
+from .loop import Callback, Trainer
+from .step import LossModule, svi_step
+
+
+class KLWarmup(Callback):
+    """β of epoch e (from 0) = beta · min(1, (e + 1) / warmup): a linear ramp (Bowman et al. 2016)."""
+
+    def __init__(self, beta: float = 1.0, warmup: int = 0):
+        self.beta, self.warmup = beta, warmup
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        trainer.beta = self.beta if self.warmup == 0 else self.beta * min(1.0, (trainer.epoch + 1) / self.warmup)
+
+
+class LRDecay(Callback):
+    """lr of epoch e = initial lr · decay^e, per parameter group: a function of the epoch alone,
+    so a resumed run needs no state for it."""
+
+    def __init__(self, decay: float = 1.0):
+        self.decay = decay
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = group.setdefault("initial_lr", group["lr"]) * self.decay ** trainer.epoch
+
+
+class DynamicBinarization(Callback):
+    """x ~ Bernoulli(intensities) anew every epoch (the first tensor of the batch), drawn from
+    the trainer's generator before the epoch's permutation."""
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        x, *rest = trainer.train
+        trainer.epoch_data = (torch.bernoulli(x, generator=trainer.generator), *rest)
+
+
+class LocalSteps(Callback):
+    """Classical SVI for per-datapoint guides (Hoffman et al. 2013): before each joint step, a
+    few steps on the batch's own rows of q with the model frozen, since a row moves only when
+    its batch comes up."""
+
+    def __init__(self, vae: VAE, objective, steps: int, num_data: int):
+        self.vae, self.steps = vae, steps
+        self.loss = LossModule(vae, objective, num_data)
+
+    def before_step(self, trainer: Trainer, index: torch.Tensor, batch: Batch) -> None:
+        with frozen(self.vae.model):
+            for _ in range(self.steps):
+                svi_step(self.loss, trainer.optimizer, index, trainer.beta, *batch)
+
+
+@torch.no_grad()
+def evaluate_elbo(vae: VAE, data: Batch, batch_size: int = 1000, indexed: bool = False) -> dict[str, float]:
+    """Mean per-datapoint ELBO (β = 1) of ``data`` and its two terms, in nats. ``indexed``: the
+    rows are the guide's own rows 0..n-1 (a per-datapoint guide on training points)."""
+    model, guide = vae.bound()
+    n = num_rows(data)
+    recon_sum = kl_sum = 0.0
+    for start in range(0, n, batch_size):
+        rows = range(start, min(start + batch_size, n))
+        index = torch.arange(rows.start, rows.stop, device=data[0].device) if indexed else None
+        terms = elbo_terms(model, guide, index, 1.0, *rows_of(data, rows))
+        recon_sum += terms.reconstruction.sum().item()
+        kl_sum += terms.kl.sum().item()
+    return {"elbo": (recon_sum - kl_sum) / n, "reconstruction": recon_sum / n, "kl": kl_sum / n}
+
+
+class Metrics(Callback):
+    """After each epoch: the train ELBO on the first ``train_points`` rows (as this epoch saw
+    them) and the test ELBO (for a guide that can encode new points), appended to metrics.jsonl."""
+
+    def __init__(self, run_dir: Path, test: Batch | None, train_points: int = 10_000,
+                 log: Callable[[str], None] | None = None):
+        self.run_dir, self.test, self.train_points = run_dir, test, train_points
+        self.log = log or (lambda line: print(line, file=sys.stderr))
+
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+        started = time.perf_counter()
+        vae = trainer.vae
+        train = evaluate_elbo(vae, rows_of(trainer.epoch_data, slice(0, self.train_points)),
+                              indexed=vae.can("per_datapoint"))
+        record.update({"train_elbo": train["elbo"], "train_reconstruction": train["reconstruction"],
+                       "train_kl": train["kl"]})
+        if self.test is not None and vae.can("amortized"):
+            test = evaluate_elbo(vae, self.test)
+            record.update({f"test_{key}": value for key, value in test.items()})
+        record["eval_seconds"] = round(time.perf_counter() - started, 4)
+        runs.append_jsonl(self.run_dir / runs.METRICS, record)
+        test_text = f", test ELBO {record['test_elbo']:.3f}" if "test_elbo" in record else ""
+        self.log(f"epoch {record['epoch']}: train ELBO {record['train_elbo']:.3f}{test_text} nats "
+                 f"({record['train_seconds']:.1f} s)")
+
+
+def rng_state(generator: torch.Generator) -> dict:
+    return {"torch": torch.get_rng_state(), "data": generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict, generator: torch.Generator) -> None:
+    # RNG states are CPU byte tensors, wherever the checkpoint was mapped to
+    torch.set_rng_state(state["torch"].cpu())
+    generator.set_state(state["data"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+class Checkpoint(Callback):
+    """checkpoint.pt after every epoch and on an interrupt (mid-epoch: the epoch's starting RNG
+    state, its step and running loss, so a resumed run replays the epoch's draws and skips the
+    steps it took). Written atomically: a crash leaves the previous checkpoint."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+
+    def save(self, trainer: Trainer, epoch: int, step: int, partial: tuple[float, int],
+             data_rng: torch.Tensor) -> None:
+        rng = rng_state(trainer.generator)
+        rng["data"] = data_rng
+        runs.save_checkpoint(self.run_dir, {
+            "epoch": epoch, "step": step, "partial_loss": partial[0], "partial_seen": partial[1],
+            "model": trainer.vae.state_dict(), "optimizer": trainer.optimizer.state_dict(), "rng": rng})
+
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+        self.save(trainer, trainer.epoch + 1, 0, (0.0, 0), trainer.generator.get_state())
+
+    def on_interrupt(self, trainer: Trainer) -> None:
+        self.save(trainer, trainer.epoch, trainer.step, (trainer.loss_sum, trainer.seen), trainer.epoch_rng)
+
+
+class TimeBudget(Callback):
+    """Stop after the epoch that passes ``minutes`` of wall time (0: no budget)."""
+
+    def __init__(self, minutes: float):
+        self.minutes = minutes
+        self.started = time.perf_counter()
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+        if self.minutes and time.perf_counter() - self.started > 60 * self.minutes \
+                and trainer.epoch + 1 < trainer.epochs:
+            trainer.stop(f"time budget of {self.minutes} minutes used after epoch {trainer.epoch + 1}")
+
+
+class RunImages(Callback):
+    """samples.png and reconstructions.png in RUN_DIR when training ends."""
+
+    def __init__(self, run_dir: Path, data, caption: Callable[[], str] | None = None):
+        self.run_dir, self.data, self.caption = run_dir, data, caption
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        from ..plots import write_run_images
+        write_run_images(trainer.vae, self.data, self.run_dir)

@@ -1,0 +1,256 @@
+"""``fit``: a config (or your own model and guide) in, a run directory out; ``load_run`` reads it back.
+
+A run directory holds config.json, checkpoint.pt, metrics.jsonl and pictures, each written
+atomically, under a lock that keeps two processes out. ``fit`` leaves the caller's process as
+it found it: Pyro's param store and torch's RNG are scoped to the call.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pyro
+import torch
+
+from .. import runs
+from ..config import FitConfig, build_vae
+from ..data import Dataset, binarize, check_for_likelihood, load_dataset
+from ..errors import UsageError, option
+from ..objectives import make_objective
+from ..programs import as_batch, num_rows, rows_of
+from ..vae import VAE
+from .callbacks import (Callback, Checkpoint, DynamicBinarization, KLWarmup, LocalSteps, LRDecay, Metrics, RunImages,
+                        TimeBudget, set_rng_state)
+from .loop import NonFiniteLoss, Trainer
+from .optim import make_optimizer
+from .step import LossModule
+
+CUSTOM = "custom"   # config.model / config.guide of a run trained on the caller's own programs
+
+
+@dataclass
+class PreparedData:
+    dataset: Dataset
+    train: tuple[torch.Tensor, ...]   # intensities (dynamic binarization) or the fixed training values
+    test: tuple[torch.Tensor, ...]    # binarized once, by the seed, when the likelihood is Bernoulli
+
+
+def prepare_data(config: FitConfig, device: torch.device, dataset: Dataset | None = None) -> PreparedData:
+    """The data a run trains and is evaluated on: the test split (and the train split, for
+    ``--binarize static``) binarized once with the seed, so test ELBOs compare across epochs and runs."""
+    dataset = dataset or load_dataset(config.dataset, config.data_dir, config.test_fraction, config.seed)
+    check_for_likelihood(dataset, config.likelihood)
+    train, test = as_batch(dataset.train), as_batch(dataset.test)
+    if config.binarize != "none":
+        generator = torch.Generator().manual_seed(config.seed + 1)
+        test = (binarize(test[0], generator), *test[1:])
+        if config.binarize == "static":
+            train = (binarize(train[0], generator), *train[1:])
+    return PreparedData(dataset, tuple(t.to(device) for t in train), tuple(t.to(device) for t in test))
+
+
+def fit(config: FitConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
+        progress: bool = True, on_epoch: Callable[[dict], None] | None = None, vae: VAE | None = None,
+        data: Dataset | None = None, callbacks: Sequence[Callback] = ()) -> dict:
+    """Train as ``config`` says and write RUN_DIR; return the final metrics.
+
+    ``vae``: your own :class:`~pyrovae.vae.VAE` (a Pyro model and guide, see
+    :mod:`pyrovae.programs`) instead of the config's ``model`` and ``guide``; ``data``: your own
+    :class:`~pyrovae.data.Dataset` instead of ``config.dataset``. ``resume`` continues the run in
+    RUN_DIR up to ``config.epochs`` epochs; ``overwrite`` replaces it. ``callbacks`` are added to
+    the trainer's own; ``on_epoch(record)`` sees each epoch's metrics.
+    """
+    config.validate()
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"{option('out')} {str(run_dir)!r} is a file, not a folder; pass a folder path")
+    has_run = (run_dir / runs.CONFIG).exists() or (run_dir / runs.CHECKPOINT).exists()
+    if resume and overwrite:
+        raise UsageError(f"{option('resume', True)} and {option('overwrite', True)} contradict each other; pass one")
+    if resume and not has_run:
+        raise UsageError(f"{str(run_dir)!r} holds no run to resume; drop {option('resume', True)} to start one")
+    if has_run and not (resume or overwrite):
+        raise UsageError(f"{str(run_dir)!r} already holds a run; pass {option('resume', True)} to continue it, "
+                         f"{option('overwrite', True)} to replace it, or another {option('out')}")
+    if resume:
+        config = resumed_config(run_dir, config)
+    device = runs.resolve_device(config.device)
+    prepared = prepare_data(config, device, data)   # all input checks happen before anything is written
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create {option('out')} {str(run_dir)!r} ({error.strerror}); "
+                         "choose a writable folder") from None
+    devices = [device] if device.type == "cuda" else []
+    with runs.run_lock(run_dir), pyro.get_param_store().scope(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(config.seed)
+        return _fit(config, run_dir, prepared, device, resume, progress, on_epoch, vae, list(callbacks))
+
+
+def resumed_config(run_dir: Path, requested: FitConfig) -> FitConfig:
+    """The run's own config, with only the number of epochs, the time budget and the device
+    taken from the request."""
+    saved = FitConfig.from_dict(runs.read_config(run_dir)["config"])
+    saved.epochs, saved.minutes, saved.device = requested.epochs, requested.minutes, requested.device
+    return saved.validate()
+
+
+def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.device, resume: bool, progress: bool,
+         on_epoch: Callable[[dict], None] | None, vae: VAE | None, extra: list[Callback]) -> dict:
+    custom = vae is not None
+    if vae is None:
+        vae = build_vae(config, data.dataset.data_dim, num_rows(data.train))
+    vae = vae.to(device)
+    optimizer = make_optimizer(vae, config.lr, config.local_lr)
+    loss = LossModule(vae, make_objective(config.elbo, config.particles, config.jit), num_rows(data.train),
+                      register=config.jit)
+    generator = torch.Generator(device=device).manual_seed(config.seed)   # data order and binarization
+    callbacks: list[Callback] = [KLWarmup(config.beta, config.kl_warmup), LRDecay(config.lr_decay)]
+    if config.binarize == "dynamic":
+        callbacks.append(DynamicBinarization())
+    if vae.can("per_datapoint") and config.local_steps:
+        # eager: the model is frozen, and the JIT would trace the frozen flags into its graph
+        callbacks.append(LocalSteps(vae, make_objective(config.elbo, config.particles), config.local_steps,
+                                    num_rows(data.train)))
+    callbacks += [Metrics(run_dir, data.test, config.eval_train_points), Checkpoint(run_dir),
+                  TimeBudget(config.minutes), *extra]
+    if on_epoch is not None:
+        callbacks.append(_OnEpoch(on_epoch))
+    callbacks.append(RunImages(run_dir, data))
+    trainer = Trainer(vae, loss, optimizer, data.train, config.batch_size, config.epochs, generator, callbacks,
+                      progress, beta_as_tensor=config.jit)
+    start = (0, 0, (0.0, 0))
+    if resume:
+        start = _restore(trainer, run_dir, device)
+    else:
+        for stale in (runs.METRICS, runs.CHECKPOINT):
+            (run_dir / stale).unlink(missing_ok=True)
+        _write_config(run_dir, config, data, device, custom)
+    if start[0] >= config.epochs:
+        print(f"run already has {start[0]} epochs; nothing to do (pass a larger {option('epochs')} to continue)",
+              file=sys.stderr)
+    started = time.perf_counter()
+    try:
+        trainer.run(*start)
+    except NonFiniteLoss as error:
+        kept = (f"the last good checkpoint in {run_dir} is intact" if (run_dir / runs.CHECKPOINT).exists()
+                else "no checkpoint was written yet")
+        raise NonFiniteLoss(f"{error}; {kept}. Try a smaller {option('lr')}, or a larger {option('sigma')} "
+                            "for a normal likelihood") from None
+    if trainer.stop_reason:
+        print(f"{trainer.stop_reason}; stopping (continue with {option('resume', True)})", file=sys.stderr)
+    metrics = runs.read_jsonl(run_dir / runs.METRICS)
+    last = metrics[-1] if metrics else {}
+    result = {"run_dir": str(run_dir), "epochs": len(metrics), "test_elbo": last.get("test_elbo"),
+              "train_elbo": last.get("train_elbo"), "test_reconstruction": last.get("test_reconstruction"),
+              "test_kl": last.get("test_kl"), "seed": config.seed, "device": str(device),
+              "seconds_per_epoch": statistics.median([m["train_seconds"] for m in metrics]) if metrics else None,
+              "stopped_by_time_budget": bool(trainer.stop_reason)}
+    if not vae.can("amortized") and metrics:
+        result.update(_test_elbo_by_local_fit(vae, data, config.seed))
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+class _OnEpoch(Callback):
+    def __init__(self, hook: Callable[[dict], None]):
+        self.hook = hook
+
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+        self.hook(record)
+
+
+def _test_elbo_by_local_fit(vae: VAE, data: PreparedData, seed: int, points: int = 1000,
+                            max_steps: int = 500) -> dict:
+    """A guide without an encoder has no q for test points: fit one for the first ``points`` of
+    them with the model frozen (:mod:`pyrovae.inference.local_fit`) and report that ELBO."""
+    from ..inference.local_fit import fit_local
+    fitted = fit_local(vae, rows_of(data.test, slice(0, points)), init="prior", max_steps=max_steps, seed=seed)
+    return {"test_elbo": float(fitted.elbo.mean()), "test_elbo_points": len(fitted.elbo),
+            "test_elbo_fit_steps": max(fitted.steps)}
+
+
+def _write_config(run_dir: Path, config: FitConfig, data: PreparedData, device: torch.device, custom: bool) -> None:
+    values = config.to_dict()
+    if custom:
+        values.update(model=CUSTOM, guide=CUSTOM)
+    runs.write_json(run_dir / runs.CONFIG, {
+        "config": values, "versions": runs.versions(), "device": str(device), "seed": config.seed,
+        "data_dim": data.dataset.data_dim, "num_train": num_rows(data.train), "num_test": num_rows(data.test),
+        "image_shape": data.dataset.image_shape, "format_version": runs.FORMAT_VERSION})
+
+
+def _restore(trainer: Trainer, run_dir: Path, device: torch.device) -> tuple[int, int, tuple[float, int]]:
+    state = runs.load_checkpoint(run_dir, map_location=device)
+    load_model_state(trainer.vae, state, run_dir)
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"], trainer.generator)
+    # metrics of epochs after the checkpoint (a crash between the two writes) are dropped
+    metrics = runs.read_jsonl(run_dir / runs.METRICS)
+    kept = [m for m in metrics if m["epoch"] <= state["epoch"]]
+    if len(kept) != len(metrics):
+        runs.write_jsonl(run_dir / runs.METRICS, kept)
+    return state["epoch"], state["step"], (state["partial_loss"], state["partial_seen"])
+
+
+def load_model_state(vae: VAE, state: dict, run_dir: Path) -> None:
+    try:
+        vae.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as error:
+        raise UsageError(f"the checkpoint in {str(run_dir)!r} does not match its config's architecture "
+                         f"({str(error).splitlines()[0][:100]}); retrain or restore the run") from None
+
+
+@dataclass
+class Run:
+    """A trained run, loaded for evaluation: the VAE (in eval mode), its config and data."""
+    vae: VAE
+    config: FitConfig
+    data: PreparedData
+    run_dir: Path
+    epoch: int
+
+    def points(self, split: str, limit: int | None = None, seed: int = 0
+               ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+        """The first ``limit`` points of ``split`` as the model sees them, and, for the training
+        split of a per-datapoint guide, their rows in the guide's tables (else None)."""
+        if split == "test":
+            return rows_of(self.data.test, slice(0, limit)), None
+        batch = rows_of(self.data.train, slice(0, limit))
+        if self.config.binarize == "dynamic":   # training saw fresh draws; evaluate one, fixed by the seed
+            x = batch[0]
+            batch = (binarize(x.cpu(), torch.Generator().manual_seed(seed)).to(x.device), *batch[1:])
+        index = torch.arange(num_rows(batch), device=batch[0].device) if self.vae.can("per_datapoint") else None
+        return batch, index
+
+
+def load_run(run_dir: str | Path, device: str = "auto", data_dir: str | None = None, vae: VAE | None = None,
+             data: Dataset | None = None) -> Run:
+    """Load RUN_DIR's config, data (test set binarized as in training) and checkpoint.
+    A run of your own programs needs them again: ``vae=VAE(model, guide)`` (and ``data=``)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"RUN_DIR {str(run_dir)!r} is not a folder; pass the {option('out')} folder of `pyrovae fit`")
+    saved = runs.read_config(run_dir)
+    try:
+        config = FitConfig.from_dict(saved["config"])
+    except (KeyError, TypeError) as error:
+        raise UsageError(f"{str(run_dir / runs.CONFIG)!r} is not a pyrovae config ({error}); restore it") from None
+    if CUSTOM in (config.model, config.guide) and vae is None:
+        raise UsageError(f"{str(run_dir)!r} was trained on your own model and guide; pass them as "
+                         "load_run(run_dir, vae=VAE(model, guide))")
+    if data_dir:
+        config.data_dir = data_dir
+    torch_device = runs.resolve_device(device)
+    state = runs.load_checkpoint(run_dir, map_location=torch_device)
+    prepared = prepare_data(config, torch_device, data)
+    if vae is None:
+        vae = build_vae(config, prepared.dataset.data_dim, saved.get("num_train", num_rows(prepared.train)))
+    vae = vae.to(torch_device)
+    load_model_state(vae, state, run_dir)
+    vae.eval()
+    return Run(vae, config, prepared, run_dir, state["epoch"])

@@ -1,0 +1,139 @@
+"""The training loop: epochs of minibatch SVI, and callbacks for everything else.
+
+Each epoch draws a permutation of the training rows from the trainer's generator, and for each
+batch of rows takes one SVI step (:func:`~pyrovae.training.step.svi_step`). KL warm-up, the
+learning-rate schedule, dynamic binarization, mean-field local steps, metrics, checkpoints,
+pictures and the time budget are callbacks (:mod:`.callbacks`): new behaviour is a new callback.
+SIGINT/SIGTERM finish the current step; the callbacks save what they must (``on_interrupt``)
+and :class:`TrainingInterrupted` is raised.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Sequence
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import Interrupted
+from ..interrupts import StopFlag
+from ..programs import Batch, num_rows, rows_of
+from ..vae import VAE
+from .step import svi_step
+
+
+class TrainingInterrupted(Interrupted):
+    """Raised after SIGINT/SIGTERM once the callbacks have checkpointed."""
+
+    def __init__(self, signum: int, epoch: int, step: int):
+        super().__init__(f"stopped by signal {signum} at epoch {epoch + 1}, step {step}; checkpoint written")
+        self.signum, self.epoch, self.step = signum, epoch, step
+
+
+class NonFiniteLoss(Exception):
+    """The loss became NaN or inf; the last good checkpoint is left as it was."""
+
+
+class Callback:
+    """Hooks of the loop; each receives the :class:`Trainer`. Override what you need."""
+
+    def on_fit_start(self, trainer: "Trainer") -> None: ...
+    def on_epoch_start(self, trainer: "Trainer") -> None: ...
+    def before_step(self, trainer: "Trainer", index: torch.Tensor, batch: Batch) -> None: ...
+    def on_epoch_end(self, trainer: "Trainer", record: dict) -> None: ...
+    def on_interrupt(self, trainer: "Trainer") -> None: ...
+    def on_fit_end(self, trainer: "Trainer") -> None: ...
+
+
+class Trainer:
+    """SVI on ``train`` (a batch of tensors, rows first) for ``epochs`` epochs.
+
+    State the callbacks read and set: ``epoch`` (from 0), ``step`` (within the epoch), ``beta``
+    (the KL coefficient of this epoch), ``epoch_data`` (the training tensors as this epoch sees
+    them), ``loss_sum``/``seen`` (the epoch's running objective), ``stop_reason``.
+    """
+
+    def __init__(self, vae: VAE, loss: torch.nn.Module, optimizer: torch.optim.Optimizer, train: Batch,
+                 batch_size: int, epochs: int, generator: torch.Generator,
+                 callbacks: Sequence[Callback] = (), progress: bool = True, beta_as_tensor: bool = False):
+        self.vae, self.loss, self.optimizer, self.train = vae, loss, optimizer, tuple(train)
+        self.batch_size, self.epochs, self.generator = batch_size, epochs, generator
+        self.callbacks, self.progress, self.beta_as_tensor = list(callbacks), progress, beta_as_tensor
+        self.device = train[0].device
+        self.epoch, self.step, self.beta = 0, 0, 1.0
+        self.epoch_data: tuple[torch.Tensor, ...] = self.train
+        self.epoch_rng = generator.get_state()
+        self.loss_sum, self.seen = 0.0, 0
+        self.train_seconds = 0.0
+        self.stop_reason: str | None = None
+        self.validated = False
+        self._before_step = [cb for cb in self.callbacks if type(cb).before_step is not Callback.before_step]
+
+    @property
+    def num_data(self) -> int:
+        return num_rows(self.train)
+
+    def stop(self, reason: str) -> None:
+        """Stop after this epoch (a callback's request)."""
+        self.stop_reason = reason
+
+    def run(self, start_epoch: int = 0, start_step: int = 0, partial: tuple[float, int] = (0.0, 0)) -> None:
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        with StopFlag() as flag:
+            for epoch in range(start_epoch, self.epochs):
+                resumed = epoch == start_epoch
+                self._epoch(epoch, start_step if resumed else 0, partial if resumed else (0.0, 0), flag)
+                if self.stop_reason:
+                    break
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
+
+    def _epoch(self, epoch: int, start_step: int, partial: tuple[float, int], flag: StopFlag) -> None:
+        self.epoch, self.epoch_data = epoch, self.train
+        self.epoch_rng = self.generator.get_state()   # resuming mid-epoch replays the draws below
+        for cb in self.callbacks:   # e.g. binarization draws from the generator, before the permutation
+            cb.on_epoch_start(self)
+        n = self.num_data
+        order = torch.randperm(n, generator=self.generator, device=self.device)
+        beta = torch.tensor(self.beta, device=self.device) if self.beta_as_tensor else self.beta
+        self.loss_sum, self.seen = partial
+        batches = range(0, n, self.batch_size)
+        started = time.perf_counter()
+        bar = tqdm(total=len(batches), initial=start_step, desc=f"epoch {epoch + 1}/{self.epochs}",
+                   disable=not self.progress, file=sys.stderr, leave=False)
+        for step, start in enumerate(batches):
+            if step < start_step:
+                continue
+            index = order[start:start + self.batch_size]
+            batch = rows_of(self.epoch_data, index)
+            self.step = step
+            try:
+                # Pyro's validation checks supports and shapes on the first step; then it only costs time
+                with pyro.validation_enabled(not self.validated):
+                    for cb in self._before_step:
+                        cb.before_step(self, index, batch)
+                    loss = svi_step(self.loss, self.optimizer, index, beta, *batch)
+                self.validated = True
+            except FloatingPointError as error:
+                bar.close()
+                raise NonFiniteLoss(f"the loss became {error} at epoch {epoch + 1}, step {step + 1}") from None
+            self.loss_sum += loss * len(index) / n   # loss / (n / batch) = the batch's sum
+            self.seen += len(index)
+            bar.set_postfix(loss=f"{loss / n:.2f}", refresh=False)
+            bar.update()
+            if flag.signal is not None:
+                bar.close()
+                self.step = step + 1
+                for cb in self.callbacks:
+                    cb.on_interrupt(self)
+                raise TrainingInterrupted(flag.signal, epoch, step + 1)
+        bar.close()
+        self.step = len(batches)
+        self.train_seconds = time.perf_counter() - started
+        record = {"epoch": epoch + 1, "beta": self.beta, "lr": self.optimizer.param_groups[0]["lr"],
+                  "train_objective": -self.loss_sum / max(self.seen, 1), "train_seconds": round(self.train_seconds, 4)}
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, record)
