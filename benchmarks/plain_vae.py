@@ -1,0 +1,145 @@
+"""A plain PyTorch VAE on MNIST, written from scratch: the loop a user would write.
+
+The speed reference of pyrovae's `fit`. It imports nothing from pyrovae: its own modules, data
+tensors and binarization. Same model and recipe as `pyrovae fit --dataset mnist`:
+
+    encoder 784-400-(50 loc, 50 scale), ReLU, scale = softplus(raw) + 1e-4
+    decoder 50-400-784, ReLU, Bernoulli logits; prior z ~ N(0, I)
+    loss per batch = -(N/B) Σ_i ELBO_i, one reparameterized sample per point, with
+      --elbo trace:     Monte Carlo KL, log q(z_i|x_i) - log p(z_i) at the sample (Pyro's Trace_ELBO)
+      --elbo meanfield: closed-form Gaussian KL (TraceMeanField_ELBO)
+    Adam lr 1e-3, batch 128, dynamic binarization (fresh Bernoulli draws every epoch) and
+    torch.randperm shuffling, both from a torch.Generator seeded by --seed.
+
+After every epoch it computes the test ELBO (test images binarized once by the seed, closed-form
+KL, one sample, batches of 1000, under torch.no_grad), as a user would. Measured per epoch: the
+training seconds, the test-ELBO seconds, their sum, the mean training loss (nats per point)
+and the test ELBO. One JSON object on stdout, progress on stderr.
+
+    python benchmarks/plain_vae.py --data-dir ../shared/data --epochs 3 [--seed 0] [--threads 2]
+                                   [--limit 2000] [--elbo trace|meanfield]
+
+From Python: run(data_dir, epochs, seed, threads, limit, elbo) -> the same dict.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class VAE(nn.Module):
+    def __init__(self, data_dim: int = 784, hidden: int = 400, latent: int = 50):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(data_dim, hidden), nn.ReLU(), nn.Linear(hidden, 2 * latent))
+        self.decoder = nn.Sequential(nn.Linear(latent, hidden), nn.ReLU(), nn.Linear(hidden, data_dim))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, raw_scale = self.encoder(x).chunk(2, dim=-1)
+        return loc, F.softplus(raw_scale) + 1e-4
+
+
+def log_normal(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (-0.5 * ((z - loc) / scale) ** 2 - scale.log() - 0.5 * LOG_2PI).sum(-1)
+
+
+def batch_elbo(vae: VAE, x: torch.Tensor, kl: str = "trace") -> torch.Tensor:
+    """Σ_i ELBO_i over the batch, one reparameterized sample per point."""
+    loc, scale = vae.encode(x)
+    z = loc + scale * torch.randn_like(loc)
+    log_lik = -F.binary_cross_entropy_with_logits(vae.decoder(z), x, reduction="sum")
+    if kl == "meanfield":   # KL(N(loc, scale) || N(0, I)) in closed form
+        return log_lik - (0.5 * (loc ** 2 + scale ** 2 - 1) - scale.log()).sum()
+    return log_lik + (log_normal(z, torch.zeros_like(z), torch.ones_like(z)) - log_normal(z, loc, scale)).sum()
+
+
+def train_epoch(vae, optimizer, intensities, generator, kl="trace", batch_size=128) -> float:
+    """One epoch; returns the mean training loss, -ELBO in nats per point."""
+    n = len(intensities)
+    x_train = torch.bernoulli(intensities, generator=generator)   # dynamic binarization
+    order = torch.randperm(n, generator=generator)
+    total = 0.0
+    for start in range(0, n, batch_size):
+        x = x_train[order[start:start + batch_size]]
+        loss = -(n / len(x)) * batch_elbo(vae, x, kl)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(x) / n
+    return total / n
+
+
+@torch.no_grad()
+def test_elbo(vae, x_test, batch_size=1000) -> float:
+    return sum(batch_elbo(vae, x_test[i:i + batch_size], "meanfield").item()
+               for i in range(0, len(x_test), batch_size)) / len(x_test)
+
+
+def load_mnist(data_dir: str, train: bool) -> torch.Tensor:
+    from torchvision.datasets import MNIST
+    images = MNIST(data_dir, train=train, download=False).data   # uint8 [N, 28, 28]
+    return images.reshape(len(images), -1).float() / 255
+
+
+def run(data_dir: str, epochs: int = 3, seed: int = 0, threads: int | None = None, limit: int | None = None,
+        elbo: str = "trace") -> dict:
+    started = time.perf_counter()
+    if threads:
+        torch.set_num_threads(threads)
+    train, test = load_mnist(data_dir, True)[:limit], load_mnist(data_dir, False)
+    x_test = torch.bernoulli(test, generator=torch.Generator().manual_seed(seed))   # fixed once
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)   # weights and the reparameterization noise
+    vae = VAE()
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    setup_seconds = time.perf_counter() - started
+    records = []
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        vae.train()
+        loss = train_epoch(vae, optimizer, train, generator, elbo)
+        t1 = time.perf_counter()
+        vae.eval()
+        test_value = test_elbo(vae, x_test)
+        t2 = time.perf_counter()
+        records.append({"epoch": epoch, "train_seconds": round(t1 - t0, 4), "eval_seconds": round(t2 - t1, 4),
+                        "epoch_seconds": round(t2 - t0, 4), "train_loss": loss, "test_elbo": test_value})
+        print(f"epoch {epoch}: train loss {loss:.2f}, test ELBO {test_value:.2f} nats "
+              f"({t1 - t0:.2f} s train, {t2 - t1:.2f} s test)", file=sys.stderr, flush=True)
+    total = {key: round(sum(r[key] for r in records), 4) for key in ("train_seconds", "eval_seconds", "epoch_seconds")}
+    return {"elbo": elbo, "seed": seed, "epochs": epochs, "train_points": len(train), "test_points": len(test),
+            "batch_size": 128, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "per_epoch": records, "total": total, "setup_seconds": round(setup_seconds, 4),
+            "median_train_seconds": statistics.median(r["train_seconds"] for r in records) if records else None,
+            "median_epoch_seconds": statistics.median(r["epoch_seconds"] for r in records) if records else None,
+            "test_elbo": records[-1]["test_elbo"] if records else None,
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=os.environ.get("PYROVAE_DATA_DIR"),
+                        help="folder holding MNIST/raw (default: $PYROVAE_DATA_DIR)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N training points")
+    parser.add_argument("--elbo", choices=("trace", "meanfield"), default="trace")
+    args = parser.parse_args()
+    if not args.data_dir or not os.path.isdir(os.path.join(args.data_dir, "MNIST", "raw")):
+        parser.error("pass --data-dir (or set PYROVAE_DATA_DIR) to a folder holding MNIST/raw")
+    print(json.dumps(run(args.data_dir, args.epochs, args.seed, args.threads, args.limit, args.elbo)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
