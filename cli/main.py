@@ -21,8 +21,8 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> None:
-    click.echo(f"pyrovae: error: {message}", err=True)
+def fail(message: str, code: int = EXIT_USAGE, kind: str = "error") -> None:
+    click.echo(f"pyrovae: {kind}: {message}", err=True)
     sys.exit(code)
 
 
@@ -30,7 +30,8 @@ class PyrovaeGroup(click.Group):
     """Turns bad input into one line on stderr and exit code 2, never a traceback."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        from pyrovae.training import NonFiniteLoss, TrainingInterrupted
+        from pyrovae.errors import Interrupted
+        from pyrovae.training import NonFiniteLoss
         speak_cli()
         try:
             code = super().main(args, prog_name or "pyrovae", complete_var, standalone_mode=False, **extra)
@@ -42,12 +43,12 @@ class PyrovaeGroup(click.Group):
             fail(error.format_message().replace("\n", " ") + hint)
         except (UsageError, click.BadParameter) as error:
             fail(str(error).replace("\n", " "))
-        except TrainingInterrupted as error:
-            fail(str(error), EXIT_INTERRUPTED)
+        except Interrupted as error:   # what was finished is saved; the message says how to go on
+            fail(str(error), EXIT_INTERRUPTED, kind="interrupted")
         except NonFiniteLoss as error:
             fail(str(error), 1)
         except click.Abort:
-            fail("aborted", EXIT_INTERRUPTED)
+            fail("stopped before anything was saved", EXIT_INTERRUPTED, kind="interrupted")
         except OSError as error:   # e.g. a full disk mid-run: files are written atomically, the old ones stay
             where = f" on {error.filename!r}" if error.filename else ""
             fail(f"{error.strerror or error}{where}; free space or fix permissions, then rerun "

@@ -23,6 +23,10 @@ def speak_cli() -> None:
     _AUDIENCE["cli"] = True
 
 
+def speaking_cli() -> bool:
+    return _AUDIENCE["cli"]
+
+
 def option(name: str, value: object = None) -> str:
     """An option as the user wrote it: ``--batch-size 64`` on the CLI, ``batch_size=64`` in Python;
     a flag (``value=True``) is ``--resume`` or ``resume=True``."""

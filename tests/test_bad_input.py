@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from pyrovae import runs
 from pyrovae.cli.main import cli
 from pyrovae.config import FitConfig
-from pyrovae.train import fit
+from pyrovae.training import fit
 
 TINY = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "32", "--quiet", "--device", "cpu"]
 
@@ -194,7 +194,7 @@ def test_run_dir_already_holds_a_run(run):
 def test_resume_and_overwrite_contradict(run):
     before = snapshot(run.parent)
     result = invoke(["fit", "--out", run, "--resume", "--overwrite", "--epochs", "2", *TINY])
-    assert_usage_error(result, "--resume and --overwrite", "one of them")
+    assert_usage_error(result, "--resume and --overwrite", "pass one")
     assert snapshot(run.parent) == before
 
 
@@ -343,7 +343,7 @@ CHECKPOINT_CASES = {
     "garbage": (_garbage, ["not a pyrovae checkpoint", "retrain or restore"]),
     "tensor-not-dict": (_tensor_not_dict, ["not a pyrovae checkpoint", "retrain"]),
     "other-architecture": (_swap_architecture, ["does not match", "architecture", "retrain or restore"]),
-    "format-99": (_format_99, ["format 99", "format 1", "pyrovae version that wrote it"]),
+    "format-99": (_format_99, ["format 99", "format 2", "pyrovae version that wrote it"]),
 }
 
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pyrovae import diagnostics, runs
+from pyrovae import runs
+from pyrovae.evaluation import diagnostics
 from pyrovae.cli.main import cli
 from pyrovae.data import load_dataset
-from pyrovae.train import load_run
+from pyrovae.training import load_run
 
 
 SMALL = ["--latent-dim", "2", "--hidden", "16", "--batch-size", "500", "--lr", "0.01", "--quiet",
@@ -253,7 +254,7 @@ def test_evaluate_end_to_end(image_run, tmp_path):
     # (variances 0.34 and 1.06 against the 0.01 threshold, so float rounding cannot flip the count)
     run = load_run(run_dir, device="cpu")
     with torch.no_grad():
-        means = run.vae.guide_module(run.points("test", 12)[0])[0]
+        means = run.vae.guide.encode("z", run.points("test", 12)[0][0])[0]
     assert out["active_units"] == diagnostics.active_units(means)
 
 

@@ -7,9 +7,9 @@ import torch
 from click.testing import CliRunner
 
 from pyrovae.cli.main import cli
-from pyrovae.compare import compare_inference
+from pyrovae.inference.compare import compare_inference
 from pyrovae.config import FitConfig
-from pyrovae.train import fit
+from pyrovae.training import fit
 
 from test_meanfield import B, D, SIGMA, W, exact_elbo, linear_gaussian_vae, optimal_diagonal_q
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyrovae import diagnostics
+from pyrovae.evaluation import diagnostics
 
 
 def test_ess_of_equal_weights_is_one():

@@ -14,10 +14,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import pyrovae.train as train_module
+import pyrovae.training.fitting as train_module
 from pyrovae import runs
 from pyrovae.cli.main import cli
-from pyrovae.train import load_run
+from pyrovae.training import load_run
 
 TINY = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "32", "--quiet", "--device", "cpu"]
 STEPS_PER_EPOCH = 7   # 200 rows / batch 32
@@ -41,10 +41,12 @@ def fit_args(data: Path, out: Path, epochs: int, *extra) -> list:
 
 
 def one_error_line(result, code: int) -> str:
+    """The one ``pyrovae: error:`` line (``pyrovae: interrupted:`` for exit code 130), no traceback."""
     assert result.exit_code == code, (result.exit_code, result.output, result.exception)
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     lines = [line for line in result.stderr.splitlines() if line.startswith("pyrovae:") or "Traceback" in line]
-    assert len(lines) == 1 and lines[0].startswith("pyrovae: error: "), result.stderr
+    kind = "interrupted" if code == 130 else "error"
+    assert len(lines) == 1 and lines[0].startswith(f"pyrovae: {kind}: "), result.stderr
     return lines[0]
 
 
@@ -206,7 +208,7 @@ def test_sigterm_to_a_real_process_then_resume(tmp_path):
     stderr = "".join(seen) + rest
     assert proc.returncode == 130, stderr
     errors = [line for line in stderr.splitlines() if line.startswith("pyrovae:") or "Traceback" in line]
-    assert len(errors) == 1 and errors[0].startswith("pyrovae: error: stopped by signal 15"), stderr
+    assert len(errors) == 1 and errors[0].startswith("pyrovae: interrupted: stopped by signal 15"), stderr
     assert f"Resume with: pyrovae fit --out {run} --resume --epochs {epochs}" in errors[0]
     assert stdout == ""
     no_temp_files(run)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from pyrovae import fused
-from pyrovae.evaluate import estimate_log_likelihood, per_point_columns
-from pyrovae.guides import AmortizedGuide
-from pyrovae.model import VAE, Decoder, ReLU
+from pyrovae.evaluation import kernels as fused
+from pyrovae.evaluation.importance import estimate_log_likelihood, per_point_columns
+from pyrovae.config import FitConfig, build_vae
+from pyrovae.models import ReLU
 
 
 @pytest.mark.parametrize("pixels", [1, 2, 5, 17, 20, 48, 784, 3072])
@@ -69,7 +69,7 @@ def test_relu_is_in_place_only_without_autograd():
 
 def small_bernoulli_vae() -> tuple[VAE, torch.Tensor]:
     torch.manual_seed(0)
-    vae = VAE(Decoder(4, 32, hidden=(16,)), AmortizedGuide(32, 4, hidden=(16,)))
+    vae = build_vae(FitConfig(latent_dim=4, hidden=(16,)), 32, 30)
     x = torch.bernoulli(torch.full((30, 32), 0.3))
     return vae, x
 

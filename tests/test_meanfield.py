@@ -7,11 +7,13 @@ import torch
 from pyrovae import runs
 from pyrovae.config import FitConfig, build_vae
 from pyrovae.guides import AmortizedGuide
-from pyrovae.local_fit import elbo_per_point, fit_local
-from pyrovae.model import VAE, Decoder
+from pyrovae.inference.local_fit import elbo_per_point, fit_local
+from pyrovae.models import VAEModel
+from pyrovae.programs import LatentLayer
+from pyrovae.vae import VAE
 from pyrovae.objectives import make_objective
-from pyrovae.optim import RowSparseAdam, make_optimizer
-from pyrovae.train import fit
+from pyrovae.training.optim import RowSparseAdam, make_optimizer
+from pyrovae.training import fit
 
 
 
@@ -61,18 +63,18 @@ def test_meanfield_step_changes_only_minibatch_rows():
     vae = build_vae(config, data_dim=10, num_train=20)
     optimizer, objective = make_optimizer(vae, lr=0.01), make_objective("trace")
     x = torch.rand(20, 10).bernoulli()
-    decoder_before = vae.decoder.net[0].weight.detach().clone()
+    decoder_before = vae.model.decoder[0].weight.detach().clone()
     for index in (torch.tensor([0, 3, 7]), torch.tensor([1, 3, 9])):   # the second step has momentum
-        before = {name: p.detach().clone() for name, p in vae.guide_module.named_parameters()}
-        loss = objective.differentiable_loss(vae.model, vae.guide, x[index], index, num_data=20)
+        before = {name: p.detach().clone() for name, p in vae.guide.named_parameters()}
+        loss = objective.differentiable_loss(*vae.bound(), index, 1.0, x[index], num_data=20)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         others = torch.tensor([i for i in range(20) if i not in index.tolist()])
-        for name, param in vae.guide_module.named_parameters():
+        for name, param in vae.guide.named_parameters():
             assert torch.equal(param.detach()[others], before[name][others]), name
             assert (param.detach()[index] != before[name][index]).any(), name
-    assert not torch.equal(vae.decoder.net[0].weight, decoder_before)   # the decoder is dense Adam
+    assert not torch.equal(vae.model.decoder[0].weight, decoder_before)   # the decoder is dense Adam
 
 
 def test_meanfield_training_improves_and_checkpoints(tmp_path):
@@ -96,11 +98,11 @@ B = torch.linspace(-0.5, 0.5, D)
 
 
 def linear_gaussian_vae() -> VAE:
-    decoder = Decoder(LATENT, D, hidden=(), likelihood="normal", sigma=SIGMA)
+    model = VAEModel(LATENT, D, hidden=(), likelihood="normal", sigma=SIGMA)
     with torch.no_grad():
-        decoder.net[0].weight.copy_(W)
-        decoder.net[0].bias.copy_(B)
-    return VAE(decoder, AmortizedGuide(D, LATENT, hidden=()))
+        model.decoder[0].weight.copy_(W)
+        model.decoder[0].bias.copy_(B)
+    return VAE(model, AmortizedGuide([LatentLayer("z", LATENT, "x", ())], D))
 
 
 def optimal_diagonal_q(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,8 +150,8 @@ def test_optimized_elbo_beats_an_amortized_q():
     torch.manual_seed(1)
     vae = linear_gaussian_vae()
     x = torch.randn(100, D)
-    loc_q, scale_q = vae.guide_module(x)   # an untrained encoder: a poor but valid q
+    loc_q, scale_q = vae.guide.encode("z", x)   # an untrained encoder: a poor but valid q
     result = fit_local(vae, x, (loc_q.detach(), scale_q.detach()), max_steps=1500, seed=1)
-    gain = result.elbo - elbo_per_point(vae, x, loc_q.detach(), scale_q.detach(), num_samples=100)
+    gain = result.elbo - elbo_per_point(vae, x, (loc_q.detach(), scale_q.detach()), num_samples=100)
     assert gain.mean() > 4 * gain.std() / math.sqrt(len(x))
     assert (exact_elbo(x, result.loc, result.scale) >= exact_elbo(x, loc_q, scale_q) - 1e-4).all()

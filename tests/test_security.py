@@ -16,7 +16,7 @@ from pyrovae import runs
 from pyrovae.cli.main import cli
 from pyrovae.config import FitConfig
 from pyrovae.errors import UsageError
-from pyrovae.train import fit, load_run
+from pyrovae.training import fit, load_run
 
 TINY = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "32", "--quiet", "--device", "cpu"]
 

@@ -8,11 +8,11 @@ import pyro
 import pytest
 import torch
 
-import pyrovae.train as train_module
+import pyrovae.training.fitting as train_module
 from pyrovae import runs
 from pyrovae.config import FitConfig
 from pyrovae.data import load_dataset
-from pyrovae.train import fit, load_run, prepare_data
+from pyrovae.training import fit, load_run, prepare_data
 
 
 TIMING = ("train_seconds", "eval_seconds")
@@ -68,9 +68,9 @@ class Spy:
             self.objectives.append(objective)
             original = objective.differentiable_loss
 
-            def differentiable_loss(model, guide, x, index, *rest, **kw):
+            def differentiable_loss(model, guide, index, beta, x, *rest, **kw):
                 self.batches.append((x.clone(), index.clone()))
-                return original(model, guide, x, index, *rest, **kw)
+                return original(model, guide, index, beta, x, *rest, **kw)
 
             objective.differentiable_loss = differentiable_loss
             return objective
@@ -141,18 +141,18 @@ def test_checkpoint_round_trip(tiny_npz, tmp_path, monkeypatch):
     run = load_run(tmp_path / "run", device="cpu")
     assert run.epoch == 1 and run.config.dataset == tiny_npz
     assert run.vae is not trained
-    x = run.data.test[:10]
+    x = run.data.test[0][:10]
     z = torch.randn(10, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.equal(run.vae.decoder(z), trained.decoder(z))
-        for a, b in zip(run.vae.guide_module(x), trained.guide_module(x)):
+        assert torch.equal(run.vae.model.decoder(z), trained.model.decoder(z))
+        for a, b in zip(run.vae.guide.encode("z", x), trained.guide.encode("z", x)):
             assert torch.equal(a, b)
     # the test set is re-binarized exactly as in training
-    assert torch.equal(run.data.test, prepare_data(run.config, torch.device("cpu")).test)
+    assert torch.equal(run.data.test[0], prepare_data(run.config, torch.device("cpu")).test[0])
     # and a perturbed model would be caught by the comparison above
     with torch.no_grad():
-        next(trained.decoder.parameters())[0, 0] += 1e-3
-        assert not torch.equal(run.vae.decoder(z), trained.decoder(z))
+        next(trained.model.decoder.parameters())[0, 0] += 1e-3
+        assert not torch.equal(run.vae.model.decoder(z), trained.model.decoder(z))
 
 
 def test_same_seed_same_run_other_seed_different(tiny_npz, tmp_path):
@@ -191,12 +191,12 @@ def test_binarization(tiny_npz, tmp_path, monkeypatch, mode):
     prepared = prepare_data(cfg, torch.device("cpu"))
     if mode == "static":
         assert torch.equal(first, second)
-        assert torch.equal(first, prepared.train)   # fixed by the seed
+        assert torch.equal(first, prepared.train[0])   # fixed by the seed
         other = prepare_data(dataclasses.replace(cfg, seed=8), torch.device("cpu"))
-        assert not torch.equal(other.train, prepared.train)
+        assert not torch.equal(other.train[0], prepared.train[0])
     else:
         assert not torch.equal(first, second)
-        assert torch.equal(prepared.train, intensities)   # kept as intensities, drawn each epoch
+        assert torch.equal(prepared.train[0], intensities)   # kept as intensities, drawn each epoch
         # mean of the draws tracks the intensities: per-pixel SE is sqrt(p(1-p)/2) at most 0.36
         diff = ((first + second) / 2 - intensities).mean().abs()
         assert diff < 4 * 0.5 / math.sqrt(2 * first.numel())
@@ -204,13 +204,13 @@ def test_binarization(tiny_npz, tmp_path, monkeypatch, mode):
 
 def test_test_set_is_binarized_once_by_the_seed(tiny_npz):
     cpu = torch.device("cpu")
-    a = prepare_data(config(tiny_npz, seed=1, binarize="dynamic"), cpu).test
-    b = prepare_data(config(tiny_npz, seed=1, binarize="static"), cpu).test
-    c = prepare_data(config(tiny_npz, seed=2, binarize="dynamic"), cpu).test
+    a = prepare_data(config(tiny_npz, seed=1, binarize="dynamic"), cpu).test[0]
+    b = prepare_data(config(tiny_npz, seed=1, binarize="static"), cpu).test[0]
+    c = prepare_data(config(tiny_npz, seed=2, binarize="dynamic"), cpu).test[0]
     assert set(a.unique().tolist()) == {0.0, 1.0}
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
-    raw = prepare_data(config(tiny_npz, binarize="none"), cpu).test
+    raw = prepare_data(config(tiny_npz, binarize="none"), cpu).test[0]
     assert torch.equal(raw, load_dataset(tiny_npz).test)
 
 
@@ -240,7 +240,7 @@ def test_meanfield_guide_runs_one_epoch(tiny_npz, tmp_path):
     assert record["train_elbo"] > UNTRAINED_ELBO + 100, record["train_elbo"]
     assert result["test_elbo"] > UNTRAINED_ELBO + 100, result["test_elbo"]
     run = load_run(tmp_path / "run", device="cpu")
-    assert run.vae.guide_module.loc.shape == (500, 4)
+    assert run.vae.guide.loc["z"].shape == (500, 4)
 
 
 def test_iwae_objective_runs_one_epoch(tiny_npz, tmp_path, monkeypatch):

@@ -143,7 +143,7 @@ def prior_guide(model: Callable) -> Callable:
     return poutine.block(model, hide_fn=lambda msg: msg["is_observed"])
 
 
-def proposal_guide(vae: VAE, proposal: Proposal) -> tuple[Callable, str, bool]:
+def proposal_guide(vae: VAE, proposal: Proposal, n: int) -> tuple[Callable, str, bool]:
     """(bound guide, name, whether it encodes new x) for ``proposal``: ``"guide"`` (the VAE's own),
     ``"prior"``, a guide program (e.g. a fitted :class:`~pyrovae.guides.MeanFieldGuide` over the
     evaluated rows), or a (loc, scale) pair of [N, D] tensors for a one-site model."""
@@ -158,7 +158,11 @@ def proposal_guide(vae: VAE, proposal: Proposal) -> tuple[Callable, str, bool]:
         sites = latent_site_names(vae)
         if len(sites) != 1:
             raise ValueError(f"a (loc, scale) proposal needs a model with one latent site; this one has {sites}")
-        proposal = table_guide(*proposal, site=sites[0])
+        loc, scale = (torch.as_tensor(t).to(device=vae.device, dtype=vae.dtype) for t in proposal)
+        if loc.dim() != 2 or loc.shape[0] != n or scale.shape != loc.shape:
+            raise ValueError(f"a (loc, scale) proposal must be two [{n}, latent_dim] tensors, one row per point; "
+                             f"got {tuple(loc.shape)} and {tuple(scale.shape)}")
+        proposal = table_guide(loc, scale, site=sites[0])
     return bind(proposal), "table", can(proposal, "amortized") and not can(proposal, "per_datapoint")
 
 
@@ -247,7 +251,7 @@ def estimate_log_likelihood(vae: VAE, data: Data, k: int = 5000, proposal: Propo
                  for t in as_batch(data))
     n, data_dim = num_rows(data), data[0].shape[-1]
     model, _ = vae.bound()
-    guide, proposal_name, encodes = proposal_guide(vae, proposal)
+    guide, proposal_name, encodes = proposal_guide(vae, proposal, n)
     iwae_ks = [j for j in IWAE_KS if j < k]
     compile = n * k >= COMPILE_PAIRS if compile is None else compile
     unsupported: set[str] = set()

@@ -19,13 +19,13 @@ import torch
 from .. import runs
 from ..config import FitConfig, build_vae
 from ..data import Dataset, binarize, check_for_likelihood, load_dataset
-from ..errors import UsageError, option
+from ..errors import UsageError, option, speaking_cli
 from ..objectives import make_objective
 from ..programs import as_batch, num_rows, rows_of
 from ..vae import VAE
 from .callbacks import (Callback, Checkpoint, DynamicBinarization, KLWarmup, LocalSteps, LRDecay, Metrics, RunImages,
                         TimeBudget, set_rng_state)
-from .loop import NonFiniteLoss, Trainer
+from .loop import NonFiniteLoss, Trainer, TrainingInterrupted
 from .optim import make_optimizer
 from .step import LossModule
 
@@ -136,6 +136,11 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
     started = time.perf_counter()
     try:
         trainer.run(*start)
+    except TrainingInterrupted as error:
+        again = (f"pyrovae fit --out {run_dir} --resume --epochs {config.epochs}" if speaking_cli()
+                 else f"fit(config, {str(run_dir)!r}, resume=True)")
+        error.args = (f"{error}. Resume with: {again}",)
+        raise
     except NonFiniteLoss as error:
         kept = (f"the last good checkpoint in {run_dir} is intact" if (run_dir / runs.CHECKPOINT).exists()
                 else "no checkpoint was written yet")
