@@ -30,6 +30,7 @@ PRESETS: dict[str, dict] = {
                             z1_hidden=(100, 100), latent_dim=50, batch_size=128, lr=1e-3, lr_decay=0.99,
                             kl_warmup=10, elbo="trace"),
 }
+CUSTOM = "custom"       # model / guide / likelihood of a run trained on the caller's own programs
 MAX_SIZE = 100_000      # widths, latent dims and particles beyond this are typos, not models that fit in memory
 
 
@@ -100,10 +101,10 @@ class FitConfig:
         def choices(registry) -> str:
             return ", ".join(registry)
 
-        need(self.likelihood in LIKELIHOODS,
+        need(self.likelihood in LIKELIHOODS or self.likelihood == CUSTOM,
              f"unknown --likelihood {self.likelihood!r}; use {choices(LIKELIHOODS)}")
-        need(self.model in MODELS, f"unknown --model {self.model!r}; use {choices(MODELS)}")
-        need(self.guide in GUIDES, f"unknown --guide {self.guide!r}; use {choices(GUIDES)}")
+        need(self.model in MODELS or self.model == CUSTOM, f"unknown --model {self.model!r}; use {choices(MODELS)}")
+        need(self.guide in GUIDES or self.guide == CUSTOM, f"unknown --guide {self.guide!r}; use {choices(GUIDES)}")
         need(self.elbo in OBJECTIVES, f"unknown --elbo {self.elbo!r}; use {choices(OBJECTIVES)}")
         need(self.binarize in BINARIZE, f"unknown --binarize {self.binarize!r}; use dynamic, static or none")
         need(self.likelihood == "bernoulli" or self.binarize == "none",
@@ -137,7 +138,7 @@ class FitConfig:
         need(1 <= self.flows <= 100, f"--flows must lie in [1, 100], got {self.flows}")
         need(self.flow_hidden == 0 or 2 <= self.flow_hidden <= MAX_SIZE,
              f"--flow-hidden must be 0 (twice the latent size) or in [2, {MAX_SIZE}], got {self.flow_hidden}")
-        if self.likelihood == "normal":
+        if self.likelihood == "normal" and self.model != CUSTOM:
             try:
                 parse_sigma(self.sigma)
             except ValueError:
@@ -156,6 +157,8 @@ class FitConfig:
 def build_vae(config: FitConfig, data_dim: int, num_train: int) -> VAE:
     """The model and guide a config names, from the registries; refuses an objective the guide
     cannot serve (TraceMeanField_ELBO is exact only for a mean-field guide)."""
+    if CUSTOM in (config.model, config.guide):
+        raise UsageError("this run was trained on your own model and guide; pass them again: vae=VAE(model, guide)")
     model = MODELS[config.model].from_config(config, data_dim)
     guide = GUIDES[config.guide].from_config(config, model, num_train)
     if OBJECTIVES[config.elbo].needs_mean_field_guide and not can(guide, "mean_field"):

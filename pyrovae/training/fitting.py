@@ -17,7 +17,7 @@ import pyro
 import torch
 
 from .. import runs
-from ..config import FitConfig, build_vae
+from ..config import CUSTOM, FitConfig, build_vae
 from ..data import Dataset, binarize, check_for_likelihood, load_dataset
 from ..errors import UsageError, option, speaking_cli
 from ..objectives import make_objective
@@ -29,7 +29,6 @@ from .loop import NonFiniteLoss, Trainer, TrainingInterrupted
 from .optim import make_optimizer
 from .step import LossModule
 
-CUSTOM = "custom"   # config.model / config.guide of a run trained on the caller's own programs
 
 
 @dataclass
@@ -182,7 +181,7 @@ def _test_elbo_by_local_fit(vae: VAE, data: PreparedData, seed: int, points: int
 def _write_config(run_dir: Path, config: FitConfig, data: PreparedData, device: torch.device, custom: bool) -> None:
     values = config.to_dict()
     if custom:
-        values.update(model=CUSTOM, guide=CUSTOM)
+        values.update(model=CUSTOM, guide=CUSTOM, likelihood=CUSTOM)
     runs.write_json(run_dir / runs.CONFIG, {
         "config": values, "versions": runs.versions(), "device": str(device), "seed": config.seed,
         "data_dim": data.dataset.data_dim, "num_train": num_rows(data.train), "num_test": num_rows(data.test),
@@ -254,7 +253,8 @@ def load_run(run_dir: str | Path, device: str = "auto", data_dir: str | None = N
     state = runs.load_checkpoint(run_dir, map_location=torch_device)
     prepared = prepare_data(config, torch_device, data)
     if vae is None:
-        vae = build_vae(config, prepared.dataset.data_dim, saved.get("num_train", num_rows(prepared.train)))
+        with torch.random.fork_rng(devices=[]):   # initial weights (overwritten below) draw from torch's RNG
+            vae = build_vae(config, prepared.dataset.data_dim, saved.get("num_train", num_rows(prepared.train)))
     vae = vae.to(torch_device)
     load_model_state(vae, state, run_dir)
     vae.eval()
