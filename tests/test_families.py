@@ -13,7 +13,6 @@ from torch import nn
 
 from pyrovae import runs
 from pyrovae.config import FitConfig
-from pyrovae.data import Dataset
 from pyrovae.evaluation.importance import estimate_log_likelihood, per_point_columns
 from pyrovae.guides import AmortizedGuide, FlowGuide
 from pyrovae.inference.local_fit import fit_local

@@ -67,7 +67,7 @@ def test_relu_is_in_place_only_without_autograd():
         assert relu(h) is h and h.tolist() == [0.0, 2.0]
 
 
-def small_bernoulli_vae() -> tuple[VAE, torch.Tensor]:
+def small_bernoulli_vae():
     torch.manual_seed(0)
     vae = build_vae(FitConfig(latent_dim=4, hidden=(16,)), 32, 30)
     x = torch.bernoulli(torch.full((30, 32), 0.3))

@@ -153,7 +153,7 @@ def test_every_family_under_a_particle_plate(model, guide):
     index = torch.tensor([3, 17, 0, 39, 8])
     model_trace, guide_trace = traces(vae, x, index, num_data=NUM_DATA, particles=K)
     latents = [layer for layer in vae.model.latent_layers()]
-    assert {name for name, s in sample_sites(model_trace).items() if not s["is_observed"]} == {l.name for l in latents}
+    assert {name for name, s in sample_sites(model_trace).items() if not s["is_observed"]} == {layer.name for layer in latents}
     assert set(sample_sites(guide_trace)) == {layer.name for layer in latents}
     for layer in latents:
         z = sample_sites(guide_trace)[layer.name]["value"]

@@ -29,7 +29,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from ..errors import Interrupted, UsageError, option
-from ..interrupts import StopFlag
+from ..interrupts import Abandon, StopFlag
 from ..runs import atomic_path
 
 RNG_TILE = (50, 25)         # particles x rows drawn from one seeded generator
@@ -185,18 +185,23 @@ class Partial:
 
 def run_batches(n: int, batch_size: int, evaluate: Callable[[range], dict[str, np.ndarray]],
                 partial: Partial, progress: Callable[[int], None] | None = None,
-                rows_for_this_process: Callable[[int], bool] = lambda batch: True) -> dict[str, np.ndarray]:
-    """``evaluate(rows)`` for every batch of rows not yet done; per-point arrays of length n.
+                mine: Callable[[int], bool] = lambda batch: True) -> dict[str, np.ndarray]:
+    """``evaluate(rows)`` for every batch of rows not yet done (and, in a distributed run, that
+    ``mine(batch_number)`` assigns to this process); per-point arrays of length n.
 
-    On SIGINT/SIGTERM (in the main thread) the batch under way finishes, the finished rows are
-    saved to ``partial.path`` and :class:`EvaluationInterrupted` is raised.
+    On SIGINT/SIGTERM (in the main thread) the batch under way finishes, or is dropped if it
+    calls :func:`pyrovae.interrupts.check`; the finished rows are saved to ``partial.path`` and
+    :class:`EvaluationInterrupted` is raised.
     """
     with StopFlag() as flag:
         for number, start in enumerate(range(0, n, batch_size)):
             rows = range(start, min(start + batch_size, n))
-            if partial.done[rows.start:rows.stop].all() or not rows_for_this_process(number):
+            if partial.done[rows.start:rows.stop].all() or not mine(number):
                 continue
-            partial.record(rows, evaluate(rows))
+            try:
+                partial.record(rows, evaluate(rows))
+            except Abandon:
+                pass
             if progress:
                 progress(int(partial.done.sum()))
             if flag.signal is not None and not partial.done.all():

@@ -73,15 +73,15 @@ class LogLikelihoodResult:
     def n(self) -> int:
         return len(self.log_px)
 
-    def advice(self) -> str:
+    def advice(self, ais_option: str | None = None) -> str:
         """What to do about heavy-tailed weights, given the proposal already in use."""
-        ais = f"annealed importance sampling ({option('method', 'ais')})"
+        ais = f"annealed importance sampling ({ais_option or option('method', 'ais')})"
         if self.proposal == "guide":
             return (f"use a proposal closer to the posterior ({option('proposal', 'fit')}) or {ais}, which does "
                     "not rely on the proposal's tails")
         return f"the proposal is already fitted per point; use {ais}, which does not rely on the proposal's tails"
 
-    def summary(self) -> dict:
+    def summary(self, ais_option: str | None = None) -> dict:
         """Means over the N points, their standard errors (std / sqrt(N)), and diagnostics. The
         ELBO, reconstruction and KL are those of the proposal q. JSON-safe: a value that is not
         finite (the SE of one point, k-hat without a tail) is None."""
@@ -95,7 +95,7 @@ class LogLikelihoodResult:
         if reliable is False:
             warning = (f"{frac_bad:.1%} of the {n} points have Pareto k-hat > {KHAT_BAD}: their importance weights "
                        f"are heavy-tailed, so log p(x) is likely underestimated and its SE is not trustworthy. "
-                       f"More samples help little against heavy tails; {self.advice()}.")
+                       f"More samples help little against heavy tails; {self.advice(ais_option)}.")
         khat_reason = None if khat_known else (
             f"k-hat needs at least {diagnostics.MIN_KHAT_DRAWS} draws per point to fit a tail; "
             f"K = {self.k}: pass {option('k')} {diagnostics.MIN_KHAT_DRAWS} or more")
@@ -173,12 +173,13 @@ def latent_site_names(vae: VAE) -> list[str]:
 
 # ---------------------------------------------------------------------------- estimator
 
-def batch_log_weights(model: Callable, guide: Callable, batch: tuple[torch.Tensor, ...], rows: range, k: int,
-                      chunk_size: int, seed: int, compile: bool, unsupported: set[str]) -> torch.Tensor:
-    """All log w for ``batch`` (= ``rows`` of the evaluated set), as [K, batch] float64 on the
-    CPU, drawn ``chunk_size`` particles at a time."""
+def batch_log_weights(model: Callable, guide: Callable, batch: tuple[torch.Tensor, ...], index: torch.Tensor,
+                      rows: range, k: int, chunk_size: int, seed: int, compile: bool, unsupported: set[str]
+                      ) -> torch.Tensor:
+    """All log w for ``batch``, as [K, batch] float64 on the CPU, drawn ``chunk_size`` particles
+    at a time; ``index`` is what the guide gets (its rows), ``rows`` the points' global numbers,
+    which seed their draws."""
     like = batch[0]
-    index = torch.arange(rows.start, rows.stop, device=like.device)
     # allocated once per batch: small per-chunk tensors kept alive between the decoder's large
     # buffers fragment the heap, and the process grew with K
     log_w = torch.empty(k, len(rows), dtype=torch.float64)
@@ -191,6 +192,37 @@ def batch_log_weights(model: Callable, guide: Callable, batch: tuple[torch.Tenso
             terms = log_weights(model, noisy, len(particles), index, 1.0, *batch)
         log_w[particles.start: particles.stop] = terms.log_w
     return log_w
+
+
+def importance_batch(model: Callable, guide: Callable, batch: tuple[torch.Tensor, ...], index: torch.Tensor,
+                     rows: range, k: int, chunk_size: int, seed: int, compile: bool, unsupported: set[str],
+                     encodes: bool) -> dict[str, np.ndarray]:
+    """Per-point values of one batch: log p̂ (= L_K), ESS / K, k-hat, the smaller L_k, the
+    proposal's ELBO terms and (for an encoder) its means."""
+    log_w = batch_log_weights(model, guide, batch, index, rows, k, chunk_size, seed, compile, unsupported)
+    out = {"log_px": iwae_bound(log_w), "ess_frac": diagnostics.ess_fraction(log_w),
+           "khat": torch.as_tensor(diagnostics.psis_khat(log_w.T)),
+           **{f"iwae_{j}": grouped_iwae(log_w, j) for j in IWAE_KS if j < k}}
+    del log_w   # the [K, batch] weights are needed only for k-hat and the L_k
+    noisy = with_noise(guide, seeded_noise(seed, ELBO_STREAM, range(1), rows, batch[0]), unsupported)
+    terms = elbo_terms(model, noisy, index, 1.0, *batch)
+    out.update(recon=terms.reconstruction, kl=terms.kl)
+    if encodes:
+        out.update({f"mean__{site}": m for site, m in guide_means(guide, index, batch).items() if m is not None})
+    return {name: value.detach().cpu().double().numpy() for name, value in out.items()}
+
+
+def result_from_values(values: dict[str, np.ndarray], k: int, proposal: str, data_dim: int,
+                       chunk_invariant: bool) -> LogLikelihoodResult:
+    """A :class:`LogLikelihoodResult` from the per-point arrays of :func:`importance_batch`."""
+    recon, kl = values["recon"], values["kl"]
+    means = {key.split("__", 1)[1]: v for key, v in values.items() if key.startswith("mean__")}
+    active = {site: diagnostics.active_units(torch.from_numpy(v)) for site, v in means.items()} or None
+    iwae = {int(key.split("_")[1]): v for key, v in values.items() if key.startswith("iwae_")}
+    return LogLikelihoodResult(
+        k=k, proposal=proposal, data_dim=data_dim, log_px=values["log_px"], elbo=recon - kl, recon=recon, kl=kl,
+        ess_frac=values["ess_frac"], khat=values["khat"], iwae={**iwae, k: values["log_px"]},
+        active_units=active, chunk_invariant=chunk_invariant)
 
 
 def grouped_iwae(log_w: torch.Tensor, k: int) -> torch.Tensor:
@@ -252,7 +284,6 @@ def estimate_log_likelihood(vae: VAE, data: Data, k: int = 5000, proposal: Propo
     n, data_dim = num_rows(data), data[0].shape[-1]
     model, _ = vae.bound()
     guide, proposal_name, encodes = proposal_guide(vae, proposal, n)
-    iwae_ks = [j for j in IWAE_KS if j < k]
     compile = n * k >= COMPILE_PAIRS if compile is None else compile
     unsupported: set[str] = set()
     pairs = [0]
@@ -260,38 +291,20 @@ def estimate_log_likelihood(vae: VAE, data: Data, k: int = 5000, proposal: Propo
     def evaluate(rows: range) -> dict[str, np.ndarray]:
         batch = rows_of(data, rows)
         index = torch.arange(rows.start, rows.stop, device=batch[0].device)
-        log_w = batch_log_weights(model, guide, batch, rows, k, chunk_size, seed, compile, unsupported)
-        out = {"log_px": iwae_bound(log_w), "ess_frac": diagnostics.ess_fraction(log_w),
-               "khat": torch.as_tensor(diagnostics.psis_khat(log_w.T)),
-               **{f"iwae_{j}": grouped_iwae(log_w, j) for j in iwae_ks}}
-        del log_w   # the [K, batch] weights are needed only for k-hat and the L_k
-        noisy = with_noise(guide, seeded_noise(seed, ELBO_STREAM, range(1), rows, batch[0]), unsupported)
-        terms = elbo_terms(model, noisy, index, 1.0, *batch)
-        out.update(recon=terms.reconstruction, kl=terms.kl)
-        if encodes:
-            out.update({f"mean__{site}": m for site, m in guide_means(guide, index, batch).items() if m is not None})
+        values = importance_batch(model, guide, batch, index, rows, k, chunk_size, seed, compile, unsupported,
+                                  encodes)
         pairs[0] += k * len(rows)
         if heap.tuned() and pairs[0] >= RELEASE_PAIRS:
             heap.release_free_memory()
             pairs[0] = 0
-        return {name: value.detach().cpu().double().numpy() for name, value in out.items()}
+        return values
 
-    options = {"k": k, "proposal": proposal_name, "seed": seed, "n": n, **(options or {})}
+    options = {"method": "is", "k": k, "proposal": proposal_name, "seed": seed, "n": n, **(options or {})}
     path = Path(partial_path) if partial_path else None
     partial = Partial.load(path, n, options) if resume and path else Partial(n, options, path)
-    report = _progress(progress, n)
-    values = run_batches(n, batch_size, evaluate, partial, report)
+    values = run_batches(n, batch_size, evaluate, partial, _progress(progress, n))
     partial.discard()
-    recon, kl = values["recon"], values["kl"]
-    active = None
-    if encodes:
-        active = {key.split("__", 1)[1]: diagnostics.active_units(torch.from_numpy(v))
-                  for key, v in values.items() if key.startswith("mean__")} or None
-    return LogLikelihoodResult(
-        k=k, proposal=proposal_name, data_dim=data_dim, log_px=values["log_px"], elbo=recon - kl, recon=recon,
-        kl=kl, ess_frac=values["ess_frac"], khat=values["khat"],
-        iwae={**{j: values[f"iwae_{j}"] for j in iwae_ks}, k: values["log_px"]},
-        active_units=active, chunk_invariant=not unsupported)
+    return result_from_values(values, k, proposal_name, data_dim, not unsupported)
 
 
 def _progress(progress: bool | Callable[[int, int], None], total: int, desc: str = "log p(x)") -> Callable[[int], None]:

@@ -26,32 +26,40 @@ log p̂ ≤ log p in expectation, so the approximation gap is, if anything, unde
 """
 from __future__ import annotations
 
-import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from ..programs import Data
+
+from ..errors import option
 from ..evaluation import diagnostics
-from ..evaluation.importance import estimate_log_likelihood
+from ..evaluation.driver import Partial, run_batches, tile_seed
+from ..evaluation.importance import CHUNK_SIZE, _progress, importance_batch, result_from_values
 from ..guides.rows import select_rows
-from ..programs import as_batch, num_rows
+from ..programs import Data, as_batch, bind, num_rows, rows_of
 from ..vae import VAE
 from .local_fit import elbo_per_point, fit_local
 
 DEFAULT_REFINE_STEPS = 20   # Kim et al. (2018) refine the encoder's q with ~20 SVI steps
+BATCH_SIZE = 250            # points fitted together: a unit of work an interrupt keeps
 
 
 def compare_inference(run: Any, data: Data, index: torch.Tensor | None = None, k: int = 5000,
                       steps: int = 3000, lr: float = 0.05, refine_steps: int = DEFAULT_REFINE_STEPS,
-                      tol: float = 0.01, eval_samples: int = 100, batch_size: int = 1000, seed: int = 0,
-                      progress: bool = False) -> dict:
+                      tol: float = 0.01, eval_samples: int = 100, batch_size: int = BATCH_SIZE, seed: int = 0,
+                      progress: bool = False, partial_path: str | Path | None = None, resume: bool = False,
+                      options: dict | None = None) -> dict:
     """The gaps of Cremer et al. (2018) for the rows of ``data``; means and SEs in nats.
 
     ``run``: a :class:`~pyrovae.training.Run` or a :class:`~pyrovae.vae.VAE`. ``index``: for a
     per-datapoint guide, the rows of its trained tables that ``data`` holds (training points);
     without it the points have no trained q. ``steps``/``lr``/``tol``: the test-time fit (at
-    most ``steps`` Adam steps); ``refine_steps``: the fixed budget of the semi-amortized refinement.
+    most ``steps`` Adam steps); ``refine_steps``: the fixed budget of the semi-amortized
+    refinement. Points are processed ``batch_size`` at a time, each batch seeded by its first
+    row: an interrupted comparison saves its finished batches in ``partial_path``, and
+    ``resume`` continues from them to the numbers of an uninterrupted run.
     """
     vae: VAE = getattr(run, "vae", run)
     data = tuple(t.to(device=vae.device, dtype=vae.dtype if t.is_floating_point() else t.dtype)
@@ -60,40 +68,63 @@ def compare_inference(run: Any, data: Data, index: torch.Tensor | None = None, k
     amortized = vae.can("amortized")
     has_q = amortized or index is not None
     q_name = "encoder" if amortized else "trained rows" if has_q else "test-time fit (no trained parameters)"
-    say = _Say(progress)
-    fit_options = dict(lr=lr, tol=tol, batch_size=batch_size, eval_samples=eval_samples,
-                       progress=say.bar("fit") if progress else None)
+    model = vae.bound()[0]
+    fit_options = dict(lr=lr, tol=tol, eval_samples=eval_samples)
+    unsupported: set[str] = set()
+    seconds: dict[str, float] = {}
+    family: dict[str, str] = {}   # the per-point family of q*, e.g. MeanFieldGuide or PerPointFlowGuide
 
-    say(f"fit q* from N(0, I) for {n} points")
-    from_prior = fit_local(vae, data, "prior", max_steps=steps, seed=seed, **fit_options)
-    fits = {"from_prior": from_prior}
-    if has_q:
-        say(f"fit q* from the {q_name}")
-        fits["from_q"] = fit_local(vae, data, "q", index=index, max_steps=steps, seed=seed + 1, **fit_options)
-    if amortized and refine_steps > 0:
-        say(f"refine the encoder's q for {refine_steps} steps")
-        fits["refined"] = fit_local(vae, data, "q", max_steps=refine_steps, seed=seed + 2,
-                                    **{**fit_options, "tol": None})   # a fixed budget, no stopping rule
+    def timed(name: str, work):
+        started = time.perf_counter()
+        result = work()
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
+        return result
 
-    # q* per point: the better fit by its own estimate; its ELBO re-estimated on fresh draws
-    best = from_prior.guide
-    use_prior_fit = torch.ones(n, dtype=torch.bool, device=data[0].device)
-    if "from_q" in fits:
-        use_prior_fit = from_prior.elbo >= fits["from_q"].elbo
-        best = select_rows(use_prior_fit, from_prior.guide, fits["from_q"].guide)
-    devices = [vae.device] if vae.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed + 3)
-        elbo_star = elbo_per_point(vae, data, best, eval_samples)
-        elbo_q = elbo_per_point(vae, data, vae.guide, eval_samples, index=index) if has_q else elbo_star
+    def evaluate(rows: range) -> dict[str, np.ndarray]:
+        batch = rows_of(data, rows)
+        rows_index = None if index is None else index[rows.start:rows.stop]
+        batch_seed = tile_seed(seed, rows.start)
+        options_b = dict(batch_size=len(rows), **fit_options)
+        fits = {"from_prior": timed("from_prior", lambda: fit_local(vae, batch, "prior", max_steps=steps,
+                                                                     seed=batch_seed, **options_b))}
+        if has_q:
+            fits["from_q"] = timed("from_q", lambda: fit_local(vae, batch, "q", index=rows_index, max_steps=steps,
+                                                               seed=batch_seed + 1, **options_b))
+        if amortized and refine_steps > 0:   # a fixed budget, no stopping rule
+            fits["refined"] = timed("refined", lambda: fit_local(vae, batch, "q", max_steps=refine_steps,
+                                                                 seed=batch_seed + 2, **{**options_b, "tol": None}))
+        # q* per point: the better fit by its own estimate; its ELBO re-estimated on fresh draws
+        best, use_prior_fit = fits["from_prior"].guide, torch.ones(len(rows), dtype=torch.bool)
+        if "from_q" in fits:
+            use_prior_fit = fits["from_prior"].elbo >= fits["from_q"].elbo
+            best = select_rows(use_prior_fit, fits["from_prior"].guide, fits["from_q"].guide)
+        devices = [vae.device] if vae.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(batch_seed + 3)
+            elbo_star = elbo_per_point(vae, batch, best, eval_samples)
+            elbo_q = (elbo_per_point(vae, batch, vae.guide, eval_samples, index=rows_index) if has_q
+                      else elbo_star)
+        family["name"] = type(best).__name__
+        local = torch.arange(len(rows), device=batch[0].device)
+        values = timed("log_likelihood", lambda: importance_batch(
+            model, bind(best), batch, local, rows, k, CHUNK_SIZE, seed, False, unsupported, encodes=False))
+        values.update(elbo_q=elbo_q, elbo_optimized=elbo_star, use_prior_fit=use_prior_fit.float(),
+                      **{f"steps_{name}": torch.full((len(rows),), float(max(fit.steps))) for name, fit in fits.items()})
+        if "refined" in fits:
+            values["elbo_refined"] = fits["refined"].elbo
+        return {name: torch.as_tensor(v).detach().cpu().double().numpy() if not isinstance(v, np.ndarray) else v
+                for name, v in values.items()}
 
-    say(f"log p(x) by importance sampling from q*, K = {k}")
-    started = time.perf_counter()
-    ll = estimate_log_likelihood(vae, data, k=k, proposal=best, seed=seed, progress=progress)
-    ll_seconds = time.perf_counter() - started
-    log_px = torch.from_numpy(ll.log_px)
-    elbo_star, elbo_q = elbo_star.double().cpu(), elbo_q.double().cpu()
+    options = {"command": "compare", "k": k, "steps": steps, "lr": lr, "refine_steps": refine_steps, "tol": tol,
+               "eval_samples": eval_samples, "batch_size": batch_size, "seed": seed, "n": n, **(options or {})}
+    path = Path(partial_path) if partial_path else None
+    partial = Partial.load(path, n, options) if resume and path else Partial(n, options, path)
+    say = _progress(progress, n, "compare")
+    values = run_batches(n, batch_size, evaluate, partial, say)
+    partial.discard()
+    ll = result_from_values(values, k, "fit", num_cols(data), not unsupported)
 
+    log_px, elbo_star, elbo_q = (torch.from_numpy(values[key]) for key in ("log_px", "elbo_optimized", "elbo_q"))
     per_point = {
         "log_likelihood": log_px,
         "elbo_q": elbo_q,
@@ -104,22 +135,26 @@ def compare_inference(run: Any, data: Data, index: torch.Tensor | None = None, k
     }
     if amortized:
         per_point["elbo_amortized"] = elbo_q   # L[q] of the encoder, under the name of the paper's table
-    if "refined" in fits:
-        per_point["elbo_refined"] = fits["refined"].elbo.double().cpu()
-    table: dict[str, Any] = {"n": n, "q": q_name, "k": k, "family": type(best).__name__}
-    for name, values in per_point.items():
-        table[name], table[f"{name}_se"] = diagnostics.mean_and_se(values)
-    summary = ll.summary()
+    if "elbo_refined" in values:
+        per_point["elbo_refined"] = torch.from_numpy(values["elbo_refined"])
+    table: dict[str, Any] = {"n": n, "q": q_name, "k": k, "family": family.get("name")}
+    for name, column in per_point.items():
+        table[name], table[f"{name}_se"] = diagnostics.mean_and_se(column)
+    summary = ll.summary(ais_option=option("log-px", "ais"))
     table.update({
-        "optimized_from_prior_frac": float(use_prior_fit.float().mean()),
-        "steps": {name: max(fit.steps) for name, fit in fits.items()},
-        "seconds": {**{name: round(fit.seconds, 3) for name, fit in fits.items()},
-                    "log_likelihood": round(ll_seconds, 3)},
+        "optimized_from_prior_frac": float(values["use_prior_fit"].mean()),
+        "steps": {key[len("steps_"):]: int(values[key].max()) for key in values if key.startswith("steps_")},
+        "seconds": {name: round(value, 3) for name, value in seconds.items()},
         "khat_frac_gt_0_7": summary["khat_frac_gt_0_7"],
         "reliable": summary["reliable"],
         "warning": summary["warning"],
+        "chunk_invariant": summary["chunk_invariant"],
     })
     return table
+
+
+def num_cols(data: tuple[torch.Tensor, ...]) -> int:
+    return data[0].shape[-1]
 
 
 ROWS = [("log p̂(x)", "log_likelihood"), ("L[q]", "elbo_q"), ("L[q refined]", "elbo_refined"),
@@ -137,26 +172,3 @@ def format_table(table: dict, title: str = "") -> str:
     if table.get("warning"):
         lines.append(f"  warning: {table['warning']}")
     return "\n".join(lines)
-
-
-class _Say:
-    """Phase messages and progress bars on stderr, when enabled."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-
-    def __call__(self, message: str) -> None:
-        if self.enabled:
-            print(f"compare: {message}", file=sys.stderr)
-
-    def bar(self, desc: str):
-        from tqdm import tqdm
-        state: dict = {}
-
-        def update(done: int, total: int) -> None:
-            if "bar" not in state:
-                state["bar"] = tqdm(total=total, unit="pt", desc=desc, leave=False, file=sys.stderr)
-            state["bar"].update(done - state["bar"].n)
-            if done >= total:
-                state.pop("bar").close()
-        return update

@@ -27,12 +27,12 @@ from typing import Callable, Sequence, Union
 import torch
 from torch import nn
 
-from ..programs import Data
+from .. import interrupts
 from ..guides.meanfield import MeanFieldGuide
 from ..guides.rows import concat_rows
 from ..objectives import make_objective
 from ..objectives.traces import elbo_terms, latent_shapes, particle_traces, sample_sites
-from ..programs import as_batch, bind, num_rows, rows_of
+from ..programs import Data, as_batch, bind, num_rows, rows_of
 from ..vae import VAE, frozen
 
 Init = Union[str, tuple[torch.Tensor, torch.Tensor]]   # "prior", "q" ("encoder"), or a (loc, scale) table
@@ -178,6 +178,7 @@ def _fit_batch(vae: VAE, local: nn.Module, batch: tuple[torch.Tensor, ...], obje
     index = torch.arange(num_rows(batch), device=batch[0].device)
     step = 0
     for step in range(1, max_steps + 1):
+        interrupts.check()   # under an evaluation's StopFlag, a signal drops this batch at once
         # sum over rows of -ELBO_i: row i's gradient depends on x_i alone
         loss = objective.differentiable_loss(model, guide, index, 1.0, *batch)
         optimizer.zero_grad(set_to_none=True)
