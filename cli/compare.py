@@ -2,13 +2,15 @@
 (Cremer, Li & Duvenaud 2018); the work is done by :func:`pyrovae.inference.compare.compare_inference`."""
 from __future__ import annotations
 
-import click
-from pyrovae.cli.options import DATA_DIR, DEVICE, emit
+from pathlib import Path
 
-from pyrovae.inference.compare import DEFAULT_REFINE_STEPS
+import click
+from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, RESUME, emit, partial_path
+
+from pyrovae.inference.compare import BATCH_SIZE, DEFAULT_REFINE_STEPS
 from pyrovae.errors import UsageError
 
-DEFAULTS = {"--limit": 1000, "--k": 5000, "--steps": 3000, "--lr": 0.05, "--batch-size": 1000,
+DEFAULTS = {"--limit": 1000, "--k": 5000, "--steps": 3000, "--lr": 0.05, "--batch-size": BATCH_SIZE,
             "--eval-samples": 100}
 
 
@@ -18,7 +20,7 @@ def _positive(name: str, value: int | float) -> None:
 
 
 @click.command()
-@click.argument("run_dir")
+@click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--limit", default=DEFAULTS["--limit"], show_default=True,
               help="Evaluate the first LIMIT points of the split.")
 @click.option("--k", default=DEFAULTS["--k"], show_default=True, help="Importance samples per point for log p(x).")
@@ -31,13 +33,19 @@ def _positive(name: str, value: int | float) -> None:
               help="Reconstruction draws per ELBO estimate.")
 @click.option("--split", type=click.Choice(["test", "train", "both"]), default=None,
               help="Points to evaluate [default: test; both for a meanfield run].")
-@click.option("--batch-size", default=DEFAULTS["--batch-size"], show_default=True, help="Points fitted at once.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--batch-size", default=DEFAULTS["--batch-size"], show_default=True,
+              help="Points fitted together; also what an interrupt keeps (finished batches).")
+@click.option("--seed", default=0, show_default=True, help="Seeds the fits and every draw.")
 @DEVICE
 @DATA_DIR
+@MOVED_DATASET
+@RESUME
 def compare(run_dir: str, limit: int, k: int, steps: int, lr: float, refine_steps: int, eval_samples: int,
-            split: str | None, batch_size: int, seed: int, device: str, data_dir: str | None) -> None:
-    """Amortization gap L[q*] - L[q] and approximation gap log p(x) - L[q*] of RUN_DIR."""
+            split: str | None, batch_size: int, seed: int, device: str, data_dir: str | None, dataset: str | None,
+            resume: bool) -> None:
+    """Amortization gap L[q*] - L[q] and approximation gap log p(x) - L[q*] of RUN_DIR.
+
+    Ctrl-C keeps the finished batches of points; --resume continues from them."""
     for name, value in (("--limit", limit), ("--k", k), ("--steps", steps), ("--lr", lr),
                         ("--batch-size", batch_size), ("--eval-samples", eval_samples)):
         _positive(name, value)
@@ -48,14 +56,21 @@ def compare(run_dir: str, limit: int, k: int, steps: int, lr: float, refine_step
     from pyrovae.training import load_run
 
     heap.keep_freed_memory()   # the CLI process opts in to the evaluator's heap settings
-    run = load_run(run_dir, device, data_dir)
+    run = load_run(run_dir, device, data_dir, dataset=dataset)
     per_datapoint = run.vae.can("per_datapoint")
     splits = {"both": ["train", "test"], None: ["train", "test"] if per_datapoint else ["test"]}.get(split, [split])
     result = {"run_dir": run_dir, "guide": run.config.guide, "epoch": run.epoch, "k": k, "seed": seed}
+    if resume and not any((Path(run_dir) / ".partial").glob("compare-*.npz")):
+        raise UsageError(f"{run_dir!r} holds no interrupted comparison to resume; run without --resume")
     for name in splits:
         x, index = run.points(name, limit, seed)
+        options = {"command": "compare", "split": name, "limit": limit, "epoch": run.epoch}
+        path = partial_path(run_dir, "compare", {**options, "k": k, "steps": steps, "lr": lr, "seed": seed,
+                                                 "refine_steps": refine_steps, "eval_samples": eval_samples,
+                                                 "batch_size": batch_size})
         table = compare_inference(run, x, index=index, k=k, steps=steps, lr=lr, refine_steps=refine_steps,
-                                  eval_samples=eval_samples, batch_size=batch_size, seed=seed, progress=True)
+                                  eval_samples=eval_samples, batch_size=batch_size, seed=seed, progress=True,
+                                  partial_path=path, resume=resume and path.exists(), options=options)
         click.echo(format_table(table, f"{name} points of {run_dir}"), err=True)
         result[name] = table
     emit(result)

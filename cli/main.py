@@ -5,14 +5,15 @@ one-line ``pyrovae: error: ...`` on stderr and exit code 2.
 """
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
 import click
-from pyrovae.cli.options import DATA_DIR, DEVICE, emit, output_file
+from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, emit, output_file
 
-from pyrovae.config import PRESETS
-from pyrovae.errors import UsageError, speak_cli
+from pyrovae.config import PRESETS, RESUMABLE
+from pyrovae.errors import UsageError, cli_audience
 from pyrovae.guides import GUIDES
 from pyrovae.models import LIKELIHOODS, MODELS
 from pyrovae.objectives import OBJECTIVES
@@ -31,10 +32,12 @@ class PyrovaeGroup(click.Group):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         from pyrovae.errors import Interrupted
+        from pyrovae.evaluation.driver import EvaluationInterrupted
         from pyrovae.training import NonFiniteLoss
-        speak_cli()
+        argv = list(sys.argv[1:] if args is None else args)
         try:
-            code = super().main(args, prog_name or "pyrovae", complete_var, standalone_mode=False, **extra)
+            with cli_audience():   # messages name options as flags, as the user typed them
+                code = super().main(args, prog_name or "pyrovae", complete_var, standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as error:
             click.echo(error.ctx.get_help(), err=True)
             sys.exit(EXIT_USAGE)
@@ -43,17 +46,35 @@ class PyrovaeGroup(click.Group):
             fail(error.format_message().replace("\n", " ") + hint)
         except (UsageError, click.BadParameter) as error:
             fail(str(error).replace("\n", " "))
+        except EvaluationInterrupted as error:   # the finished points are saved: say how to go on
+            again = " ".join(shlex.quote(arg) for arg in argv + ([] if "--resume" in argv else ["--resume"]))
+            hint = f"; continue with: pyrovae {again}" if error.path else ""
+            fail(error.message + hint, EXIT_INTERRUPTED, kind="interrupted")
         except Interrupted as error:   # what was finished is saved; the message says how to go on
             fail(str(error), EXIT_INTERRUPTED, kind="interrupted")
         except NonFiniteLoss as error:
             fail(str(error), 1)
         except click.Abort:
             fail("stopped before anything was saved", EXIT_INTERRUPTED, kind="interrupted")
+        except MemoryError as error:
+            fail(f"out of memory ({error}); rerun with a smaller --batch-size (and --chunk-size for evaluate)", 1)
+        except RuntimeError as error:
+            if not _out_of_memory(error):
+                raise
+            detail = str(error).splitlines()[0][:120]
+            fail(f"out of memory ({detail}); rerun with a smaller --batch-size (and --chunk-size for evaluate)", 1)
         except OSError as error:   # e.g. a full disk mid-run: files are written atomically, the old ones stay
             where = f" on {error.filename!r}" if error.filename else ""
             fail(f"{error.strerror or error}{where}; free space or fix permissions, then rerun "
                  "(pyrovae fit --resume continues from the last checkpoint)", 1)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """torch's CPU and CUDA allocators' failures (torch.OutOfMemoryError is a RuntimeError)."""
+    text = str(error)
+    return "can't allocate memory" in text or "out of memory" in text.lower() or \
+        type(error).__name__ == "OutOfMemoryError"
 
 
 @click.group(cls=PyrovaeGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -117,19 +138,30 @@ def output_png(path: str) -> Path:
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
               help="A named recipe; options given on the command line override it.")
 @click.option("--out", "run_dir", default="runs/latest", show_default=True, help="RUN_DIR to write.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option("--resume", is_flag=True,
+              help=f"Continue the run in --out from its checkpoint, with its own options; only "
+                   f"{', '.join('--' + name.replace('_', '-') for name in RESUMABLE)} may differ (and --dataset "
+                   f"when the data file has moved). Any other option given must match the run's.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def fit(ctx: click.Context, run_dir: str, resume: bool, overwrite: bool, quiet: bool, preset: str | None,
         **options) -> None:
     """Train a VAE by SVI and write RUN_DIR (config, checkpoint, metrics, images)."""
+    import dataclasses
+
     from pyrovae.config import FitConfig
     from pyrovae.training import fit as train
+    given = {name: value for name, value in options.items()
+             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
     for name, value in PRESETS.get(preset, {}).items():
-        if ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT:
-            options[name] = value
-    emit(train(FitConfig(**options), run_dir, resume=resume, overwrite=overwrite, progress=not quiet))
+        given.setdefault(name, value)
+    if resume and (Path(run_dir) / "config.json").exists():
+        # the run's own options, and what this command line says: the library refuses what may not change
+        config = dataclasses.replace(FitConfig.from_run(run_dir), **given)
+    else:
+        config = FitConfig(**{**options, **given})
+    emit(train(config, run_dir, resume=resume, overwrite=overwrite, progress=not quiet))
 
 
 @cli.command()
@@ -140,12 +172,14 @@ def fit(ctx: click.Context, run_dir: str, resume: bool, overwrite: bool, quiet: 
 @click.option("--out", required=True, help="PNG file to write.")
 @DEVICE
 @DATA_DIR
-def sample(run_dir: str, n: int, mean: bool, seed: int, out: str, device: str, data_dir: str | None) -> None:
+@MOVED_DATASET
+def sample(run_dir: str, n: int, mean: bool, seed: int, out: str, device: str, data_dir: str | None,
+           dataset: str | None) -> None:
     """Draw x from the model's prior predictive: z ~ N(0, I), x ~ p(x | z)."""
     from pyrovae.plots import prior_samples, save_grid
     from pyrovae.programs import rows_of
     path = output_png(out)
-    run = _image_run(run_dir, device, data_dir)
+    run = _image_run(run_dir, device, data_dir, dataset)
     template = rows_of(run.data.test, [i % len(run.data.test[0]) for i in range(n)])
     images = prior_samples(run.vae, template, mean=mean, seed=seed)
     save_grid(images, run.data.dataset.image_shape, path)
@@ -158,14 +192,15 @@ def sample(run_dir: str, n: int, mean: bool, seed: int, out: str, device: str, d
 @click.option("--out", required=True, help="PNG file to write.")
 @DEVICE
 @DATA_DIR
-def reconstruct(run_dir: str, n: int, out: str, device: str, data_dir: str | None) -> None:
+@MOVED_DATASET
+def reconstruct(run_dir: str, n: int, out: str, device: str, data_dir: str | None, dataset: str | None) -> None:
     """Test images next to their reconstructions E[x | z = loc(x)]."""
     import torch
 
     from pyrovae.plots import reconstruction_pairs, save_grid
     from pyrovae.programs import rows_of
     path = output_png(out)
-    run = _image_run(run_dir, device, data_dir)
+    run = _image_run(run_dir, device, data_dir, dataset)
     amortized = run.vae.can("amortized")
     batch = rows_of(run.data.test if amortized else run.data.train, slice(0, n))
     index = None if amortized else torch.arange(len(batch[0]), device=batch[0].device)
@@ -179,13 +214,14 @@ def reconstruct(run_dir: str, n: int, out: str, device: str, data_dir: str | Non
 @click.option("--out", required=True, help="PNG file to write.")
 @DEVICE
 @DATA_DIR
-def latent_map(run_dir: str, n: int, out: str, device: str, data_dir: str | None) -> None:
+@MOVED_DATASET
+def latent_map(run_dir: str, n: int, out: str, device: str, data_dir: str | None, dataset: str | None) -> None:
     """Encoder means of test points: the latents for 2-D latents, else a PCA projection."""
     from pyrovae.plots import latent_map as draw
     from pyrovae.programs import rows_of
     from pyrovae.training import load_run
     path = output_png(out)
-    run = load_run(run_dir, device, data_dir)
+    run = load_run(run_dir, device, data_dir, dataset=dataset)
     if not run.vae.can("amortized"):
         raise UsageError(f"latent-map needs an encoder; this run has --guide {run.config.guide}")
     labels = run.data.dataset.test_labels
@@ -193,9 +229,9 @@ def latent_map(run_dir: str, n: int, out: str, device: str, data_dir: str | None
     emit({"out": str(path), "run_dir": run_dir, **result})
 
 
-def _image_run(run_dir: str, device: str, data_dir: str | None):
+def _image_run(run_dir: str, device: str, data_dir: str | None, dataset: str | None):
     from pyrovae.training import load_run
-    run = load_run(run_dir, device, data_dir)
+    run = load_run(run_dir, device, data_dir, dataset=dataset)
     if run.data.dataset.image_shape is None:
         raise UsageError(f"{run.data.dataset.name} rows are not images; use latent-map or the metrics instead")
     return run

@@ -10,7 +10,18 @@ import click
 from pyrovae.errors import UsageError
 
 DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-DATA_DIR = click.option("--data-dir", default=None, help="Folder holding MNIST/raw (else $PYROVAE_DATA_DIR).")
+DATA_DIR = click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+                        help="Folder holding MNIST/raw (else $PYROVAE_DATA_DIR); for a run, where MNIST is now.")
+MOVED_DATASET = click.option("--dataset", "dataset", default=None, type=click.Path(dir_okay=False),
+                             help="Where the run's .npz/.npy data file is now, if it moved since `pyrovae fit`.")
+RESUME = click.option("--resume", is_flag=True,
+                      help="Continue an interrupted evaluation with the same options from the points it saved.")
+
+
+def partial_path(run_dir: str, command: str, options: dict) -> Path:
+    """Where an interrupted evaluation of RUN_DIR with these options keeps its finished points."""
+    from pyrovae.evaluation.driver import fingerprint
+    return Path(run_dir) / ".partial" / f"{command}-{fingerprint(options)}.npz"
 
 
 def emit(result: dict) -> None:
@@ -30,3 +41,17 @@ def output_file(path: str, option: str, suffixes: tuple[str, ...]) -> Path:
     if not os.access(out.parent, os.W_OK):
         raise UsageError(f"{option} {path!r}: folder {str(out.parent)!r} is not writable; choose another path")
     return out
+
+
+def progress_bar(desc: str):
+    """A progress bar on stderr for work that reports (done, total)."""
+    from tqdm import tqdm
+    state: dict = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in state:
+            state["bar"] = tqdm(total=total, unit="pt", desc=desc, leave=False)
+        state["bar"].update(done - state["bar"].n)
+        if done >= total:
+            state.pop("bar").close()
+    return update

@@ -4,9 +4,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
-from .data import BINARIZE
-from .errors import UsageError
+from .data import BINARIZE, BUILTIN
+from .errors import UsageError, option
 from .guides import GUIDES
 from .models import LIKELIHOODS, MODELS, parse_sigma
 from .objectives import OBJECTIVES
@@ -31,6 +32,8 @@ PRESETS: dict[str, dict] = {
                             kl_warmup=10, elbo="trace"),
 }
 CUSTOM = "custom"       # model / guide / likelihood of a run trained on the caller's own programs
+# what may differ from a run's own options when it is resumed: how long, where, and where the data lives
+RESUMABLE = ("epochs", "minutes", "device", "data_dir")
 MAX_SIZE = 100_000      # widths, latent dims and particles beyond this are typos, not models that fit in memory
 
 
@@ -102,51 +105,85 @@ class FitConfig:
             return ", ".join(registry)
 
         need(self.likelihood in LIKELIHOODS or self.likelihood == CUSTOM,
-             f"unknown --likelihood {self.likelihood!r}; use {choices(LIKELIHOODS)}")
-        need(self.model in MODELS or self.model == CUSTOM, f"unknown --model {self.model!r}; use {choices(MODELS)}")
-        need(self.guide in GUIDES or self.guide == CUSTOM, f"unknown --guide {self.guide!r}; use {choices(GUIDES)}")
-        need(self.elbo in OBJECTIVES, f"unknown --elbo {self.elbo!r}; use {choices(OBJECTIVES)}")
-        need(self.binarize in BINARIZE, f"unknown --binarize {self.binarize!r}; use dynamic, static or none")
+             f"unknown {option('likelihood')} {self.likelihood!r}; use {choices(LIKELIHOODS)}")
+        need(self.model in MODELS or self.model == CUSTOM, f"unknown {option('model')} {self.model!r}; use {choices(MODELS)}")
+        need(self.guide in GUIDES or self.guide == CUSTOM, f"unknown {option('guide')} {self.guide!r}; use {choices(GUIDES)}")
+        need(self.elbo in OBJECTIVES, f"unknown {option('elbo')} {self.elbo!r}; use {choices(OBJECTIVES)}")
+        need(self.binarize in BINARIZE, f"unknown {option('binarize')} {self.binarize!r}; use dynamic, static or none")
         need(self.likelihood == "bernoulli" or self.binarize == "none",
-             f"--binarize {self.binarize} only makes sense with --likelihood bernoulli; drop it or use --binarize none")
-        need(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
-        need(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
-        need(self.latent_dim >= 1, f"--latent-dim must be at least 1, got {self.latent_dim}")
-        need(self.particles >= 1, f"--particles must be at least 1, got {self.particles}")
+             f"{option('binarize', self.binarize)} only makes sense with {option('likelihood', 'bernoulli')}; drop it or use {option('binarize', 'none')}")
+        need(self.epochs >= 1, f"{option('epochs')} must be at least 1, got {self.epochs}")
+        need(self.batch_size >= 1, f"{option('batch-size')} must be at least 1, got {self.batch_size}")
+        need(self.latent_dim >= 1, f"{option('latent-dim')} must be at least 1, got {self.latent_dim}")
+        need(self.particles >= 1, f"{option('particles')} must be at least 1, got {self.particles}")
         need(self.latent_dim <= MAX_SIZE and self.particles <= MAX_SIZE,
-             f"--latent-dim {self.latent_dim} / --particles {self.particles} is too large (at most {MAX_SIZE})")
-        need(0 <= self.seed < 2**32, f"--seed must lie in [0, 2**32 - 1], got {self.seed}")
-        need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}")
-        need(0 < self.lr_decay <= 1, f"--lr-decay must lie in (0, 1], got {self.lr_decay}")
-        need(0 <= self.local_steps <= 1000, f"--local-steps must lie in [0, 1000], got {self.local_steps}")
-        need(math.isfinite(self.local_lr) and self.local_lr > 0, f"--local-lr must be a positive number, got {self.local_lr}")
-        need(math.isfinite(self.minutes) and self.minutes >= 0, f"--minutes must be >= 0 (0: no budget), got {self.minutes}")
+             f"{option('latent-dim', self.latent_dim)} / {option('particles', self.particles)} is too large (at most {MAX_SIZE})")
+        need(0 <= self.seed < 2**32, f"{option('seed')} must lie in [0, 2**32 - 1], got {self.seed}")
+        need(math.isfinite(self.lr) and self.lr > 0, f"{option('lr')} must be a positive number, got {self.lr}")
+        need(0 < self.lr_decay <= 1, f"{option('lr-decay')} must lie in (0, 1], got {self.lr_decay}")
+        need(0 <= self.local_steps <= 1000, f"{option('local-steps')} must lie in [0, 1000], got {self.local_steps}")
+        need(math.isfinite(self.local_lr) and self.local_lr > 0, f"{option('local-lr')} must be a positive number, got {self.local_lr}")
+        need(math.isfinite(self.minutes) and self.minutes >= 0, f"{option('minutes')} must be >= 0 (0: no budget), got {self.minutes}")
         need(math.isfinite(self.beta) and self.beta > 0,
-             f"--beta must be a number > 0 (Pyro cannot scale a site by 0), got {self.beta}")
-        need(self.kl_warmup >= 0, f"--kl-warmup must be >= 0 epochs, got {self.kl_warmup}")
-        need(0 < self.test_fraction < 1, f"--test-fraction must lie in (0, 1), got {self.test_fraction}")
+             f"{option('beta')} must be a number > 0 (Pyro cannot scale a site by 0), got {self.beta}")
+        need(self.kl_warmup >= 0, f"{option('kl-warmup')} must be >= 0 epochs, got {self.kl_warmup}")
+        need(0 < self.test_fraction < 1, f"{option('test-fraction')} must lie in (0, 1), got {self.test_fraction}")
         need(self.eval_train_points >= 1, f"eval_train_points must be at least 1, got {self.eval_train_points}")
         need(not self.jit or OBJECTIVES[self.elbo].jit is not None,
-             f"--jit is not available for --elbo {self.elbo} (Pyro has no JIT version of it); drop --jit")
+             f"{option('jit', True)} is not available for {option('elbo', self.elbo)} (Pyro has no JIT version of it); drop {option('jit', True)}")
         need(all(isinstance(width, int) and width > 0 for width in self.hidden),
-             f"--hidden widths must be positive integers, got {self.hidden}")
+             f"{option('hidden')} widths must be positive integers, got {self.hidden}")
         need(all(width <= MAX_SIZE for width in self.hidden),
-             f"--hidden widths must be at most {MAX_SIZE}, got {self.hidden}")
-        need(1 <= self.z1_dim <= MAX_SIZE, f"--z1-dim must lie in [1, {MAX_SIZE}], got {self.z1_dim}")
+             f"{option('hidden')} widths must be at most {MAX_SIZE}, got {self.hidden}")
+        need(1 <= self.z1_dim <= MAX_SIZE, f"{option('z1-dim')} must lie in [1, {MAX_SIZE}], got {self.z1_dim}")
         need(all(isinstance(width, int) and 0 < width <= MAX_SIZE for width in self.z1_hidden),
-             f"--z1-hidden widths must be positive integers up to {MAX_SIZE}, got {self.z1_hidden}")
-        need(1 <= self.flows <= 100, f"--flows must lie in [1, 100], got {self.flows}")
+             f"{option('z1-hidden')} widths must be positive integers up to {MAX_SIZE}, got {self.z1_hidden}")
+        need(1 <= self.flows <= 100, f"{option('flows')} must lie in [1, 100], got {self.flows}")
         need(self.flow_hidden == 0 or 2 <= self.flow_hidden <= MAX_SIZE,
-             f"--flow-hidden must be 0 (twice the latent size) or in [2, {MAX_SIZE}], got {self.flow_hidden}")
+             f"{option('flow-hidden')} must be 0 (twice the latent size) or in [2, {MAX_SIZE}], got {self.flow_hidden}")
         if self.likelihood == "normal" and self.model != CUSTOM:
             try:
                 parse_sigma(self.sigma)
             except ValueError:
-                raise UsageError(f"--sigma {self.sigma!r} is not a positive number, 'learned' or 'learned-pixel'") from None
+                raise UsageError(f"{option('sigma', self.sigma)} is not a positive number, 'learned' or 'learned-pixel'") from None
         return self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def with_absolute_paths(self) -> "FitConfig":
+        """The same config with a data file and ``data_dir`` as absolute paths, so the run can be
+        loaded from any working directory."""
+        dataset = self.dataset if self.dataset in BUILTIN else str(Path(self.dataset).expanduser().resolve())
+        data_dir = None if self.data_dir is None else str(Path(self.data_dir).expanduser().resolve())
+        return dataclasses.replace(self, dataset=dataset, data_dir=data_dir)
+
+    def typed_paths(self) -> dict[str, str | None]:
+        return {"dataset": self.dataset, "data_dir": self.data_dir}
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path) -> "FitConfig":
+        """The config a run in ``run_dir`` was trained with."""
+        from .runs import read_config
+        try:
+            return cls.from_dict(read_config(Path(run_dir))["config"])
+        except (KeyError, TypeError) as error:
+            raise UsageError(f"{str(Path(run_dir) / 'config.json')!r} is not a pyrovae config ({error}); "
+                             "restore it") from None
+
+    def resume_conflicts(self, saved: "FitConfig") -> list[str]:
+        """The options of this config that differ from the run's ``saved`` config and may not
+        change on resume (all but ``RESUMABLE``; a data file may move if the old one is gone)."""
+        conflicts = []
+        for field in dataclasses.fields(self):
+            mine, theirs = getattr(self, field.name), getattr(saved, field.name)
+            if field.name in RESUMABLE or mine == theirs:
+                continue
+            if field.name == "dataset" and theirs not in BUILTIN and not Path(theirs).exists() \
+                    and mine not in BUILTIN and Path(mine).exists():
+                continue   # the data file moved: this is where it is now
+            conflicts.append(field.name)
+        return conflicts
 
     @classmethod
     def from_dict(cls, values: dict) -> "FitConfig":

@@ -2,12 +2,16 @@
 
 :class:`UsageError` is bad input: the message names the problem and the fix; the CLI prints it
 on one line and exits 2. The same checks serve the command line and Python, so a message names
-an option through :func:`option`: ``--lr`` when the CLI is talking (it calls
-:func:`speak_cli` once at start), ``lr=`` otherwise.
+an option through :func:`option`: ``--lr`` while the CLI is talking (inside :func:`cli_audience`),
+``lr`` (the parameter) otherwise.
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 _AUDIENCE = {"cli": False}
+PYTHON_NAMES = {"out": "run_dir"}   # CLI options whose Python parameter has another name
 
 
 class UsageError(ValueError):
@@ -18,9 +22,15 @@ class Interrupted(Exception):
     """SIGINT/SIGTERM stopped the work after what was finished had been saved."""
 
 
-def speak_cli() -> None:
-    """From now on, name options as command-line flags (the CLI's ``main`` calls this)."""
+@contextlib.contextmanager
+def cli_audience() -> Iterator[None]:
+    """Inside the block, messages name options as command-line flags (the CLI's ``main`` uses it)."""
+    previous = _AUDIENCE["cli"]
     _AUDIENCE["cli"] = True
+    try:
+        yield
+    finally:
+        _AUDIENCE["cli"] = previous
 
 
 def speaking_cli() -> bool:
@@ -28,10 +38,10 @@ def speaking_cli() -> bool:
 
 
 def option(name: str, value: object = None) -> str:
-    """An option as the user wrote it: ``--batch-size 64`` on the CLI, ``batch_size=64`` in Python;
-    a flag (``value=True``) is ``--resume`` or ``resume=True``."""
+    """An option as the user wrote it: ``--batch-size`` / ``--batch-size 64`` on the CLI,
+    ``batch_size`` / ``batch_size=64`` in Python; a flag (``value=True``) is ``--resume`` or ``resume=True``."""
     if _AUDIENCE["cli"]:
         flag = "--" + name.replace("_", "-")
         return flag if value is None or value is True else f"{flag} {value}"
-    param = name.replace("-", "_")
-    return f"{param}=" if value is None else f"{param}={value!r}"
+    param = PYTHON_NAMES.get(name, name.replace("-", "_"))
+    return param if value is None else f"{param}={value!r}"

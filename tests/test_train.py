@@ -12,6 +12,7 @@ import pyrovae.training.fitting as train_module
 from pyrovae import runs
 from pyrovae.config import FitConfig
 from pyrovae.data import load_dataset
+from pyrovae.errors import UsageError
 from pyrovae.training import fit, load_run, prepare_data
 
 
@@ -263,8 +264,10 @@ def test_iwae_objective_runs_one_epoch(tiny_npz, tmp_path, monkeypatch):
 def test_resume_is_bit_identical(tiny_npz, tmp_path):
     fit(config(tiny_npz, epochs=3, seed=4), tmp_path / "whole", progress=False)
     fit(config(tiny_npz, epochs=2, seed=4), tmp_path / "split", progress=False)
-    # on resume only --epochs (and --device) are taken from the request; the rest from the run
-    fit(config(tiny_npz, epochs=3, seed=999, lr=1.0), tmp_path / "split", resume=True, progress=False)
+    # on resume only epochs, minutes, device and data_dir may change: other differences are refused
+    with pytest.raises(UsageError, match=r"lr=1\.0 \(the run has 0\.01\); seed=999 \(the run has 4\)"):
+        fit(config(tiny_npz, epochs=3, seed=999, lr=1.0), tmp_path / "split", resume=True, progress=False)
+    fit(config(tiny_npz, epochs=3, seed=4), tmp_path / "split", resume=True, progress=False)
     assert without_timing(metrics_of(tmp_path / "split")) == without_timing(metrics_of(tmp_path / "whole"))
     whole, split = (runs.load_checkpoint(tmp_path / d) for d in ("whole", "split"))
     assert_same_state(whole["model"], split["model"])

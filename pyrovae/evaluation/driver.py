@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import zlib
 from pathlib import Path
 from typing import Callable
@@ -129,7 +130,9 @@ class EvaluationInterrupted(Interrupted):
 
     def __init__(self, done: int, total: int, path: Path | None):
         kept = f"the {done} finished points are saved in {path}" if path else "nothing was saved"
-        super().__init__(f"interrupted after {done} of {total} points; {kept}")
+        self.message = f"stopped after {done} of {total} points; {kept}"
+        again = "; continue by calling again with resume=True" if path else ""
+        super().__init__(self.message + again)
         self.done, self.total, self.path = done, total, path
 
 
@@ -208,3 +211,30 @@ def run_batches(n: int, batch_size: int, evaluate: Callable[[range], dict[str, n
                 partial.save()
                 raise EvaluationInterrupted(int(partial.done.sum()), n, partial.path)
     return partial.values
+
+
+# ---------------------------------------------------------------------------- memory
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes the process can still allocate on ``device`` (None where unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(need: int, what: str, fix: str, device: torch.device, share: float = 0.8) -> None:
+    """Refuse, before any work, a job whose buffers need more than ``share`` of the memory left."""
+    have = available_memory(device)
+    if have is not None and need > share * have:
+        raise UsageError(f"{what} needs about {need / 1e9:.3g} GB at once, more than the {have / 1e9:.3g} GB "
+                         f"available; {fix}")

@@ -37,7 +37,7 @@ from ..objectives.traces import elbo_terms, iwae_bound, log_weights
 from ..programs import as_batch, bind, can, num_rows, rows_of
 from ..vae import VAE
 from . import diagnostics
-from .driver import Partial, run_batches, seeded_noise, with_noise
+from .driver import Partial, available_memory, check_memory, run_batches, seeded_noise, with_noise
 from .kernels import FusedDensities
 
 BATCH_SIZE, CHUNK_SIZE = 200, 50   # datapoints x particles per decoder pass (benchmarks/bench_evaluate.py)
@@ -282,6 +282,7 @@ def estimate_log_likelihood(vae: VAE, data: Data, k: int = 5000, proposal: Propo
     data = tuple(t.to(device=vae.device, dtype=vae.dtype if t.is_floating_point() else t.dtype)
                  for t in as_batch(data))
     n, data_dim = num_rows(data), data[0].shape[-1]
+    check_is_memory(vae, k, min(batch_size, n), min(chunk_size, k), data_dim)
     model, _ = vae.bound()
     guide, proposal_name, encodes = proposal_guide(vae, proposal, n)
     compile = n * k >= COMPILE_PAIRS if compile is None else compile
@@ -302,23 +303,49 @@ def estimate_log_likelihood(vae: VAE, data: Data, k: int = 5000, proposal: Propo
     options = {"method": "is", "k": k, "proposal": proposal_name, "seed": seed, "n": n, **(options or {})}
     path = Path(partial_path) if partial_path else None
     partial = Partial.load(path, n, options) if resume and path else Partial(n, options, path)
-    values = run_batches(n, batch_size, evaluate, partial, _progress(progress, n))
+    report = _progress(progress, n)
+    try:
+        values = run_batches(n, batch_size, evaluate, partial, report)
+    finally:
+        report.close()
     partial.discard()
     return result_from_values(values, k, proposal_name, data_dim, not unsupported)
 
 
-def _progress(progress: bool | Callable[[int, int], None], total: int, desc: str = "log p(x)") -> Callable[[int], None]:
-    if callable(progress):
-        return lambda done: progress(done, total)
-    from tqdm import tqdm
+def check_is_memory(vae: VAE, k: int, batch_size: int, chunk_size: int, data_dim: int) -> None:
+    """Refuse, before any work, a K and batch whose buffers cannot fit: the [K, batch] float64 log
+    weights (and PSIS's copies of them) and the networks' activations for batch x chunk pairs."""
+    widths = sum(m.out_features for m in vae.modules() if isinstance(m, torch.nn.Linear))
+    per_point = 4 * k * 8 + 3 * chunk_size * (widths + 2 * data_dim) * (torch.finfo(vae.dtype).bits // 8)
+    have = available_memory(vae.device)
+    if have is None or per_point * batch_size <= 0.8 * have:
+        return
+    fits = int(0.8 * have // per_point)
+    fix = (f"pass {option('batch-size', fits)} or less" if fits >= 1 else
+           f"pass a smaller {option('k')} (at most about {int(0.8 * have // 32):,} for one point at a time)")
+    check_memory(per_point * batch_size, f"{option('k', k)} with {option('batch-size', batch_size)}", fix, vae.device)
 
-    bar = tqdm(total=total, unit="pt", desc=desc, disable=not progress, leave=False)
 
-    def update(done: int) -> None:
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-    return update
+class _progress:
+    """``progress``: True for a bar on stderr (closed, also on an error, by ``close``), or a
+    callable(done, total)."""
+
+    def __init__(self, progress: bool | Callable[[int, int], None], total: int, desc: str = "log p(x)"):
+        self.callback = progress if callable(progress) else None
+        self.total, self.bar = total, None
+        if progress is True:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, unit="pt", desc=desc, leave=False)
+
+    def __call__(self, done: int) -> None:
+        if self.callback:
+            self.callback(done, self.total)
+        elif self.bar is not None:
+            self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 # ---------------------------------------------------------------------------- output

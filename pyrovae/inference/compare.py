@@ -119,8 +119,11 @@ def compare_inference(run: Any, data: Data, index: torch.Tensor | None = None, k
                "eval_samples": eval_samples, "batch_size": batch_size, "seed": seed, "n": n, **(options or {})}
     path = Path(partial_path) if partial_path else None
     partial = Partial.load(path, n, options) if resume and path else Partial(n, options, path)
-    say = _progress(progress, n, "compare")
-    values = run_batches(n, batch_size, evaluate, partial, say)
+    report = _progress(progress, n, "compare")
+    try:
+        values = run_batches(n, batch_size, evaluate, partial, report)
+    finally:
+        report.close()
     partial.discard()
     ll = result_from_values(values, k, "fit", num_cols(data), not unsupported)
 

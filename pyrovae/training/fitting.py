@@ -17,7 +17,7 @@ import pyro
 import torch
 
 from .. import runs
-from ..config import CUSTOM, FitConfig, build_vae
+from ..config import CUSTOM, RESUMABLE, FitConfig, build_vae
 from ..data import Dataset, binarize, check_for_likelihood, load_dataset
 from ..errors import UsageError, option, speaking_cli
 from ..objectives import make_objective
@@ -63,7 +63,8 @@ def fit(config: FitConfig, run_dir: str | Path, resume: bool = False, overwrite:
     RUN_DIR up to ``config.epochs`` epochs; ``overwrite`` replaces it. ``callbacks`` are added to
     the trainer's own; ``on_epoch(record)`` sees each epoch's metrics.
     """
-    config.validate()
+    typed = config.typed_paths()
+    config = config.with_absolute_paths().validate()
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"{option('out')} {str(run_dir)!r} is a file, not a folder; pass a folder path")
@@ -87,19 +88,32 @@ def fit(config: FitConfig, run_dir: str | Path, resume: bool = False, overwrite:
     devices = [device] if device.type == "cuda" else []
     with runs.run_lock(run_dir), pyro.get_param_store().scope(), torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)
-        return _fit(config, run_dir, prepared, device, resume, progress, on_epoch, vae, list(callbacks))
+        return _fit(config, run_dir, prepared, device, resume, progress, on_epoch, vae, list(callbacks), typed)
 
 
 def resumed_config(run_dir: Path, requested: FitConfig) -> FitConfig:
-    """The run's own config, with only the number of epochs, the time budget and the device
-    taken from the request."""
-    saved = FitConfig.from_dict(runs.read_config(run_dir)["config"])
-    saved.epochs, saved.minutes, saved.device = requested.epochs, requested.minutes, requested.device
-    return saved.validate()
+    """The run's own config with what may change on resume taken from the request; any other
+    option that differs is refused, naming it."""
+    saved = FitConfig.from_run(run_dir)
+    conflicts = requested.resume_conflicts(saved.with_absolute_paths())
+    if conflicts:
+        shown = "; ".join(f"{option(name, _shown(getattr(requested, name)))} (the run has "
+                          f"{_shown(getattr(saved, name), always=True)})" for name in conflicts)
+        allowed = ", ".join(option(name) for name in RESUMABLE)
+        raise UsageError(f"{shown}: a resumed run keeps its options, only {allowed} may change; "
+                         f"drop the others, or start a new run in another {option('out')}")
+    return requested.validate()
+
+
+def _shown(value, always: bool = False):
+    """A value as the user would type it: a comma list for widths on the CLI."""
+    if isinstance(value, (tuple, list)) and (always or speaking_cli()):
+        return ",".join(map(str, value))
+    return value
 
 
 def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.device, resume: bool, progress: bool,
-         on_epoch: Callable[[dict], None] | None, vae: VAE | None, extra: list[Callback]) -> dict:
+         on_epoch: Callable[[dict], None] | None, vae: VAE | None, extra: list[Callback], typed: dict) -> dict:
     custom = vae is not None
     if vae is None:
         vae = build_vae(config, data.dataset.data_dim, num_rows(data.train))
@@ -128,7 +142,7 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
     else:
         for stale in (runs.METRICS, runs.CHECKPOINT):
             (run_dir / stale).unlink(missing_ok=True)
-        _write_config(run_dir, config, data, device, custom)
+        _write_config(run_dir, config, data, device, custom, typed)
     if start[0] >= config.epochs:
         print(f"run already has {start[0]} epochs; nothing to do (pass a larger {option('epochs')} to continue)",
               file=sys.stderr)
@@ -178,14 +192,16 @@ def _test_elbo_by_local_fit(vae: VAE, data: PreparedData, seed: int, points: int
             "test_elbo_fit_steps": max(fitted.steps)}
 
 
-def _write_config(run_dir: Path, config: FitConfig, data: PreparedData, device: torch.device, custom: bool) -> None:
+def _write_config(run_dir: Path, config: FitConfig, data: PreparedData, device: torch.device, custom: bool,
+                  typed: dict) -> None:
     values = config.to_dict()
     if custom:
         values.update(model=CUSTOM, guide=CUSTOM, likelihood=CUSTOM)
     runs.write_json(run_dir / runs.CONFIG, {
         "config": values, "versions": runs.versions(), "device": str(device), "seed": config.seed,
         "data_dim": data.dataset.data_dim, "num_train": num_rows(data.train), "num_test": num_rows(data.test),
-        "image_shape": data.dataset.image_shape, "format_version": runs.FORMAT_VERSION})
+        "image_shape": data.dataset.image_shape, "format_version": runs.FORMAT_VERSION,
+        "typed_paths": typed})   # as the user wrote them, for display; the config holds them resolved
 
 
 def _restore(trainer: Trainer, run_dir: Path, device: torch.device) -> tuple[int, int, tuple[float, int]]:
@@ -233,22 +249,25 @@ class Run:
 
 
 def load_run(run_dir: str | Path, device: str = "auto", data_dir: str | None = None, vae: VAE | None = None,
-             data: Dataset | None = None) -> Run:
+             data: Dataset | None = None, dataset: str | None = None) -> Run:
     """Load RUN_DIR's config, data (test set binarized as in training) and checkpoint.
-    A run of your own programs needs them again: ``vae=VAE(model, guide)`` (and ``data=``)."""
+
+    ``data_dir`` (MNIST) or ``dataset`` (a data file) say where the run's data is now, if it
+    moved since training. A run of your own programs needs them again: ``vae=VAE(model, guide)``
+    (and ``data=``).
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"RUN_DIR {str(run_dir)!r} is not a folder; pass the {option('out')} folder of `pyrovae fit`")
     saved = runs.read_config(run_dir)
-    try:
-        config = FitConfig.from_dict(saved["config"])
-    except (KeyError, TypeError) as error:
-        raise UsageError(f"{str(run_dir / runs.CONFIG)!r} is not a pyrovae config ({error}); restore it") from None
+    config = FitConfig.from_run(run_dir)
     if CUSTOM in (config.model, config.guide) and vae is None:
         raise UsageError(f"{str(run_dir)!r} was trained on your own model and guide; pass them as "
                          "load_run(run_dir, vae=VAE(model, guide))")
     if data_dir:
-        config.data_dir = data_dir
+        config.data_dir = str(Path(data_dir).expanduser().resolve())
+    if data is None:
+        config.dataset = _data_file(config, saved, run_dir, dataset)
     torch_device = runs.resolve_device(device)
     state = runs.load_checkpoint(run_dir, map_location=torch_device)
     prepared = prepare_data(config, torch_device, data)
@@ -259,3 +278,30 @@ def load_run(run_dir: str | Path, device: str = "auto", data_dir: str | None = N
     load_model_state(vae, state, run_dir)
     vae.eval()
     return Run(vae, config, prepared, run_dir, state["epoch"])
+
+
+def _data_file(config: FitConfig, saved: dict, run_dir: Path, moved_to: str | None) -> str:
+    """The run's dataset: its recorded file, or where ``moved_to`` says it is now (checked
+    against the run's number of rows and features)."""
+    from ..data import BUILTIN
+    if config.dataset in BUILTIN:
+        if moved_to is not None:
+            raise UsageError(f"{str(run_dir)!r} trained on {config.dataset!r}, not a data file; "
+                             f"{option('dataset')} only points a run at its moved data file (MNIST: {option('data-dir')})")
+        return config.dataset
+    typed = (saved.get("typed_paths") or {}).get("dataset") or config.dataset
+    if moved_to is None:
+        if not Path(config.dataset).exists():
+            raise UsageError(f"the data file of {str(run_dir)!r}, {typed!r} (at {config.dataset}), does not exist; "
+                             f"pass {option('dataset')} with its new location")
+        return config.dataset
+    path = Path(moved_to).expanduser().resolve()
+    if not path.is_file():
+        raise UsageError(f"{option('dataset')} {moved_to!r} is not a file; pass the run's .npz/.npy data file")
+    found = load_dataset(str(path), None, config.test_fraction, config.seed)
+    expected = (saved.get("num_train"), saved.get("data_dim"))
+    if (len(as_batch(found.train)[0]), found.data_dim) != expected and None not in expected:
+        raise UsageError(f"{moved_to!r} has {len(as_batch(found.train)[0])} training rows of {found.data_dim} "
+                         f"features, but {str(run_dir)!r} trained on {expected[0]} of {expected[1]}; pass the run's "
+                         "own data file")
+    return str(path)
