@@ -14,7 +14,9 @@ train seconds / epochs); each subprocess's wall-clock from outside (with Python 
 loading); and the ratios pyrovae / plain. The table gives the medians over repeats.
 
     python benchmarks/bench_epoch.py --data-dir ../shared/data [--epochs 3] [--repeats 3] [--seed 0]
-                                     [--threads N] [--pyrovae-args "--no-jit"]
+                                     [--threads N] [--pyrovae-args "--no-jit"] [--results DIR]
+
+Results: epoch.{json,md} in --results (default benchmarks/results).
 """
 from __future__ import annotations
 
@@ -113,7 +115,7 @@ def machine_info(threads: int | None) -> dict:
     return info
 
 
-def write(name: str, results: dict, table: str) -> None:
+def write(name: str, results: dict, table: str, folder: str | None = None) -> None:
     """common.write_results if it works; else the same two files and the JSON on stdout."""
     try:
         from common import write_results
@@ -121,15 +123,16 @@ def write(name: str, results: dict, table: str) -> None:
     except Exception:   # noqa: BLE001
         pass
     else:
-        write_results(name, results, table)
+        write_results(name, results, table, folder)
         return
     info = results["machine"]
     header = (f"Machine: {info['cpu']}, {info['cpu_count']} CPUs, torch {info['torch']} "
               f"({info['torch_threads']} threads), pyro {info['pyro']}, Python {info['python']}, "
               f"{info['platform']}.\n\n")
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (HERE / "results" / f"{name}.md").write_text(header + table + "\n")
+    out = Path(folder) if folder else HERE / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"{name}.md").write_text(header + table + "\n")
     print(json.dumps(results), flush=True)
 
 
@@ -155,6 +158,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--pyrovae-args", default="", help='extra options of pyrovae fit, e.g. "--no-jit"')
+    parser.add_argument("--results", default=None, help="folder for epoch.{json,md} (default benchmarks/results)")
     argv = sys.argv[1:]
     if "--pyrovae-args" in argv[:-1]:   # its value starts with "--": glue it on, or argparse takes it for an option
         i = argv.index("--pyrovae-args")
@@ -184,7 +188,7 @@ def main() -> None:
     results = {"machine": machine_info(args.threads), "args": vars(args),
                "pyrovae_threads_via": ("--threads" if threads_option else "OMP_NUM_THREADS") if args.threads else None,
                "repeats": repeats, "median": median, "command": " ".join(sys.argv)}
-    write("epoch", results, table(results))
+    write("epoch", results, table(results), args.results)
 
 
 if __name__ == "__main__":

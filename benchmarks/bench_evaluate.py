@@ -1,4 +1,4 @@
-"""Throughput and memory of the log p(x) evaluator (pyrovae.evaluate) on MNIST.
+"""Throughput and memory of the log p(x) evaluator (pyrovae.evaluation.importance) on MNIST.
 
 The model is the default architecture, encoder 784-400-(2x50) and decoder 50-400-784 with a
 Bernoulli likelihood, with random weights (throughput does not depend on training); pass
@@ -17,14 +17,19 @@ For each K (default 50, 500, 5000) a fresh subprocess evaluates N test points an
 - the process's peak RSS (ru_maxrss): flat in K when the chunking works.
 
 ``--compile auto`` (default) compiles the log densities where ``estimate_log_likelihood``
-would (N x K >= 1,000,000); ``on`` and ``off`` force it.
+would (N x K >= 1,000,000); ``on`` and ``off`` force it. Each worker first opts in to the heap
+settings of ``pyrovae evaluate`` (``pyrovae.heap.keep_freed_memory``: the evaluator no longer
+sets them itself); ``--no-heap-tuning`` measures the library called from Python without them.
 
 Usage:
     python benchmarks/bench_evaluate.py --data-dir ../shared/data                  # N=500
     python benchmarks/bench_evaluate.py --data-dir ../shared/data --n 10000 --ks 5000  # full test set
+    options: [--batch-size 200] [--chunk-size 50] [--compile auto|on|off] [--repeats 3] [--run-dir RUN]
+             [--no-heap-tuning] [--no-save] [--results DIR]
 
-One JSON object goes to stdout, progress to stderr; results/evaluate.json and .md (N=500, or
-evaluate_n<N>.json and .md) are written next to this script.
+One JSON object goes to stdout, progress to stderr; evaluate.json and .md (N=500, or
+evaluate_n<N>.json and .md) are written to --results (default benchmarks/results).
+Smoke run: ``--n 20 --ks 50 --results /tmp/bench``.
 """
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import data_dir, log, machine, write_results  # noqa: E402
 
-from pyrovae.evaluate import BATCH_SIZE, CHUNK_SIZE  # noqa: E402
+from pyrovae.evaluation.importance import BATCH_SIZE, CHUNK_SIZE  # noqa: E402
 
 
 def load_test_images(data_dir: str, n: int) -> torch.Tensor:
@@ -55,16 +60,15 @@ def load_test_images(data_dir: str, n: int) -> torch.Tensor:
     return torch.bernoulli(probs, generator=torch.Generator().manual_seed(0))
 
 
-def build_vae(run_dir: str | None):
+def make_vae(run_dir: str | None):
     if run_dir:
-        from pyrovae.train import load_run  # only needed for a trained run
+        from pyrovae.training import load_run  # only needed for a trained run
 
         return load_run(run_dir, device="cpu").vae
-    from pyrovae.guides import AmortizedGuide
-    from pyrovae.model import VAE, Decoder
+    from pyrovae.config import FitConfig, build_vae
 
     torch.manual_seed(0)
-    return VAE(Decoder(50, 784, hidden=(400,)), AmortizedGuide(784, 50, hidden=(400,)))
+    return build_vae(FitConfig(), 784, 1)   # the default VAE: 784-400-50, Bernoulli, amortized guide
 
 
 def layer_flops(module: torch.nn.Module) -> int:
@@ -96,15 +100,19 @@ def worker(args: argparse.Namespace) -> dict:
     progress, and the matmul reference runs there (outside the evaluator's timed spans), so each
     batch is compared with the machine's matmul rate of the same moment: this 2-vCPU machine's
     rate drifts by a third from one second to the next."""
-    from pyrovae.evaluate import COMPILE_PAIRS, estimate_log_likelihood
+    from pyrovae import heap
+    from pyrovae.evaluation.importance import COMPILE_PAIRS, estimate_log_likelihood
 
+    heap_tuned = heap.keep_freed_memory() if args.heap_tuning else False   # as `pyrovae evaluate` does
     x = load_test_images(args.data_dir, args.n)
-    vae = build_vae(args.run_dir)
+    vae = make_vae(args.run_dir)
     n, k, batch, chunk = len(x), args.k, args.batch_size, args.chunk_size
     compile = {"auto": n * k >= COMPILE_PAIRS, "on": True, "off": False}[args.compile]
     rows = min(k, chunk) * min(n, batch)
-    shape = (rows, vae.latent_dim, vae.decoder.net[0].out_features, x.shape[1])
-    decoder, encoder = layer_flops(vae.decoder), layer_flops(vae.guide_module)
+    first = next(m for m in vae.model.decoder if isinstance(m, torch.nn.Linear))
+    shape = (rows, first.in_features, first.out_features, x.shape[1])
+    # per particle: the whole model (decoder; a two-layer model's prior net too); per chunk: the guide
+    decoder, encoder = layer_flops(vae.model), layer_flops(vae.guide)
     baseline_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # libraries and data
     # warm-up: lazy imports, and with compile=True the kernels for every shape of the run (a
     # full batch or chunk and the last, shorter one); its time is reported apart
@@ -140,7 +148,7 @@ def worker(args: argparse.Namespace) -> dict:
     summary = result.summary()
     return {
         "k": k, "n": n, "batch_size": batch, "chunk_size": chunk, "rows_per_chunk": rows,
-        "compile": compile, "threads": torch.get_num_threads(),
+        "compile": compile, "threads": torch.get_num_threads(), "heap_tuned": heap_tuned,
         "seconds": round(seconds, 3),
         "warmup_seconds": round(warmup_seconds, 3),
         "points_per_second": round(n / seconds, 2),
@@ -158,6 +166,11 @@ def worker(args: argparse.Namespace) -> dict:
     }
 
 
+def heap_note(cases: list[dict]) -> str:
+    tuned = {c.get("heap_tuned") for c in cases}
+    return "on" if tuned == {True} else "off" if tuned == {False} else "mixed"
+
+
 def markdown(report: dict) -> str:
     lines = [f"# Evaluator throughput (`{report['command']}`)", "",
              "| K | N | compiled | s (+ warm-up) | points/s | GFLOP/s executed | matmul GFLOP/s | ratio "
@@ -172,7 +185,10 @@ def markdown(report: dict) -> str:
               "the nominal count, which charges the encoder per particle. Ratio = executed GFLOP/s over the "
               "median GFLOP/s of a matmul of the decoder's shapes into preallocated outputs, timed after every "
               "batch of points in the same process; the median of the per-batch ratios is less sensitive to the "
-              "machine's drift. Warm-up: imports and, when compiled, torch.compile of the kernels.", ""]
+              "machine's drift. Warm-up: imports and, when compiled, torch.compile of the kernels. The FLOP count "
+              "is exact for a one-layer model with the amortized Gaussian guide (a flow's MADEs and a two-layer "
+              "guide's upper encoder run per particle, not per chunk). Heap settings of `pyrovae evaluate` "
+              f"(pyrovae.heap.keep_freed_memory): {heap_note(report['cases'])}.", ""]
     return "\n".join(lines)
 
 
@@ -187,7 +203,10 @@ def main() -> int:
                         help="torch.compile of the log densities; auto: as estimate_log_likelihood decides")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the matmul reference after each batch")
     parser.add_argument("--run-dir", help="time a trained run (pyrovae fit --out) instead of random weights")
-    parser.add_argument("--no-save", action="store_true", help="do not write results/evaluate*.{json,md}")
+    parser.add_argument("--no-heap-tuning", dest="heap_tuning", action="store_false",
+                        help="skip pyrovae.heap.keep_freed_memory() (the CLI calls it; a Python caller may not)")
+    parser.add_argument("--no-save", action="store_true", help="do not write evaluate*.{json,md}")
+    parser.add_argument("--results", default=None, help="folder for evaluate*.{json,md} (default benchmarks/results)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--k", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -207,6 +226,7 @@ def main() -> int:
         argv = [sys.executable, __file__, "--worker", "--k", str(k), "--n", str(args.n), "--data-dir", args.data_dir,
                 "--batch-size", str(args.batch_size), "--chunk-size", str(args.chunk_size),
                 "--repeats", str(args.repeats), "--compile", args.compile]
+        argv += [] if args.heap_tuning else ["--no-heap-tuning"]
         argv += ["--run-dir", args.run_dir] if args.run_dir else []
         done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=True)
         cases.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -218,7 +238,7 @@ def main() -> int:
     if args.no_save:
         print(json.dumps(report))
     else:
-        write_results("evaluate" if args.n == 500 else f"evaluate_n{args.n}", report, markdown(report))
+        write_results("evaluate" if args.n == 500 else f"evaluate_n{args.n}", report, markdown(report), args.results)
     return 0
 
 

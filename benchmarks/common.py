@@ -1,4 +1,8 @@
-"""Shared helpers of the benchmarks: the machine's description, timing, and result files."""
+"""Shared helpers of the benchmarks: the machine's description, timing, result files, MNIST.
+
+Every benchmark takes ``--results DIR`` (default benchmarks/results) and passes it to
+:func:`write_results`, so a smoke run can write to a throwaway folder (e.g. /tmp).
+"""
 from __future__ import annotations
 
 import json
@@ -28,7 +32,12 @@ def machine() -> dict:
     return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
             "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "mkl": torch.backends.mkl.is_available(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "pyro": pyro.__version__,
-            "python": platform.python_version(), "cuda": torch.cuda.is_available()}
+            "python": platform.python_version(), "cuda": torch.cuda.is_available(),
+            # what else ran: timings on a shared 2-core machine mean little under load, and with
+            # OpenMP's default spin-waiting a competing process slows torch's threads many-fold
+            "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+            "env": {name: os.environ[name] for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
+                    if name in os.environ}}
 
 
 def interleaved_medians(steps: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, float]:
@@ -53,20 +62,40 @@ def data_dir(option: str | None) -> str | None:
     return None
 
 
-def write_results(name: str, results: dict, table: str) -> None:
-    """benchmarks/results/NAME.json and NAME.md, plus the JSON on stdout."""
+def results_dir(option: str | Path | None = None) -> Path:
+    """The folder results go to: ``option`` (a --results DIR), else benchmarks/results; created."""
+    folder = Path(option) if option else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def write_results(name: str, results: dict, table: str, folder: str | Path | None = None) -> None:
+    """FOLDER/NAME.json and NAME.md (FOLDER: --results, default benchmarks/results), plus the
+    JSON on stdout."""
     from pyrovae.runs import atomic_path
 
-    RESULTS.mkdir(exist_ok=True)
+    folder = results_dir(folder)
     info = results["machine"]
     header = (f"Machine: {info['cpu']}, {info['cpu_count']} CPUs, torch {info['torch']} "
               f"({info['torch_threads']} threads), pyro {info['pyro']}, Python {info['python']}, "
               f"{info['platform']}.\n\n")
-    for path, text in ((RESULTS / f"{name}.json", json.dumps(results, indent=2) + "\n"),
-                       (RESULTS / f"{name}.md", header + table + "\n")):
+    for path, text in ((folder / f"{name}.json", json.dumps(results, indent=2) + "\n"),
+                       (folder / f"{name}.md", header + table + "\n")):
         with atomic_path(path) as tmp:
             tmp.write_text(text)
     print(json.dumps(results), flush=True)
+
+
+def mnist(root: str, train_limit: int | None = None):
+    """pyrovae's MNIST Dataset from ``root``, its training split cut to the first ``train_limit``
+    rows (for smoke runs; the test split is whole). Pass it as ``fit(..., data=)`` and
+    ``load_run(..., data=)``."""
+    from pyrovae.data import load_dataset
+
+    dataset = load_dataset("mnist", root)
+    if train_limit:
+        dataset.train = dataset.train[:train_limit]
+    return dataset
 
 
 def log(message: str) -> None:

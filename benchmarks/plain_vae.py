@@ -19,7 +19,18 @@ and the test ELBO. One JSON object on stdout, progress on stderr.
     python benchmarks/plain_vae.py --data-dir ../shared/data --epochs 3 [--seed 0] [--threads 2]
                                    [--limit 2000] [--elbo trace|meanfield]
 
-From Python: run(data_dir, epochs, seed, threads, limit, elbo) -> the same dict.
+From Python: run(data_dir, epochs, seed, threads, limit, elbo[, x_test]) -> the same dict (x_test:
+evaluate on these binary test images instead of the seed's binarization).
+
+For one-step timings (benchmarks/bench_speed.py) the same file has the other objectives and a
+mean-field guide, still without pyrovae:
+
+    batch_bound(vae, x, elbo, particles, index): Σ_i bound_i, K reparameterized samples per point
+      trace:     mean_k [log p(x_i|z_ik) + log p(z_ik) - log q(z_ik|x_i)]
+      meanfield: mean_k log p(x_i|z_ik) - KL(q(z|x_i) || p(z))
+      iwae:      logsumexp_k [log p(x_i, z_ik) - log q(z_ik|x_i)] - log K   (Burda et al. 2016)
+    MeanFieldVAE(num_rows): free loc_i, log_scale_i per training row (initialized at N(0, I))
+      and the same decoder; encode(x, index) reads the batch's rows.
 """
 from __future__ import annotations
 
@@ -44,9 +55,26 @@ class VAE(nn.Module):
         self.encoder = nn.Sequential(nn.Linear(data_dim, hidden), nn.ReLU(), nn.Linear(hidden, 2 * latent))
         self.decoder = nn.Sequential(nn.Linear(latent, hidden), nn.ReLU(), nn.Linear(hidden, data_dim))
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc, raw_scale = self.encoder(x).chunk(2, dim=-1)
+    def encode(self, x: torch.Tensor, index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, raw_scale = self.encoder(x).chunk(2, dim=-1)   # index: unused (an encoder needs only x)
         return loc, F.softplus(raw_scale) + 1e-4
+
+
+class MeanFieldVAE(nn.Module):
+    """Classical mean-field VI: a free Gaussian N(loc_i, diag exp(log_scale_i)^2) per training row
+    instead of an encoder, and the same decoder. Plain tables, stepped by whatever optimizer the
+    caller picks (torch.optim.Adam moves every row on every step, by its momentum)."""
+
+    def __init__(self, num_rows: int, data_dim: int = 784, hidden: int = 400, latent: int = 50):
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(num_rows, latent))
+        self.log_scale = nn.Parameter(torch.zeros(num_rows, latent))
+        self.decoder = nn.Sequential(nn.Linear(latent, hidden), nn.ReLU(), nn.Linear(hidden, data_dim))
+
+    def encode(self, x: torch.Tensor, index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if index is None:
+            index = torch.arange(len(x), device=x.device)
+        return self.loc[index], self.log_scale[index].exp()
 
 
 def log_normal(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -61,6 +89,23 @@ def batch_elbo(vae: VAE, x: torch.Tensor, kl: str = "trace") -> torch.Tensor:
     if kl == "meanfield":   # KL(N(loc, scale) || N(0, I)) in closed form
         return log_lik - (0.5 * (loc ** 2 + scale ** 2 - 1) - scale.log()).sum()
     return log_lik + (log_normal(z, torch.zeros_like(z), torch.ones_like(z)) - log_normal(z, loc, scale)).sum()
+
+
+def batch_bound(vae: nn.Module, x: torch.Tensor, elbo: str = "trace", particles: int = 1,
+                index: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ_i bound_i over the batch with ``particles`` reparameterized samples per point, for a
+    VAE or a MeanFieldVAE (``index``: the batch's rows in its tables)."""
+    loc, scale = vae.encode(x, index)
+    z = loc + scale * torch.randn((particles, *loc.shape), dtype=loc.dtype, device=loc.device)   # [K, B, D]
+    logits = vae.decoder(z)
+    log_lik = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)   # [K, B]
+    if elbo == "meanfield":
+        kl = (0.5 * (loc ** 2 + scale ** 2 - 1) - scale.log()).sum(-1)
+        return (log_lik.mean(0) - kl).sum()
+    log_w = log_lik + log_normal(z, torch.zeros_like(z), torch.ones_like(z)) - log_normal(z, loc, scale)
+    if elbo == "iwae":
+        return (torch.logsumexp(log_w, 0) - math.log(particles)).sum()
+    return log_w.mean(0).sum()
 
 
 def train_epoch(vae, optimizer, intensities, generator, kl="trace", batch_size=128) -> float:
@@ -92,12 +137,13 @@ def load_mnist(data_dir: str, train: bool) -> torch.Tensor:
 
 
 def run(data_dir: str, epochs: int = 3, seed: int = 0, threads: int | None = None, limit: int | None = None,
-        elbo: str = "trace") -> dict:
+        elbo: str = "trace", x_test: torch.Tensor | None = None) -> dict:
     started = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
     train, test = load_mnist(data_dir, True)[:limit], load_mnist(data_dir, False)
-    x_test = torch.bernoulli(test, generator=torch.Generator().manual_seed(seed))   # fixed once
+    if x_test is None:
+        x_test = torch.bernoulli(test, generator=torch.Generator().manual_seed(seed))   # fixed once
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)   # weights and the reparameterization noise
     vae = VAE()
@@ -117,7 +163,7 @@ def run(data_dir: str, epochs: int = 3, seed: int = 0, threads: int | None = Non
         print(f"epoch {epoch}: train loss {loss:.2f}, test ELBO {test_value:.2f} nats "
               f"({t1 - t0:.2f} s train, {t2 - t1:.2f} s test)", file=sys.stderr, flush=True)
     total = {key: round(sum(r[key] for r in records), 4) for key in ("train_seconds", "eval_seconds", "epoch_seconds")}
-    return {"elbo": elbo, "seed": seed, "epochs": epochs, "train_points": len(train), "test_points": len(test),
+    return {"elbo": elbo, "seed": seed, "epochs": epochs, "train_points": len(train), "test_points": len(x_test),
             "batch_size": 128, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "per_epoch": records, "total": total, "setup_seconds": round(setup_seconds, 4),
             "median_train_seconds": statistics.median(r["train_seconds"] for r in records) if records else None,

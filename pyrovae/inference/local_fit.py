@@ -173,12 +173,19 @@ def fit_local(vae: VAE, data: Data, init: Init = "prior", index: torch.Tensor | 
 
 def _fit_batch(vae: VAE, local: nn.Module, batch: tuple[torch.Tensor, ...], objective, max_steps: int,
                lr: float, plateau: Plateau) -> int:
-    optimizer = torch.optim.Adam(local.parameters(), lr=lr)
+    groups = getattr(local, "param_groups", None)   # a family may step some parameters more gently
+    optimizer = torch.optim.Adam(groups(lr) if groups else local.parameters(), lr=lr)
+    warmup = getattr(local, "lr_warmup", 0)
+    for group in optimizer.param_groups:
+        group["target_lr"] = group["lr"]
     model, guide = vae.bound()[0], bind(local)
     index = torch.arange(num_rows(batch), device=batch[0].device)
     step = 0
     for step in range(1, max_steps + 1):
         interrupts.check()   # under an evaluation's StopFlag, a signal drops this batch at once
+        if step <= warmup:
+            for group in optimizer.param_groups:
+                group["lr"] = group["target_lr"] * step / warmup
         # sum over rows of -ELBO_i: row i's gradient depends on x_i alone
         loss = objective.differentiable_loss(model, guide, index, 1.0, *batch)
         optimizer.zero_grad(set_to_none=True)
@@ -190,6 +197,7 @@ def _fit_batch(vae: VAE, local: nn.Module, batch: tuple[torch.Tensor, ...], obje
         if decision == "decay":
             for group in optimizer.param_groups:
                 group["lr"] /= 10
+                group["target_lr"] /= 10
     return step
 
 
