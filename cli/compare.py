@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, RESUME, emit, partial_path
 
+from pyrovae.evaluation.ais import CHAINS, LEAPFROG
+from pyrovae.evaluation.ais import STEPS as AIS_STEPS
 from pyrovae.inference.compare import BATCH_SIZE, DEFAULT_REFINE_STEPS
 from pyrovae.errors import UsageError
 
@@ -35,20 +37,28 @@ def _positive(name: str, value: int | float) -> None:
               help="Points to evaluate [default: test; both for a meanfield run].")
 @click.option("--batch-size", default=DEFAULTS["--batch-size"], show_default=True,
               help="Points fitted together; also what an interrupt keeps (finished batches).")
+@click.option("--log-px", type=click.Choice(["is", "ais"]), default="is", show_default=True,
+              help="log p(x) by importance sampling from q* (--k), or by AIS from q* as Cremer et al. (2018) did "
+                   "(--ais-steps, --chains, --leapfrog).")
+@click.option("--ais-steps", default=AIS_STEPS, show_default=True, type=int, help="AIS: intermediate distributions.")
+@click.option("--chains", default=CHAINS, show_default=True, type=int, help="AIS: chains per point.")
+@click.option("--leapfrog", default=LEAPFROG, show_default=True, type=int, help="AIS: leapfrog steps per transition.")
 @click.option("--seed", default=0, show_default=True, help="Seeds the fits and every draw.")
 @DEVICE
 @DATA_DIR
 @MOVED_DATASET
 @RESUME
 def compare(run_dir: str, limit: int, k: int, steps: int, lr: float, refine_steps: int, eval_samples: int,
-            split: str | None, batch_size: int, seed: int, device: str, data_dir: str | None, dataset: str | None,
-            resume: bool) -> None:
+            split: str | None, batch_size: int, log_px: str, ais_steps: int, chains: int, leapfrog: int, seed: int,
+            device: str, data_dir: str | None, dataset: str | None, resume: bool) -> None:
     """Amortization gap L[q*] - L[q] and approximation gap log p(x) - L[q*] of RUN_DIR.
 
     Ctrl-C keeps the finished batches of points; --resume continues from them."""
     for name, value in (("--limit", limit), ("--k", k), ("--steps", steps), ("--lr", lr),
                         ("--batch-size", batch_size), ("--eval-samples", eval_samples)):
         _positive(name, value)
+    from pyrovae.evaluation.ais import check_ais_options
+    check_ais_options(ais_steps, chains, leapfrog)
     if refine_steps < 0:
         raise UsageError(f"--refine-steps must be >= 0, got {refine_steps}; pass 0 to skip the refinement")
     from pyrovae import heap
@@ -66,11 +76,14 @@ def compare(run_dir: str, limit: int, k: int, steps: int, lr: float, refine_step
         x, index = run.points(name, limit, seed)
         options = {"command": "compare", "split": name, "limit": limit, "epoch": run.epoch}
         path = partial_path(run_dir, "compare", {**options, "k": k, "steps": steps, "lr": lr, "seed": seed,
+                                                 "log_px": log_px, "ais_steps": ais_steps, "chains": chains,
+                                                 "leapfrog": leapfrog,
                                                  "refine_steps": refine_steps, "eval_samples": eval_samples,
                                                  "batch_size": batch_size})
         table = compare_inference(run, x, index=index, k=k, steps=steps, lr=lr, refine_steps=refine_steps,
                                   eval_samples=eval_samples, batch_size=batch_size, seed=seed, progress=True,
-                                  partial_path=path, resume=resume and path.exists(), options=options)
+                                  partial_path=path, resume=resume and path.exists(), options=options,
+                                  log_px=log_px, ais_steps=ais_steps, chains=chains, leapfrog=leapfrog)
         click.echo(format_table(table, f"{name} points of {run_dir}"), err=True)
         result[name] = table
     emit(result)

@@ -237,11 +237,13 @@ def _image_run(run_dir: str, device: str, data_dir: str | None, dataset: str | N
     return run
 
 
+from pyrovae.cli.bdmc import bdmc  # noqa: E402
 from pyrovae.cli.compare import compare  # noqa: E402
 from pyrovae.cli.evaluate import evaluate  # noqa: E402
 
 cli.add_command(evaluate)
 cli.add_command(compare)
+cli.add_command(bdmc)
 
 
 def main() -> None:

@@ -37,11 +37,15 @@ class VAE(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        """Where the parameters (or, for programs without any, the buffers) live; CPU if neither."""
+        tensor = next(self.parameters(), None)
+        tensor = next(self.buffers(), None) if tensor is None else tensor
+        return tensor.device if tensor is not None else torch.device("cpu")
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+        tensor = next(self.parameters(), None)
+        return tensor.dtype if tensor is not None else torch.get_default_dtype()
 
 
 @contextlib.contextmanager

@@ -33,7 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import interrupts
 from ..errors import option
+from ..evaluation.ais import CHAINS, LEAPFROG, STEPS as AIS_STEPS, ais_batch
 from ..evaluation import diagnostics
 from ..evaluation.driver import Partial, run_batches, tile_seed
 from ..evaluation.importance import CHUNK_SIZE, _progress, importance_batch, result_from_values
@@ -50,17 +52,22 @@ def compare_inference(run: Any, data: Data, index: torch.Tensor | None = None, k
                       steps: int = 3000, lr: float = 0.05, refine_steps: int = DEFAULT_REFINE_STEPS,
                       tol: float = 0.01, eval_samples: int = 100, batch_size: int = BATCH_SIZE, seed: int = 0,
                       progress: bool = False, partial_path: str | Path | None = None, resume: bool = False,
-                      options: dict | None = None) -> dict:
+                      options: dict | None = None, log_px: str = "is", ais_steps: int = AIS_STEPS,
+                      chains: int = CHAINS, leapfrog: int = LEAPFROG) -> dict:
     """The gaps of Cremer et al. (2018) for the rows of ``data``; means and SEs in nats.
 
     ``run``: a :class:`~pyrovae.training.Run` or a :class:`~pyrovae.vae.VAE`. ``index``: for a
     per-datapoint guide, the rows of its trained tables that ``data`` holds (training points);
     without it the points have no trained q. ``steps``/``lr``/``tol``: the test-time fit (at
     most ``steps`` Adam steps); ``refine_steps``: the fixed budget of the semi-amortized
-    refinement. Points are processed ``batch_size`` at a time, each batch seeded by its first
-    row: an interrupted comparison saves its finished batches in ``partial_path``, and
-    ``resume`` continues from them to the numbers of an uninterrupted run.
+    refinement. ``log_px``: ``"is"`` (K importance samples from q*) or ``"ais"`` (annealed from q*
+    with ``ais_steps``, ``chains`` and ``leapfrog``, as Cremer et al. did). Points are processed
+    ``batch_size`` at a time, each batch seeded by its first row: an interrupted comparison saves
+    its finished batches in ``partial_path``, and ``resume`` continues from them to the numbers of
+    an uninterrupted run.
     """
+    if log_px not in ("is", "ais"):
+        raise ValueError(f"log_px must be 'is' or 'ais', got {log_px!r}")
     vae: VAE = getattr(run, "vae", run)
     data = tuple(t.to(device=vae.device, dtype=vae.dtype if t.is_floating_point() else t.dtype)
                  for t in as_batch(data))
@@ -106,8 +113,14 @@ def compare_inference(run: Any, data: Data, index: torch.Tensor | None = None, k
                       else elbo_star)
         family["name"] = type(best).__name__
         local = torch.arange(len(rows), device=batch[0].device)
-        values = timed("log_likelihood", lambda: importance_batch(
-            model, bind(best), batch, local, rows, k, CHUNK_SIZE, seed, False, unsupported, encodes=False))
+        if log_px == "ais":
+            values = timed("log_likelihood", lambda: ais_batch(
+                vae, bind(best), batch, local, rows, ais_steps, chains, leapfrog, seed, progress=_check,
+                unsupported=unsupported))
+            values.pop("log_w")
+        else:
+            values = timed("log_likelihood", lambda: importance_batch(
+                model, bind(best), batch, local, rows, k, CHUNK_SIZE, seed, False, unsupported, encodes=False))
         values.update(elbo_q=elbo_q, elbo_optimized=elbo_star, use_prior_fit=use_prior_fit.float(),
                       **{f"steps_{name}": torch.full((len(rows),), float(max(fit.steps))) for name, fit in fits.items()})
         if "refined" in fits:
@@ -115,7 +128,8 @@ def compare_inference(run: Any, data: Data, index: torch.Tensor | None = None, k
         return {name: torch.as_tensor(v).detach().cpu().double().numpy() if not isinstance(v, np.ndarray) else v
                 for name, v in values.items()}
 
-    options = {"command": "compare", "k": k, "steps": steps, "lr": lr, "refine_steps": refine_steps, "tol": tol,
+    options = {"command": "compare", "log_px": log_px, "k": k, "ais_steps": ais_steps, "chains": chains,
+               "leapfrog": leapfrog, "steps": steps, "lr": lr, "refine_steps": refine_steps, "tol": tol,
                "eval_samples": eval_samples, "batch_size": batch_size, "seed": seed, "n": n, **(options or {})}
     path = Path(partial_path) if partial_path else None
     partial = Partial.load(path, n, options) if resume and path else Partial(n, options, path)
@@ -125,35 +139,43 @@ def compare_inference(run: Any, data: Data, index: torch.Tensor | None = None, k
     finally:
         report.close()
     partial.discard()
-    ll = result_from_values(values, k, "fit", num_cols(data), not unsupported)
 
-    log_px, elbo_star, elbo_q = (torch.from_numpy(values[key]) for key in ("log_px", "elbo_optimized", "elbo_q"))
+    log_px_hat, elbo_star, elbo_q = (torch.from_numpy(values[key]) for key in ("log_px", "elbo_optimized", "elbo_q"))
     per_point = {
-        "log_likelihood": log_px,
+        "log_likelihood": log_px_hat,
         "elbo_q": elbo_q,
         "elbo_optimized": elbo_star,
         "amortization_gap": elbo_star - elbo_q,
-        "approximation_gap": log_px - elbo_star,
-        "inference_gap": log_px - elbo_q,
+        "approximation_gap": log_px_hat - elbo_star,
+        "inference_gap": log_px_hat - elbo_q,
     }
     if amortized:
         per_point["elbo_amortized"] = elbo_q   # L[q] of the encoder, under the name of the paper's table
     if "elbo_refined" in values:
         per_point["elbo_refined"] = torch.from_numpy(values["elbo_refined"])
-    table: dict[str, Any] = {"n": n, "q": q_name, "k": k, "family": family.get("name")}
+    table: dict[str, Any] = {"n": n, "q": q_name, "log_px": log_px, "family": family.get("name"),
+                             **({"k": k} if log_px == "is" else {"ais_steps": ais_steps, "chains": chains,
+                                                                 "leapfrog": leapfrog})}
     for name, column in per_point.items():
         table[name], table[f"{name}_se"] = diagnostics.mean_and_se(column)
-    summary = ll.summary(ais_option=option("log-px", "ais"))
     table.update({
         "optimized_from_prior_frac": float(values["use_prior_fit"].mean()),
         "steps": {key[len("steps_"):]: int(values[key].max()) for key in values if key.startswith("steps_")},
         "seconds": {name: round(value, 3) for name, value in seconds.items()},
-        "khat_frac_gt_0_7": summary["khat_frac_gt_0_7"],
-        "reliable": summary["reliable"],
-        "warning": summary["warning"],
-        "chunk_invariant": summary["chunk_invariant"],
+        "chunk_invariant": not unsupported,
     })
+    if log_px == "is":
+        summary = result_from_values(values, k, "fit", num_cols(data), not unsupported).summary(
+            ais_option=option("log-px", "ais"))
+        table.update({key: summary[key] for key in ("khat_frac_gt_0_7", "reliable", "warning")})
+    else:
+        table.update({"accept_rate_mean": float(values["accept_rate"].mean()),
+                      "chain_ess_frac_mean": float(values["chain_ess"].mean()), "warning": None})
     return table
+
+
+def _check(t: int, total: int) -> None:
+    interrupts.check()   # a signal drops the batch under way at once: the finished ones are kept
 
 
 def num_cols(data: tuple[torch.Tensor, ...]) -> int:
@@ -167,7 +189,8 @@ ROWS = [("log p̂(x)", "log_likelihood"), ("L[q]", "elbo_q"), ("L[q refined]", "
 
 def format_table(table: dict, title: str = "") -> str:
     """A readable table of one comparison: value ± SE, in nats."""
-    lines = [f"{title}  (n = {table['n']}, q = {table['q']}, K = {table['k']})".strip()]
+    how = f"K = {table['k']}" if table.get("log_px", "is") == "is" else f"AIS T = {table['ais_steps']}"
+    lines = [f"{title}  (n = {table['n']}, q = {table['q']}, {how})".strip()]
     for label, key in ROWS:
         if key in table:
             lines.append(f"  {label:<18} {table[key]:>10.3f} ± {table[key + '_se']:.3f}")
