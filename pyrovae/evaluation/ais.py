@@ -45,6 +45,7 @@ import torch
 from pyro import poutine
 from torch.distributions import biject_to
 from pyro.poutine.messenger import Messenger
+from pyro.distributions.util import is_validation_enabled
 from pyro.poutine.util import site_is_subsample
 
 from ..errors import UsageError, option
@@ -53,8 +54,9 @@ from ..programs import DATA_PLATE, as_batch, can, num_rows, rows_of
 from ..vae import VAE, frozen
 from . import diagnostics
 from .annealing import anneal, log_mean_exp, sigmoid_schedule
+from .kernels import FusedDensities
 from .driver import Partial, noise, reparameterize, run_batches, site_stream, tile_seed
-from .importance import (_progress, importance_batch, proposal_guide)
+from .importance import COMPILE_PAIRS, _progress, importance_batch, proposal_guide
 
 STEPS, CHAINS, LEAPFROG = 1000, 16, 5      # Wu et al. (2017) use up to 10,000 steps and 16 chains
 STEP_SIZE = 0.01                           # the first step size where the start's scale is unknown
@@ -175,7 +177,7 @@ class _Target:
     """log q_u(u) and log p(x, z(u)) + log |det ∂z/∂u| for the chains of one batch of points."""
 
     def __init__(self, model: Callable, guide: Callable, batch: tuple[torch.Tensor, ...], index: torch.Tensor,
-                 chains: int, reuse_sites: bool):
+                 chains: int, reuse_sites: bool, compile: bool = False):
         self.model, self.guide, self.batch, self.index, self.chains = model, guide, batch, index, chains
         self.plate = pyro.plate(PARTICLE_PLATE, chains, dim=PARTICLE_DIM)
         probe = _Coordinates("draw", eps_for=lambda name, shape: torch.zeros(*shape, device=batch[0].device,
@@ -186,7 +188,12 @@ class _Target:
         self.step_size = self.initial_step_size(probe.fns)
         # a guide whose sites depend on x alone: compute its distributions once, not per leapfrog step
         self.fns = probe.fns if reuse_sites else None
+        for fn in probe.fns.values():   # their supports were checked once; no checks per evaluation
+            fn._validate_args = False
+            if isinstance(fn, torch.distributions.TransformedDistribution):
+                fn.base_dist._validate_args = False
         self.unsupported: set[str] = set()
+        self.validated, self.compile = False, compile
 
     def _run_guide(self, messenger: _Coordinates) -> _Coordinates:
         if self.fns is not None:   # the same computation, without rerunning the guide
@@ -228,7 +235,10 @@ class _Target:
     def log_densities(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         at = self._run_guide(_Coordinates("evaluate", u=self.sites.split(u)))
         conditioned = poutine.condition(self.model, data=at.values)
-        trace = poutine.trace(self.plate(conditioned)).get_trace(self.index, 1.0, *self.batch)
+        # the first evaluation validates supports and shapes; then the checks only cost time
+        with pyro.validation_enabled(is_validation_enabled() and not self.validated), FusedDensities(self.compile):
+            trace = poutine.trace(self.plate(conditioned)).get_trace(self.index, 1.0, *self.batch)
+        self.validated = True
         log_p = 0.0
         for name, site in sample_sites(trace):
             if not any(frame.name == DATA_PLATE for frame in site["cond_indep_stack"]):
@@ -251,15 +261,15 @@ def _noise_source(seed: int, stream: int, chains: int, rows: range, like: torch.
 
 def ais_batch(vae: VAE, guide: Callable, batch: tuple[torch.Tensor, ...], index: torch.Tensor, rows: range,
               steps: int, chains: int, leapfrog: int, seed: int, reverse_from: dict | None = None,
-              progress: Callable[[int, int], None] | None = None, unsupported: set | None = None
-              ) -> dict[str, np.ndarray]:
+              progress: Callable[[int, int], None] | None = None, unsupported: set | None = None,
+              compile: bool = False) -> dict[str, np.ndarray]:
     """Per-point AIS values of one batch: log p̂ over the chains (or, with ``reverse_from``, the
     values of an exact posterior sample per site, the reverse estimate -log p̂_rev), the chains'
     log weights, acceptance, step sizes, and the chains' ESS."""
     model = vae.bound()[0]
     like = batch[0]
     reuse = can(getattr(guide, "program", guide), "mean_field")
-    target = _Target(model, guide, batch, index, chains, reuse)
+    target = _Target(model, guide, batch, index, chains, reuse, compile)
     betas = sigmoid_schedule(steps)
     stream = AIS_STREAM
     if reverse_from is None:
@@ -366,18 +376,21 @@ def estimate_log_likelihood_ais(vae: VAE, data, steps: int = STEPS, chains: int 
                                 proposal="guide", batch_size: int | None = None, seed: int = 0,
                                 progress: bool | Callable[[int, int], None] = False, is_k: int = IS_K,
                                 partial_path: str | Path | None = None, resume: bool = False,
-                                options: dict | None = None) -> AISResult:
+                                options: dict | None = None, compile: bool | None = None) -> AISResult:
     """log p(x_i) for every row of ``data`` by AIS: ``steps`` intermediate distributions (a sigmoid
     schedule), ``chains`` chains per point, HMC with ``leapfrog`` steps and per-chain adapted step
     sizes. ``proposal`` as for :func:`~pyrovae.evaluation.importance.estimate_log_likelihood`.
     ``batch_size`` points (default: ``PAIRS`` // chains) anneal together; memory is flat in
     ``steps``. ``is_k``: importance samples of a reference IS estimate on the same points (0: none).
-    Costs about steps x leapfrog x chains forward and backward passes per point."""
+    ``compile``: fuse the log densities and their gradients with torch.compile (default: from
+    ``COMPILE_PAIRS`` decoder passes on). Costs about steps x leapfrog x chains forward and
+    backward passes per point."""
     check_ais_options(steps, chains, leapfrog)
     data = tuple(t.to(device=vae.device, dtype=vae.dtype if t.is_floating_point() else t.dtype)
                  for t in as_batch(data))
     n, data_dim = num_rows(data), data[0].shape[-1]
     batch_size = batch_size or max(1, PAIRS // chains)
+    compile = n * chains * steps * leapfrog >= COMPILE_PAIRS if compile is None else compile
     model = vae.bound()[0]
     guide, proposal_name, encodes = proposal_guide(vae, proposal, n)
     unsupported: set[str] = set()
@@ -396,7 +409,7 @@ def estimate_log_likelihood_ais(vae: VAE, data, steps: int = STEPS, chains: int 
             interrupts.check()   # a signal drops this batch at once: the finished ones are kept
 
         values = ais_batch(vae, guide, batch, index, rows, steps, chains, leapfrog, seed, progress=step,
-                           unsupported=unsupported)
+                           unsupported=unsupported, compile=compile)
         if is_k:
             reference = importance_batch(model, guide, batch, index, rows, is_k, 50, seed, False, unsupported,
                                          encodes=False)
