@@ -114,13 +114,24 @@ def output_png(path: str) -> Path:
               help="--model two-layer: hidden widths between z1 and z2.")
 @click.option("--guide", type=click.Choice(list(GUIDES)), default="amortized", show_default=True,
               help="amortized: an encoder; meanfield: free Gaussians per training point; flow: inverse "
-                   "autoregressive flows on the encoder's Gaussian.")
+                   "autoregressive flows on the encoder's Gaussian; semi-amortized: the encoder's Gaussian refined "
+                   "by --refine-steps SVI steps (Kim et al. 2018).")
 @click.option("--flows", default=2, show_default=True, help="--guide flow: IAF steps per latent layer.")
+@click.option("--refine-steps", default=5, show_default=True,
+              help="--guide semi-amortized: gradient steps on each datapoint's q, in training and evaluation.")
+@click.option("--refine-lr", default=0.2, show_default=True,
+              help="--guide semi-amortized: their step size (each row's gradient clipped to norm 5).")
 @click.option("--flow-hidden", default=0, show_default=True,
               help="--guide flow: hidden units of each MADE (0: twice the latent layer's size).")
 @click.option("--local-lr", default=0.2, show_default=True, help="--guide meanfield: learning rate of the q_i.")
 @click.option("--local-steps", default=4, show_default=True,
-              help="--guide meanfield: steps on a batch's own q_i before each joint step.")
+              help="--guide meanfield: at most this many steps on a batch's own q_i before each joint step.")
+@click.option("--local-tol", default=0.0, show_default=True,
+              help="--guide meanfield: stop a batch's local steps once one gains less than this (nats per point); "
+                   "0 takes all --local-steps.")
+@click.option("--local-lr-decay", default=0.0, show_default=True,
+              help="--guide meanfield: a row's learning rate is --local-lr x (1 + t)^-DECAY after its t-th step "
+                   "(Robbins-Monro, Hoffman et al. 2013); 0 keeps it constant.")
 @click.option("--elbo", type=click.Choice(list(OBJECTIVES)), default="trace", show_default=True,
               help="Trace_ELBO, TraceMeanField_ELBO (analytic KL), or the IWAE bound.")
 @click.option("--particles", default=1, show_default=True, help="Particles per datapoint (K for iwae).")

@@ -68,6 +68,8 @@ class FitConfig:
     guide: str = "amortized"            # a name in pyrovae.guides.GUIDES
     flows: int = 2                      # --guide flow: IAF steps per latent layer
     flow_hidden: int = 0                # --guide flow: MADE hidden units (0: twice the layer's size)
+    refine_steps: int = 5               # --guide semi-amortized: gradient steps on each q per call
+    refine_lr: float = 0.2              # --guide semi-amortized: their step size (per-row gradients clipped to norm 5)
     elbo: str = "trace"
     particles: int = 1
     jit: bool | None = None             # None: Pyro's JIT for trace and meanfield, eager for iwae
@@ -82,6 +84,8 @@ class FitConfig:
     # 0.2 and 4 took mnist-sample's train ELBO from -205 (0.05, 0) to -135 in 15 epochs.
     local_lr: float = 0.2
     local_steps: int = 4
+    local_tol: float = 0.0              # stop a batch's local steps once one gains less (nats/point); 0: all
+    local_lr_decay: float = 0.0         # a row's lr is local_lr (1 + t)^-decay after its t-th step
     minutes: float = 0.0                # stop after the epoch that passes this budget (0: no budget)
     seed: int = 0
     device: str = "auto"
@@ -92,8 +96,10 @@ class FitConfig:
         if self.binarize is None:
             self.binarize = "dynamic" if self.likelihood == "bernoulli" else "none"
         if self.jit is None:
-            # the compiled loss is the fast path (benchmarks/bench_speed.py); Pyro has none for IWAE
-            self.jit = self.elbo in OBJECTIVES and OBJECTIVES[self.elbo].jit is not None
+            # the compiled loss is the fast path (benchmarks/bench_speed.py); Pyro has none for IWAE,
+            # and a guide that differentiates inside itself cannot be traced
+            self.jit = self.elbo in OBJECTIVES and OBJECTIVES[self.elbo].jit is not None and \
+                getattr(GUIDES.get(self.guide), "jit_compatible", True)
 
     def validate(self) -> "FitConfig":
         """Raise :class:`UsageError` naming the first bad option and its fix."""
@@ -123,6 +129,10 @@ class FitConfig:
         need(0 < self.lr_decay <= 1, f"{option('lr-decay')} must lie in (0, 1], got {self.lr_decay}")
         need(0 <= self.local_steps <= 1000, f"{option('local-steps')} must lie in [0, 1000], got {self.local_steps}")
         need(math.isfinite(self.local_lr) and self.local_lr > 0, f"{option('local-lr')} must be a positive number, got {self.local_lr}")
+        need(math.isfinite(self.local_tol) and self.local_tol >= 0,
+             f"{option('local-tol')} must be >= 0 nats per point (0: take every local step), got {self.local_tol}")
+        need(math.isfinite(self.local_lr_decay) and 0 <= self.local_lr_decay <= 1,
+             f"{option('local-lr-decay')} must lie in [0, 1] (0: constant), got {self.local_lr_decay}")
         need(math.isfinite(self.minutes) and self.minutes >= 0, f"{option('minutes')} must be >= 0 (0: no budget), got {self.minutes}")
         need(math.isfinite(self.beta) and self.beta > 0,
              f"{option('beta')} must be a number > 0 (Pyro cannot scale a site by 0), got {self.beta}")
@@ -138,6 +148,12 @@ class FitConfig:
         need(1 <= self.z1_dim <= MAX_SIZE, f"{option('z1-dim')} must lie in [1, {MAX_SIZE}], got {self.z1_dim}")
         need(all(isinstance(width, int) and 0 < width <= MAX_SIZE for width in self.z1_hidden),
              f"{option('z1-hidden')} widths must be positive integers up to {MAX_SIZE}, got {self.z1_hidden}")
+        need(0 <= self.refine_steps <= 1000, f"{option('refine-steps')} must lie in [0, 1000], got {self.refine_steps}")
+        need(math.isfinite(self.refine_lr) and self.refine_lr > 0,
+             f"{option('refine-lr')} must be a positive number, got {self.refine_lr}")
+        need(not (self.jit and not getattr(GUIDES.get(self.guide), "jit_compatible", True)),
+             f"{option('jit', True)} cannot trace {option('guide', self.guide)} (it differentiates inside the guide); "
+             f"drop {option('jit', True)}")
         need(1 <= self.flows <= 100, f"{option('flows')} must lie in [1, 100], got {self.flows}")
         need(self.flow_hidden == 0 or 2 <= self.flow_hidden <= MAX_SIZE,
              f"{option('flow-hidden')} must be 0 (twice the latent size) or in [2, {MAX_SIZE}], got {self.flow_hidden}")
@@ -197,7 +213,10 @@ def build_vae(config: FitConfig, data_dim: int, num_train: int) -> VAE:
     if CUSTOM in (config.model, config.guide):
         raise UsageError("this run was trained on your own model and guide; pass them again: vae=VAE(model, guide)")
     model = MODELS[config.model].from_config(config, data_dim)
-    guide = GUIDES[config.guide].from_config(config, model, num_train)
+    try:
+        guide = GUIDES[config.guide].from_config(config, model, num_train)
+    except ValueError as error:   # a family that cannot serve this model says why
+        raise UsageError(f"{option('guide', config.guide)} with {option('model', config.model)}: {error}") from None
     if OBJECTIVES[config.elbo].needs_mean_field_guide and not can(guide, "mean_field"):
         raise UsageError(f"--elbo {config.elbo} (closed-form KL) needs a mean-field guide, but --guide {config.guide} "
                          f"of --model {config.model} makes latent sites depend on each other; use --elbo trace or iwae")

@@ -2,6 +2,8 @@
 the closed form of a linear-Gaussian model."""
 import math
 
+import pyro
+import pytest
 import torch
 
 from pyrovae import runs
@@ -155,3 +157,115 @@ def test_optimized_elbo_beats_an_amortized_q():
     gain = result.elbo - elbo_per_point(vae, x, (loc_q.detach(), scale_q.detach()), num_samples=100)
     assert gain.mean() > 4 * gain.std() / math.sqrt(len(x))
     assert (exact_elbo(x, result.loc, result.scale) >= exact_elbo(x, loc_q, scale_q) - 1e-4).all()
+
+
+# ---------------------------------------------------------------------------- the fast, fair baseline (issue 13)
+
+def _tables_and_optimizer(sparse: bool, decay: float = 0.0):
+    torch.manual_seed(0)
+    config = FitConfig(guide="meanfield", latent_dim=3, hidden=(8,))
+    vae = build_vae(config, data_dim=10, num_train=30)
+    vae.guide.sparse = sparse
+    return vae, make_optimizer(vae, lr=0.01, local_lr=0.1, local_lr_decay=decay)
+
+
+def test_sparse_row_gradients_equal_the_dense_path_adam_state_included():
+    """Tables read through F.embedding(sparse=True) give a gradient that holds the batch's rows
+    only; RowSparseAdam's update from it equals the dense path's, to the last bit."""
+    runs = {}
+    x = torch.rand(30, 10, generator=torch.Generator().manual_seed(1)).bernoulli()
+    for sparse in (True, False):
+        vae, optimizer = _tables_and_optimizer(sparse)
+        objective = make_objective("meanfield")
+        for step, index in enumerate([torch.tensor([0, 3, 7]), torch.tensor([1, 3, 29]), torch.tensor([5, 0, 2])]):
+            pyro.set_rng_seed(step)
+            loss = objective.differentiable_loss(*vae.bound(), index, 1.0, x[index], num_data=30)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            table = vae.guide.loc["z"]
+            assert table.grad.is_sparse == sparse
+            if sparse:   # nothing of size N: the batch's three rows
+                assert table.grad.coalesce().values().shape == (3, 3)
+            optimizer.step()
+        runs[sparse] = (vae.state_dict(), optimizer.state_dict()["state"])
+    (params_s, state_s), (params_d, state_d) = runs[True], runs[False]
+    for key in params_s:
+        assert torch.equal(params_s[key], params_d[key]), key
+    for i in state_s:
+        for key in state_s[i]:
+            assert torch.equal(torch.as_tensor(state_s[i][key]), torch.as_tensor(state_d[i][key])), (i, key)
+    # rows 4, 6, 8.. never in a batch never moved; row 3 and 0 took two steps
+    steps = next(s["step"] for s in state_s.values() if s["step"].dim() == 1)
+    assert steps[[0, 3]].tolist() == [2.0, 2.0] and steps[4].item() == 0.0
+
+
+def test_per_row_learning_rate_decays_with_the_rows_own_steps():
+    """lr_i = local_lr (1 + t_i)^-κ: a row's first step (t = 0) is at local_lr, its second at
+    local_lr / 2^κ; Adam's first step moves each coordinate by lr, so the moves show the rate."""
+    table = torch.nn.Parameter(torch.zeros(4, 2))
+    optimizer = RowSparseAdam([{"params": [table], "lr": 0.1, "row_decay": 0.5, "row_delay": 1.0}], row_sparse=[table])
+    moves = []
+    for _ in range(2):
+        before = table.detach().clone()
+        table.grad = torch.zeros(4, 2)
+        table.grad[1] = 1.0          # the same gradient: Adam's step is lr in every coordinate
+        optimizer.step()
+        moves.append((before - table.detach())[1, 0].item())
+    assert moves[0] == pytest.approx(0.1, rel=1e-4)
+    assert moves[1] == pytest.approx(0.1 / math.sqrt(2), rel=1e-4)
+    assert torch.equal(table.detach()[[0, 2, 3]], torch.zeros(3, 2))
+
+
+def test_local_steps_to_a_tolerance_reach_the_closed_form_q_star():
+    """Classical SVI's local steps, run to a tolerance on one batch holding every row, with the
+    decoder frozen: each row's q_i reaches the optimal diagonal Gaussian of the linear model."""
+    from pyrovae.guides import MeanFieldGuide
+    from pyrovae.training.callbacks import LocalSteps
+    torch.manual_seed(0)
+    base = linear_gaussian_vae()
+    x = torch.randn(60, D)
+    vae = VAE(base.model, MeanFieldGuide({"z": LATENT}, len(x), sparse=True))
+    optimizer = make_optimizer(vae, lr=1e-3, local_lr=0.05)
+    callback = LocalSteps(vae, make_objective("meanfield", 20), steps=2000, num_data=len(x), tol=1e-4)
+
+    class Trainer:   # what LocalSteps reads
+        beta = 1.0
+
+    Trainer.optimizer = optimizer
+    pyro.set_rng_seed(0)
+    callback.before_step(Trainer, torch.arange(len(x)), (x,))
+    assert 20 < callback.taken < 2000   # stopped by the tolerance, not the cap
+    mean, scale = optimal_diagonal_q(x)
+    loc, fitted_scale = vae.guide.moments()["z"]
+    # Adam's stationary jitter at this rate is ~0.02-0.05 per coordinate: unbiased, and small in nats
+    assert (loc.detach() - mean).abs().max() < 0.1 and (loc.detach() - mean).mean(0).abs().max() < 0.02
+    assert ((fitted_scale.detach() / scale) - 1).abs().max() < 0.15
+    shortfall = exact_elbo(x, mean, scale) - exact_elbo(x, loc.detach(), fitted_scale.detach())
+    assert shortfall.mean() < 0.02
+
+
+def test_semi_amortized_refinement_improves_the_encoders_q_deterministically():
+    from pyrovae.guides import SemiAmortizedGuide
+    torch.manual_seed(0)
+    base = linear_gaussian_vae()
+    x = torch.randn(40, D)
+    guide = SemiAmortizedGuide(base.model.latent_layers(), D, base.model, steps=30, lr=0.05)
+    vae = VAE(base.model, guide)
+    loc0, scale0 = guide.encode("z", x)
+    loc_k, log_scale_k = guide.refine(x, {"z": loc0}, {"z": scale0.log()})
+    before = exact_elbo(x, loc0.detach(), scale0.detach())
+    after = exact_elbo(x, loc_k["z"], log_scale_k["z"].exp())
+    assert (after > before).float().mean() > 0.95 and (after - before).mean() > 0.5
+    again = guide.refine(x, {"z": loc0}, {"z": scale0.log()})   # fixed noise: a function of x
+    assert torch.equal(again[0]["z"], loc_k["z"])
+    assert torch.equal(guide.refine(x[:7], {"z": loc0[:7]}, {"z": scale0[:7].log()})[0]["z"], loc_k["z"][:7])
+    assert not any(p.grad is not None for p in vae.parameters())   # refinement leaves no gradients behind
+
+
+def test_semi_amortized_is_refused_where_it_cannot_serve():
+    from pyrovae.errors import UsageError
+    with pytest.raises(UsageError, match="latent layer conditioned on another"):
+        build_vae(FitConfig(model="two-layer", guide="semi-amortized"), 20, 10)
+    with pytest.raises(UsageError, match="cannot trace"):
+        FitConfig(guide="semi-amortized", jit=True).validate()
+    assert FitConfig(guide="semi-amortized").jit is False

@@ -201,7 +201,8 @@ def test_make_objective_names():
         make_objective("iwae", 3, jit=True)
 
 
-@pytest.mark.parametrize("model_name,guide_name", [(m, g) for m in MODELS for g in GUIDES])
+@pytest.mark.parametrize("model_name,guide_name", [(m, g) for m in MODELS for g in GUIDES
+                                                   if (m, g) != ("two-layer", "semi-amortized")])
 def test_every_family_elbo_estimators_agree(model_name, guide_name):
     """The per-point elbo_terms equal the mean log weight on the same draws when the KL is Monte
     Carlo, and agree within SE when it is closed-form (mean-field guides); Trace_ELBO, IWAE with

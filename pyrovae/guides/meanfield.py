@@ -35,10 +35,14 @@ class MeanFieldGuide(nn.Module):
     per_datapoint = True
     mean_field = True
 
-    def __init__(self, sites: Mapping[str, tuple[int, ...] | int], num_rows: int, init_scale: float = 1.0):
+    def __init__(self, sites: Mapping[str, tuple[int, ...] | int], num_rows: int, init_scale: float = 1.0,
+                 sparse: bool = False):
         super().__init__()
         self.sites = {name: (shape,) if isinstance(shape, int) else tuple(shape) for name, shape in sites.items()}
         self.num_rows = num_rows
+        # sparse: a minibatch's gradient holds its own rows only (row-sparse training); dense for
+        # per-point fits, whose every step touches every row
+        self.sparse = sparse
         # keyed by site name, so two tables of the same sites line up whatever their order
         self.loc = nn.ParameterDict({_key(name): nn.Parameter(torch.zeros(num_rows, *shape))
                                      for name, shape in self.sites.items()})
@@ -48,7 +52,7 @@ class MeanFieldGuide(nn.Module):
     @classmethod
     def from_config(cls, config, model: nn.Module, num_data: int) -> "MeanFieldGuide":
         # the model's sample order, so Pyro's mean-field check sees the same order in both programs
-        return cls({layer.name: layer.dim for layer in reversed(model.latent_layers())}, num_data)
+        return cls({layer.name: layer.dim for layer in reversed(model.latent_layers())}, num_data, sparse=True)
 
     @classmethod
     def from_moments(cls, moments: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> "MeanFieldGuide":
@@ -68,8 +72,15 @@ class MeanFieldGuide(nn.Module):
 
     def moments(self, index: torch.Tensor | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """(loc, scale) per site for the rows ``index`` (all rows when None)."""
-        rows = slice(None) if index is None else index
-        return {name: (self.loc[_key(name)][rows], self.log_scale[_key(name)][rows].exp()) for name in self.sites}
+        return {name: (self._rows(self.loc[_key(name)], index), self._rows(self.log_scale[_key(name)], index).exp())
+                for name in self.sites}
+
+    def _rows(self, table: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        if index is None:
+            return table
+        if self.sparse and table.dim() == 2:
+            return nn.functional.embedding(index, table, sparse=True)
+        return table[index]
 
     def forward(self, x: torch.Tensor, index: torch.Tensor | None = None) -> None:
         if index is None and x.shape[0] != self.num_rows:

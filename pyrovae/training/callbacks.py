@@ -49,18 +49,36 @@ class DynamicBinarization(Callback):
 
 
 class LocalSteps(Callback):
-    """Classical SVI for per-datapoint guides (Hoffman et al. 2013): before each joint step, a
-    few steps on the batch's own rows of q with the model frozen, since a row moves only when
-    its batch comes up."""
+    """Classical SVI for per-datapoint guides (Hoffman et al. 2013): before each joint step, up to
+    ``steps`` steps on the batch's own rows of q with the model frozen (a row moves only when its
+    batch comes up). With ``tol`` > 0 they stop once the mean objective of the last ``WINDOW``
+    steps beats the previous window's by less than ``tol`` nats per point (windows, since one
+    step's Monte Carlo estimate is too noisy to compare). ``taken`` counts the epoch's local steps."""
 
-    def __init__(self, vae: VAE, objective, steps: int, num_data: int):
-        self.vae, self.steps = vae, steps
+    WINDOW = 5
+
+    def __init__(self, vae: VAE, objective, steps: int, num_data: int, tol: float = 0.0):
+        self.vae, self.steps, self.tol, self.num_data = vae, steps, tol, num_data
         self.loss = LossModule(vae, objective, num_data)
+        self.taken = 0
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        self.taken = 0
 
     def before_step(self, trainer: Trainer, index: torch.Tensor, batch: Batch) -> None:
+        window, previous = [], None
         with frozen(self.vae.model):
             for _ in range(self.steps):
-                svi_step(self.loss, trainer.optimizer, index, trainer.beta, *batch)
+                window.append(svi_step(self.loss, trainer.optimizer, index, trainer.beta, *batch) / self.num_data)
+                self.taken += 1
+                if self.tol and len(window) == self.WINDOW:
+                    mean = sum(window) / len(window)
+                    if previous is not None and previous - mean < self.tol:
+                        break
+                    window, previous = [], mean
+
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+        record["local_steps_per_batch"] = round(self.taken / max(1, -(-trainer.num_data // trainer.batch_size)), 3)
 
 
 @torch.no_grad()

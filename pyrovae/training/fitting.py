@@ -118,7 +118,7 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
     if vae is None:
         vae = build_vae(config, data.dataset.data_dim, num_rows(data.train))
     vae = vae.to(device)
-    optimizer = make_optimizer(vae, config.lr, config.local_lr)
+    optimizer = make_optimizer(vae, config.lr, config.local_lr, config.local_lr_decay)
     loss = LossModule(vae, make_objective(config.elbo, config.particles, config.jit), num_rows(data.train),
                       register=config.jit)
     generator = torch.Generator(device=device).manual_seed(config.seed)   # data order and binarization
@@ -128,7 +128,7 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
     if vae.can("per_datapoint") and config.local_steps:
         # eager: the model is frozen, and the JIT would trace the frozen flags into its graph
         callbacks.append(LocalSteps(vae, make_objective(config.elbo, config.particles), config.local_steps,
-                                    num_rows(data.train)))
+                                    num_rows(data.train), config.local_tol))
     callbacks += [Metrics(run_dir, data.test, config.eval_train_points), Checkpoint(run_dir),
                   TimeBudget(config.minutes), *extra]
     if on_epoch is not None:

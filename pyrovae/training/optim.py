@@ -25,18 +25,25 @@ from ..vae import VAE
 
 
 class RowSparseAdam(torch.optim.Optimizer):
-    """Adam whose parameters in ``row_sparse`` are updated only on rows with a non-zero gradient.
+    """Adam whose parameters in ``row_sparse`` are updated only on the rows their gradient touches.
 
-    ``row_sparse`` lists parameters whose first dimension indexes datapoints. It is part of the
-    construction, not of the state, so ``load_state_dict`` accepts a ``torch.optim.Adam`` state
-    of the same parameters (a scalar step count is then spread over all rows).
+    ``row_sparse`` lists parameters whose first dimension indexes datapoints. Their gradient may
+    be sparse (``F.embedding(..., sparse=True)``: only the minibatch's rows exist, nothing of
+    size N is written or scanned per step) or dense (rows with a non-zero gradient count as
+    touched). A parameter group's ``row_decay`` κ (default 0) scales row i's learning rate by
+    (1 + t_i / ``row_delay``)^(-κ) after its t_i-th step: the Robbins-Monro schedule of
+    stochastic variational inference (Hoffman et al. 2013), per row. The row set is part of the
+    construction, not of the state, so ``load_state_dict`` accepts a ``torch.optim.Adam`` state of
+    the same parameters (a scalar step count is then spread over all rows).
     """
 
     def __init__(self, params: Iterable, row_sparse: Iterable[torch.Tensor] = (), lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        if lr <= 0 or eps <= 0 or not all(0 <= beta < 1 for beta in betas):
-            raise ValueError(f"invalid Adam settings lr={lr}, betas={betas}, eps={eps}")
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, row_decay: float = 0.0,
+                 row_delay: float = 1.0):
+        if lr <= 0 or eps <= 0 or not all(0 <= beta < 1 for beta in betas) or row_decay < 0 or row_delay <= 0:
+            raise ValueError(f"invalid Adam settings lr={lr}, betas={betas}, eps={eps}, row_decay={row_decay}, "
+                             f"row_delay={row_delay}")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, row_decay=row_decay, row_delay=row_delay))
         self._row_sparse = {id(p) for p in row_sparse}
 
     def is_row_sparse(self, param: torch.Tensor) -> bool:
@@ -53,8 +60,6 @@ class RowSparseAdam(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is None:
                     continue
-                if param.grad.is_sparse:
-                    raise RuntimeError("RowSparseAdam expects dense gradients (zero on untouched rows)")
                 state = self.state[param]
                 if not state:
                     state["step"] = torch.zeros(param.shape[0] if self.is_row_sparse(param) else (),
@@ -62,26 +67,35 @@ class RowSparseAdam(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 if self.is_row_sparse(param):
-                    self._sparse_update(param, state, group["lr"], beta1, beta2, group["eps"])
+                    self._rows_update(param, state, group, beta1, beta2)
+                elif param.grad.is_sparse:
+                    raise RuntimeError("RowSparseAdam: sparse gradient for a parameter not listed as row-sparse")
                 else:
                     _adam_update(param, param.grad, state["exp_avg"], state["exp_avg_sq"],
                                  state["step"], group["lr"], beta1, beta2, group["eps"])
         return loss
 
     @staticmethod
-    def _sparse_update(param: torch.Tensor, state: dict, lr: float, beta1: float, beta2: float,
-                       eps: float) -> None:
+    def _rows_update(param: torch.Tensor, state: dict, group: dict, beta1: float, beta2: float) -> None:
         if state["step"].dim() == 0:   # resumed from a dense Adam state: every row had that many steps
             state["step"] = state["step"].expand(param.shape[0]).clone()
         grad = param.grad
-        rows = grad.reshape(grad.shape[0], -1).ne(0).any(dim=1).nonzero().squeeze(1)
+        if grad.is_sparse:
+            grad = grad.coalesce()   # one entry per row, duplicate rows summed
+            rows, values = grad.indices()[0], grad.values()
+        else:
+            rows = grad.reshape(grad.shape[0], -1).ne(0).any(dim=1).nonzero().squeeze(1)
+            values = grad[rows]
         if rows.numel() == 0:
             return
         # gather the touched rows, update them as a small dense Adam, scatter them back
         tail = (1,) * (param.dim() - 1)
         value, exp_avg, exp_avg_sq = param[rows], state["exp_avg"][rows], state["exp_avg_sq"][rows]
         step = state["step"][rows]
-        _adam_update(value, grad[rows], exp_avg, exp_avg_sq, step.view(-1, *tail), lr, beta1, beta2, eps)
+        lr = group["lr"]
+        if group.get("row_decay", 0.0):   # ρ_i = lr (1 + t_i / delay)^-κ, by the row's own count
+            lr = lr * (1 + step / group.get("row_delay", 1.0)).pow(-group["row_decay"]).view(-1, *tail)
+        _adam_update(value, values, exp_avg, exp_avg_sq, step.view(-1, *tail), lr, beta1, beta2, group["eps"])
         param[rows] = value
         state["exp_avg"][rows] = exp_avg
         state["exp_avg_sq"][rows] = exp_avg_sq
@@ -89,9 +103,9 @@ class RowSparseAdam(torch.optim.Optimizer):
 
 
 def _adam_update(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-                 step: torch.Tensor, lr: float, beta1: float, beta2: float, eps: float) -> None:
-    """One Adam step in place, written as torch.optim.Adam's single-tensor path; ``step`` may
-    be a scalar or broadcast against ``param`` (one count per row)."""
+                 step: torch.Tensor, lr: float | torch.Tensor, beta1: float, beta2: float, eps: float) -> None:
+    """One Adam step in place, written as torch.optim.Adam's single-tensor path; ``step`` (and
+    ``lr``) may be scalars or broadcast against ``param`` (one per row)."""
     step += 1
     exp_avg.lerp_(grad, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
@@ -101,13 +115,16 @@ def _adam_update(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
     param.addcdiv_(exp_avg * (lr / bias_correction1), denom, value=-1.0)
 
 
-def make_optimizer(vae: VAE, lr: float, local_lr: float | None = None) -> torch.optim.Optimizer:
+def make_optimizer(vae: VAE, lr: float, local_lr: float | None = None, local_lr_decay: float = 0.0
+                   ) -> torch.optim.Optimizer:
     """Adam for a guide without per-datapoint parameters; otherwise RowSparseAdam with the guide's
     tables row-sparse, so a minibatch step moves only its own rows, at their own learning rate
-    ``local_lr`` (a row is stepped once per epoch, the decoder once per batch)."""
+    ``local_lr`` (a row is stepped once per epoch, the decoder once per batch), decayed per row
+    with exponent ``local_lr_decay`` (0: constant)."""
     local = vae.row_parameters()
     if not local:
         return torch.optim.Adam(vae.parameters(), lr=lr)
     shared = [p for p in vae.parameters() if all(p is not q for q in local)]
-    groups = [{"params": shared, "lr": lr}, {"params": local, "lr": local_lr or lr}]
+    groups = [{"params": shared, "lr": lr},
+              {"params": local, "lr": local_lr or lr, "row_decay": local_lr_decay, "row_delay": 1.0}]
     return RowSparseAdam(groups, row_sparse=local, lr=lr)
