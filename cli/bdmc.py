@@ -6,7 +6,7 @@ import time
 
 import click
 from pyrovae.cli.evaluate import ais_options
-from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, emit
+from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, emit, say
 
 
 @click.command()
@@ -36,14 +36,12 @@ def bdmc(run_dir: str, n: int, steps: int, chains: int, leapfrog: int, is_k: int
     run = load_run(run_dir, device, data_dir, dataset=dataset)
     if not run.vae.can("amortized") and proposal != "prior":
         proposal = "prior"   # a guide without an encoder has no q for simulated points
-        click.echo(f"pyrovae: note: a --guide {run.config.guide} run has no q for new points; "
-                   "the chains start at the prior", err=True)
+        say(f"pyrovae: note: a --guide {run.config.guide} run has no q for new points; the chains start at the prior")
     template = rows_of(run.data.test, [i % len(run.data.test[0]) for i in range(n)])
     result = sandwich(run.vae, template, steps=steps, chains=chains, leapfrog=leapfrog, seed=seed,
                       proposal="guide" if proposal == "encoder" else proposal, batch_size=batch_size, is_k=is_k,
                       progress=True)
     summary = result.summary()
-    click.echo(f"BDMC on {n} simulated points, T = {steps}: {summary['forward_lower_bound']:.3f} <= log p(x) <= "
-               f"{summary['reverse_upper_bound']:.3f} (gap {summary['gap']:.3f} ± {summary['gap_se']:.3f} nats)",
-               err=True)
+    say(f"BDMC on {n} simulated points, T = {steps}: {summary['forward_lower_bound']:.3f} <= log p(x) <= "
+        f"{summary['reverse_upper_bound']:.3f} (gap {summary['gap']:.3f} ± {summary['gap_se']:.3f} nats)")
     emit({**summary, "run_dir": run_dir, "epoch": run.epoch, "seconds": round(time.perf_counter() - started, 3)})

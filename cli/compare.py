@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, RESUME, emit, partial_path
+from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, RESUME, emit, partial_path, say
 
 from pyrovae.evaluation.ais import CHAINS, LEAPFROG
 from pyrovae.evaluation.ais import STEPS as AIS_STEPS
@@ -84,7 +84,7 @@ def compare(run_dir: str, limit: int, k: int, steps: int, lr: float, refine_step
                                   eval_samples=eval_samples, batch_size=batch_size, seed=seed, progress=True,
                                   partial_path=path, resume=resume and path.exists(), options=options,
                                   log_px=log_px, ais_steps=ais_steps, chains=chains, leapfrog=leapfrog)
-        click.echo(format_table(table, f"{name} points of {run_dir}"), err=True)
+        say(format_table(table, f"{name} points of {run_dir}"))
         result[name] = table
     emit(result)
 

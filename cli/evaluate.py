@@ -6,7 +6,7 @@ import time
 
 import click
 from pyrovae.cli.options import (DATA_DIR, DEVICE, MOVED_DATASET, RESUME, emit, output_file, partial_path,
-                                 progress_bar)
+                                 progress_bar, say)
 
 from pyrovae.errors import UsageError
 from pyrovae.evaluation.ais import CHAINS, IS_K, LEAPFROG, PAIRS, STEPS
@@ -117,7 +117,7 @@ def evaluate(run_dir: str, method: str, k: int, split: str, limit: int | None, p
                                          partial_path=path, resume=resume, options=options)
     summary = result.summary()
     if summary.get("warning"):
-        click.echo(f"pyrovae: warning: {summary['warning']}", err=True)
+        say(f"pyrovae: warning: {summary['warning']}")
     if per_point_path is not None:
         write_per_point(result, per_point_path)
     emit({**summary, **extra, "proposal": proposal, "split": split, "run_dir": run_dir, "epoch": run.epoch,

@@ -23,7 +23,9 @@ EXIT_INTERRUPTED = 130
 
 
 def fail(message: str, code: int = EXIT_USAGE, kind: str = "error") -> None:
-    click.echo(f"pyrovae: {kind}: {message}", err=True)
+    from pyrovae.training.distributed import current
+    if current().is_main:   # a distributed run's processes stop together: rank 0 says why
+        click.echo(f"pyrovae: {kind}: {message}", err=True)
     sys.exit(code)
 
 
@@ -34,9 +36,13 @@ class PyrovaeGroup(click.Group):
         from pyrovae.errors import Interrupted
         from pyrovae.evaluation.driver import EvaluationInterrupted
         from pyrovae.training import NonFiniteLoss
+        from pyrovae.training import distributed
         argv = list(sys.argv[1:] if args is None else args)
         try:
             with cli_audience():   # messages name options as flags, as the user typed them
+                if distributed.launched_by_torchrun():   # torchrun: join the process group, once
+                    device = argv[argv.index("--device") + 1] if "--device" in argv[:-1] else "auto"
+                    distributed.setup(device)
                 code = super().main(args, prog_name or "pyrovae", complete_var, standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as error:
             click.echo(error.ctx.get_help(), err=True)
@@ -67,6 +73,7 @@ class PyrovaeGroup(click.Group):
             where = f" on {error.filename!r}" if error.filename else ""
             fail(f"{error.strerror or error}{where}; free space or fix permissions, then rerun "
                  "(pyrovae fit --resume continues from the last checkpoint)", 1)
+        distributed.teardown()
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -135,6 +142,10 @@ def output_png(path: str) -> Path:
 @click.option("--elbo", type=click.Choice(list(OBJECTIVES)), default="trace", show_default=True,
               help="Trace_ELBO, TraceMeanField_ELBO (analytic KL), or the IWAE bound.")
 @click.option("--particles", default=1, show_default=True, help="Particles per datapoint (K for iwae).")
+@click.option("--noise", type=click.Choice(["global", "per-row"]), default="global", show_default=True,
+              help="Where training draws its reparameterization noise: torch's generator, or seeded per (epoch, "
+                   "step, row of the batch), so that a run gives the same numbers in any number of processes "
+                   "(what torchrun runs use).")
 @click.option("--jit/--no-jit", default=None,
               help="Pyro's JIT ELBOs: the compiled loss [default: on for trace and meanfield, off for iwae].")
 @click.option("--beta", default=1.0, show_default=True, help="KL coefficient; 1 is the ELBO.")

@@ -24,9 +24,18 @@ def partial_path(run_dir: str, command: str, options: dict) -> Path:
     return Path(run_dir) / ".partial" / f"{command}-{fingerprint(options)}.npz"
 
 
-def emit(result: dict) -> None:
-    """The command's result: one JSON object on stdout."""
-    click.echo(json.dumps(result, sort_keys=True, default=str))
+def say(message: str) -> None:
+    """A line on stderr for the user (rank 0's, in a distributed run)."""
+    from pyrovae.training.distributed import current
+    if current().is_main:
+        click.echo(message, err=True)
+
+
+def emit(result: dict | None) -> None:
+    """The command's result: one JSON object on stdout (rank 0's, in a distributed run)."""
+    from pyrovae.training.distributed import current
+    if result is not None and current().is_main:
+        click.echo(json.dumps(result, sort_keys=True, default=str))
 
 
 def output_file(path: str, option: str, suffixes: tuple[str, ...]) -> Path:

@@ -34,6 +34,7 @@ PRESETS: dict[str, dict] = {
 CUSTOM = "custom"       # model / guide / likelihood of a run trained on the caller's own programs
 # what may differ from a run's own options when it is resumed: how long, where, and where the data lives
 RESUMABLE = ("epochs", "minutes", "device", "data_dir")
+NOISE = ("global", "per-row")   # where training draws its reparameterization noise
 MAX_SIZE = 100_000      # widths, latent dims and particles beyond this are typos, not models that fit in memory
 
 
@@ -73,6 +74,7 @@ class FitConfig:
     elbo: str = "trace"
     particles: int = 1
     jit: bool | None = None             # None: Pyro's JIT for trace and meanfield, eager for iwae
+    noise: str = "global"               # per-row: draws seeded per (epoch, step, row of the batch)
     beta: float = 1.0
     kl_warmup: int = 0
     epochs: int = 10
@@ -99,7 +101,7 @@ class FitConfig:
             # the compiled loss is the fast path (benchmarks/bench_speed.py); Pyro has none for IWAE,
             # and a guide that differentiates inside itself cannot be traced
             self.jit = self.elbo in OBJECTIVES and OBJECTIVES[self.elbo].jit is not None and \
-                getattr(GUIDES.get(self.guide), "jit_compatible", True)
+                getattr(GUIDES.get(self.guide), "jit_compatible", True) and self.noise == "global"
 
     def validate(self) -> "FitConfig":
         """Raise :class:`UsageError` naming the first bad option and its fix."""
@@ -148,6 +150,10 @@ class FitConfig:
         need(1 <= self.z1_dim <= MAX_SIZE, f"{option('z1-dim')} must lie in [1, {MAX_SIZE}], got {self.z1_dim}")
         need(all(isinstance(width, int) and 0 < width <= MAX_SIZE for width in self.z1_hidden),
              f"{option('z1-hidden')} widths must be positive integers up to {MAX_SIZE}, got {self.z1_hidden}")
+        need(self.noise in NOISE, f"unknown {option('noise')} {self.noise!r}; use {', '.join(NOISE)}")
+        need(not (self.jit and self.noise == "per-row"),
+             f"{option('jit', True)} cannot trace {option('noise', 'per-row')} (the noise is drawn outside the "
+             f"traced loss); drop {option('jit', True)}")
         need(0 <= self.refine_steps <= 1000, f"{option('refine-steps')} must lie in [0, 1000], got {self.refine_steps}")
         need(math.isfinite(self.refine_lr) and self.refine_lr > 0,
              f"{option('refine-lr')} must be a positive number, got {self.refine_lr}")

@@ -493,31 +493,30 @@ def bdmc(vae: VAE, template, steps: int = STEPS, chains: int = CHAINS, leapfrog:
     data = (simulated.nodes[observed]["value"].detach(), *template[1:])
     guide, proposal_name, _ = proposal_guide(vae, proposal, n)
     report = _progress(progress, 2 * n * steps, "BDMC")
-    out: dict[str, list] = {"forward": [], "reverse": [], "is": [], "elbo": []}
     done = [0]
+
+    def evaluate(rows: range) -> dict[str, np.ndarray]:
+        batch = rows_of(data, rows)
+        index = torch.arange(rows.start, rows.stop, device=batch[0].device)
+
+        def step(t: int, total: int) -> None:
+            report(done[0] + t * len(rows))
+
+        forward = ais_batch(vae, guide, batch, index, rows, steps, chains, leapfrog, seed, progress=step)
+        done[0] += len(rows) * steps
+        reverse = ais_batch(vae, guide, batch, index, rows, steps, chains, leapfrog, seed,
+                            reverse_from={name: value[rows.start:rows.stop] for name, value in latents.items()},
+                            progress=step)
+        done[0] += len(rows) * steps
+        values = {"forward": forward["log_px"], "reverse": reverse["log_px"]}
+        if is_k:
+            reference = importance_batch(model, guide, batch, index, rows, is_k, 50, seed, False, set(), False)
+            values.update({"is": reference["log_px"], "elbo": reference["recon"] - reference["kl"]})
+        return values
+
     try:
-        for start in range(0, n, batch_size):
-            rows = range(start, min(start + batch_size, n))
-            batch = rows_of(data, rows)
-            index = torch.arange(rows.start, rows.stop, device=batch[0].device)
-
-            def step(t: int, total: int, rows=rows) -> None:
-                report(done[0] + t * len(rows))
-
-            forward = ais_batch(vae, guide, batch, index, rows, steps, chains, leapfrog, seed, progress=step)
-            done[0] += len(rows) * steps
-            reverse = ais_batch(vae, guide, batch, index, rows, steps, chains, leapfrog, seed,
-                                reverse_from={name: value[rows.start:rows.stop] for name, value in latents.items()},
-                                progress=step)
-            done[0] += len(rows) * steps
-            out["forward"].append(forward["log_px"])
-            out["reverse"].append(reverse["log_px"])
-            if is_k:
-                reference = importance_batch(model, guide, batch, index, rows, is_k, 50, seed, False, set(), False)
-                out["is"].append(reference["log_px"])
-                out["elbo"].append(reference["recon"] - reference["kl"])
+        out = run_batches(n, batch_size, evaluate, Partial(n, {}))
     finally:
         report.close()
-    cat = {name: np.concatenate(values) if values else None for name, values in out.items()}
-    return BDMCResult(steps, chains, leapfrog, proposal_name, seed, cat["forward"], cat["reverse"], data,
-                      cat["is"], cat["elbo"], is_k)
+    return BDMCResult(steps, chains, leapfrog, proposal_name, seed, out["forward"], out["reverse"], data,
+                      out.get("is"), out.get("elbo"), is_k)

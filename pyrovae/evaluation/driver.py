@@ -51,10 +51,10 @@ def site_stream(name: str) -> int:
 
 
 def noise(seed: int, stream: int, particles: range, rows: range, shape: tuple[int, ...],
-          like: torch.Tensor, kind: str = "normal") -> torch.Tensor:
+          like: torch.Tensor, kind: str = "normal", tile: tuple[int, int] = RNG_TILE) -> torch.Tensor:
     """Standard-normal (or uniform, ``kind="uniform"``) noise [len(particles), len(rows), *shape],
-    a pure function of (seed, stream, particle, row), assembled from RNG_TILE tiles."""
-    tp, tr = RNG_TILE
+    a pure function of (seed, stream, particle, row), assembled from ``tile``-sized tiles."""
+    tp, tr = tile
     p0, r0 = particles.start // tp, rows.start // tr
     draw = torch.randn if kind == "normal" else torch.rand
     generator = torch.Generator(device=like.device)
@@ -187,30 +187,58 @@ class Partial:
 
 
 def run_batches(n: int, batch_size: int, evaluate: Callable[[range], dict[str, np.ndarray]],
-                partial: Partial, progress: Callable[[int], None] | None = None,
-                mine: Callable[[int], bool] = lambda batch: True) -> dict[str, np.ndarray]:
-    """``evaluate(rows)`` for every batch of rows not yet done (and, in a distributed run, that
-    ``mine(batch_number)`` assigns to this process); per-point arrays of length n.
+                partial: Partial, progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """``evaluate(rows)`` for every batch of rows not yet done; per-point arrays of length n.
 
-    On SIGINT/SIGTERM (in the main thread) the batch under way finishes, or is dropped if it
-    calls :func:`pyrovae.interrupts.check`; the finished rows are saved to ``partial.path`` and
-    :class:`EvaluationInterrupted` is raised.
+    In a distributed run (:mod:`pyrovae.training.distributed`) the batches are dealt out
+    round-robin and every rank returns the merged results. On SIGINT/SIGTERM (in the main
+    thread) the batch under way finishes, or is dropped if it calls
+    :func:`pyrovae.interrupts.check`; the finished rows are saved to ``partial.path`` (by rank 0)
+    and :class:`EvaluationInterrupted` is raised on every rank.
     """
+    from ..training.distributed import current
+    context = current()
+    todo = [range(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    todo = [rows for rows in todo if not partial.done[rows.start:rows.stop].all()]
+    rounds = -(-len(todo) // context.world)
     with StopFlag() as flag:
-        for number, start in enumerate(range(0, n, batch_size)):
-            rows = range(start, min(start + batch_size, n))
-            if partial.done[rows.start:rows.stop].all() or not mine(number):
-                continue
-            try:
-                partial.record(rows, evaluate(rows))
-            except Abandon:
-                pass
+        for number in range(rounds):
+            slot = number * context.world + context.rank
+            if slot < len(todo):
+                try:
+                    partial.record(todo[slot], evaluate(todo[slot]))
+                except Abandon:
+                    pass
             if progress:
-                progress(int(partial.done.sum()))
-            if flag.signal is not None and not partial.done.all():
-                partial.save()
+                progress(min(n, int(partial.done.sum()) * context.world))
+            if context.any(flag.signal is not None) and number < rounds - 1:
+                _merge(partial, context)
+                if context.is_main:
+                    partial.save()
                 raise EvaluationInterrupted(int(partial.done.sum()), n, partial.path)
+    _merge(partial, context)
+    if flag.signal is not None and not partial.done.all():   # the last batch was dropped
+        if context.is_main:
+            partial.save()
+        raise EvaluationInterrupted(int(partial.done.sum()), n, partial.path)
     return partial.values
+
+
+def _merge(partial: Partial, context) -> None:
+    """Every rank's finished rows into ``partial``, on every rank."""
+    if not context.active:
+        return
+    gathered = context.gather((partial.done, partial.values))
+    merged = None
+    if context.is_main:
+        for done, values in gathered:
+            for name, array in values.items():
+                if name not in partial.values:
+                    partial.values[name] = np.full_like(array, np.nan)
+                partial.values[name][done] = array[done]
+            partial.done |= done
+        merged = (partial.done, partial.values)
+    partial.done, partial.values = context.broadcast(merged)
 
 
 # ---------------------------------------------------------------------------- memory

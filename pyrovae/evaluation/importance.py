@@ -331,9 +331,10 @@ class _progress:
     callable(done, total)."""
 
     def __init__(self, progress: bool | Callable[[int, int], None], total: int, desc: str = "log p(x)"):
+        from ..training.distributed import current
         self.callback = progress if callable(progress) else None
         self.total, self.bar = total, None
-        if progress is True:
+        if progress is True and current().is_main:   # one bar for a distributed run: rank 0's
             from tqdm import tqdm
             self.bar = tqdm(total=total, unit="pt", desc=desc, leave=False)
 

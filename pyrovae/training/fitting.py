@@ -6,6 +6,8 @@ it found it: Pyro's param store and torch's RNG are scoped to the call.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import statistics
 import sys
 import time
@@ -18,6 +20,7 @@ import torch
 
 from .. import runs
 from ..config import CUSTOM, RESUMABLE, FitConfig, build_vae
+from ..guides import GUIDES
 from ..data import Dataset, binarize, check_for_likelihood, load_dataset
 from ..errors import UsageError, option, speaking_cli
 from ..objectives import make_objective
@@ -25,6 +28,7 @@ from ..programs import as_batch, num_rows, rows_of
 from ..vae import VAE
 from .callbacks import (Callback, Checkpoint, DynamicBinarization, KLWarmup, LocalSteps, LRDecay, Metrics, RunImages,
                         TimeBudget, set_rng_state)
+from . import distributed
 from .loop import NonFiniteLoss, Trainer, TrainingInterrupted
 from .optim import make_optimizer
 from .step import LossModule
@@ -63,9 +67,39 @@ def fit(config: FitConfig, run_dir: str | Path, resume: bool = False, overwrite:
     RUN_DIR up to ``config.epochs`` epochs; ``overwrite`` replaces it. ``callbacks`` are added to
     the trainer's own; ``on_epoch(record)`` sees each epoch's metrics.
     """
+    context = distributed.current()
     typed = config.typed_paths()
-    config = config.with_absolute_paths().validate()
+    config = _for_processes(config.with_absolute_paths(), context, vae).validate()
     run_dir = Path(run_dir)
+    # the run directory is rank 0's: it checks it, and every rank raises what it found
+    checked, error = None, None
+    if context.is_main:
+        try:
+            checked = _check_run_dir(config, run_dir, resume, overwrite)
+        except UsageError as found:
+            error = str(found)
+    checked, error = context.broadcast((checked, error))
+    if error:
+        raise UsageError(error)
+    config = checked
+    device = distributed_device(runs.resolve_device(config.device), context)
+    prepared = prepare_data(config, device, data)   # all input checks happen before anything is written
+    if context.is_main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UsageError(f"cannot create {option('out')} {str(run_dir)!r} ({error.strerror}); "
+                             "choose a writable folder") from None
+    devices = [device] if device.type == "cuda" else []
+    lock = runs.run_lock(run_dir) if context.is_main else contextlib.nullcontext()
+    with lock, pyro.get_param_store().scope(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(config.seed)
+        return _fit(config, run_dir, prepared, device, resume, progress, on_epoch, vae, list(callbacks), typed,
+                    context)
+
+
+def _check_run_dir(config: FitConfig, run_dir: Path, resume: bool, overwrite: bool) -> FitConfig:
+    """Refuse what RUN_DIR cannot take; the config to train with (the run's own on resume)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"{option('out')} {str(run_dir)!r} is a file, not a folder; pass a folder path")
     has_run = (run_dir / runs.CONFIG).exists() or (run_dir / runs.CHECKPOINT).exists()
@@ -76,19 +110,36 @@ def fit(config: FitConfig, run_dir: str | Path, resume: bool = False, overwrite:
     if has_run and not (resume or overwrite):
         raise UsageError(f"{str(run_dir)!r} already holds a run; pass {option('resume', True)} to continue it, "
                          f"{option('overwrite', True)} to replace it, or another {option('out')}")
-    if resume:
-        config = resumed_config(run_dir, config)
-    device = runs.resolve_device(config.device)
-    prepared = prepare_data(config, device, data)   # all input checks happen before anything is written
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"cannot create {option('out')} {str(run_dir)!r} ({error.strerror}); "
-                         "choose a writable folder") from None
-    devices = [device] if device.type == "cuda" else []
-    with runs.run_lock(run_dir), pyro.get_param_store().scope(), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(config.seed)
-        return _fit(config, run_dir, prepared, device, resume, progress, on_epoch, vae, list(callbacks), typed)
+    return resumed_config(run_dir, config) if resume else config
+
+
+def _for_processes(config: FitConfig, context: distributed.Context, vae: VAE | None) -> FitConfig:
+    """A config several processes can train together: draws seeded per row (a run's numbers do
+    not depend on the number of processes), no JIT (DDP cannot hook into Pyro's traced loss), and
+    no per-datapoint tables (their rows would need sharding; not supported)."""
+    if not context.active:
+        return config
+    per_datapoint = vae.can("per_datapoint") if vae is not None else \
+        getattr(GUIDES.get(config.guide), "per_datapoint", False)
+    if per_datapoint:
+        raise UsageError(f"{option('guide', config.guide)} keeps parameters per training row, which a "
+                         "distributed run does not shard; train it in one process (without torchrun)")
+    changes = {}
+    if config.noise != "per-row":
+        changes["noise"] = "per-row"
+    if config.jit:
+        changes["jit"] = False
+    if changes and context.is_main:
+        print(f"distributed training over {context.world} processes: {', '.join(f'{k} = {v}' for k, v in changes.items())} "
+              "(the draws are seeded per row; DDP needs the eager loss)", file=sys.stderr)
+    return dataclasses.replace(config, **changes)
+
+
+def distributed_device(device: torch.device, context: distributed.Context) -> torch.device:
+    """One GPU per local rank on a multi-process CUDA run."""
+    if context.active and device.type == "cuda":
+        return torch.device("cuda", context.local_rank)
+    return device
 
 
 def resumed_config(run_dir: Path, requested: FitConfig) -> FitConfig:
@@ -113,14 +164,18 @@ def _shown(value, always: bool = False):
 
 
 def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.device, resume: bool, progress: bool,
-         on_epoch: Callable[[dict], None] | None, vae: VAE | None, extra: list[Callback], typed: dict) -> dict:
+         on_epoch: Callable[[dict], None] | None, vae: VAE | None, extra: list[Callback], typed: dict,
+         context: distributed.Context) -> dict | None:
     custom = vae is not None
     if vae is None:
         vae = build_vae(config, data.dataset.data_dim, num_rows(data.train))
     vae = vae.to(device)
     optimizer = make_optimizer(vae, config.lr, config.local_lr, config.local_lr_decay)
     loss = LossModule(vae, make_objective(config.elbo, config.particles, config.jit), num_rows(data.train),
-                      register=config.jit)
+                      register=config.jit, noise_seed=config.seed if config.noise == "per-row" else None)
+    if context.active:   # gradients averaged over the processes, each with its share of every batch
+        from torch.nn.parallel import DistributedDataParallel
+        loss = DistributedDataParallel(loss, device_ids=[device.index] if device.type == "cuda" else None)
     generator = torch.Generator(device=device).manual_seed(config.seed)   # data order and binarization
     callbacks: list[Callback] = [KLWarmup(config.beta, config.kl_warmup), LRDecay(config.lr_decay)]
     if config.binarize == "dynamic":
@@ -129,21 +184,23 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
         # eager: the model is frozen, and the JIT would trace the frozen flags into its graph
         callbacks.append(LocalSteps(vae, make_objective(config.elbo, config.particles), config.local_steps,
                                     num_rows(data.train), config.local_tol))
-    callbacks += [Metrics(run_dir, data.test, config.eval_train_points), Checkpoint(run_dir),
-                  TimeBudget(config.minutes), *extra]
-    if on_epoch is not None:
+    if context.is_main:   # only rank 0 writes the run directory
+        callbacks += [Metrics(run_dir, data.test, config.eval_train_points), Checkpoint(run_dir)]
+    callbacks += [TimeBudget(config.minutes), *extra]
+    if on_epoch is not None and context.is_main:
         callbacks.append(_OnEpoch(on_epoch))
-    callbacks.append(RunImages(run_dir, data))
+    if context.is_main:
+        callbacks.append(RunImages(run_dir, data))
     trainer = Trainer(vae, loss, optimizer, data.train, config.batch_size, config.epochs, generator, callbacks,
-                      progress, beta_as_tensor=config.jit)
+                      progress, beta_as_tensor=config.jit, context=context)
     start = (0, 0, (0.0, 0))
     if resume:
-        start = _restore(trainer, run_dir, device)
-    else:
+        start = _restore(trainer, run_dir, device, context)
+    elif context.is_main:
         for stale in (runs.METRICS, runs.CHECKPOINT):
             (run_dir / stale).unlink(missing_ok=True)
         _write_config(run_dir, config, data, device, custom, typed)
-    if start[0] >= config.epochs:
+    if start[0] >= config.epochs and context.is_main:
         print(f"run already has {start[0]} epochs; nothing to do (pass a larger {option('epochs')} to continue)",
               file=sys.stderr)
     started = time.perf_counter()
@@ -159,6 +216,8 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
                 else "no checkpoint was written yet")
         raise NonFiniteLoss(f"{error}; {kept}. Try a smaller {option('lr')}, or a larger {option('sigma')} "
                             "for a normal likelihood") from None
+    if not context.is_main:
+        return None   # rank 0 reports
     if trainer.stop_reason:
         print(f"{trainer.stop_reason}; stopping (continue with {option('resume', True)})", file=sys.stderr)
     metrics = runs.read_jsonl(run_dir / runs.METRICS)
@@ -167,7 +226,7 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
               "train_elbo": last.get("train_elbo"), "test_reconstruction": last.get("test_reconstruction"),
               "test_kl": last.get("test_kl"), "seed": config.seed, "device": str(device),
               "seconds_per_epoch": statistics.median([m["train_seconds"] for m in metrics]) if metrics else None,
-              "stopped_by_time_budget": bool(trainer.stop_reason)}
+              "stopped_by_time_budget": bool(trainer.stop_reason), "processes": context.world}
     if not vae.can("amortized") and metrics:
         result.update(_test_elbo_by_local_fit(vae, data, config.seed))
     result["seconds"] = round(time.perf_counter() - started, 3)
@@ -204,17 +263,31 @@ def _write_config(run_dir: Path, config: FitConfig, data: PreparedData, device: 
         "typed_paths": typed})   # as the user wrote them, for display; the config holds them resolved
 
 
-def _restore(trainer: Trainer, run_dir: Path, device: torch.device) -> tuple[int, int, tuple[float, int]]:
-    state = runs.load_checkpoint(run_dir, map_location=device)
+def _restore(trainer: Trainer, run_dir: Path, device: torch.device, context: distributed.Context
+             ) -> tuple[int, int, tuple[float, int]]:
+    state = runs.load_checkpoint(run_dir, map_location="cpu") if context.is_main else None
+    state = _to_device(context.broadcast(state), device)   # rank 0's checkpoint, on every rank
     load_model_state(trainer.vae, state, run_dir)
     trainer.optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"], trainer.generator)
     # metrics of epochs after the checkpoint (a crash between the two writes) are dropped
-    metrics = runs.read_jsonl(run_dir / runs.METRICS)
-    kept = [m for m in metrics if m["epoch"] <= state["epoch"]]
-    if len(kept) != len(metrics):
-        runs.write_jsonl(run_dir / runs.METRICS, kept)
+    if context.is_main:
+        metrics = runs.read_jsonl(run_dir / runs.METRICS)
+        kept = [m for m in metrics if m["epoch"] <= state["epoch"]]
+        if len(kept) != len(metrics):
+            runs.write_jsonl(run_dir / runs.METRICS, kept)
     return state["epoch"], state["step"], (state["partial_loss"], state["partial_seen"])
+
+
+def _to_device(obj, device: torch.device):
+    """A checkpoint's tensors moved to ``device`` (RNG states stay CPU byte tensors)."""
+    if isinstance(obj, torch.Tensor):
+        return obj if obj.dtype == torch.uint8 else obj.to(device)
+    if isinstance(obj, dict):
+        return {key: _to_device(value, device) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(value, device) for value in obj)
+    return obj
 
 
 def load_model_state(vae: VAE, state: dict, run_dir: Path) -> None:

@@ -9,6 +9,7 @@ and :class:`TrainingInterrupted` is raised.
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import Sequence
@@ -21,6 +22,7 @@ from ..errors import Interrupted
 from ..interrupts import StopFlag
 from ..programs import Batch, num_rows, rows_of
 from ..vae import VAE
+from .distributed import Context
 from .step import svi_step
 
 
@@ -57,8 +59,10 @@ class Trainer:
 
     def __init__(self, vae: VAE, loss: torch.nn.Module, optimizer: torch.optim.Optimizer, train: Batch,
                  batch_size: int, epochs: int, generator: torch.Generator,
-                 callbacks: Sequence[Callback] = (), progress: bool = True, beta_as_tensor: bool = False):
+                 callbacks: Sequence[Callback] = (), progress: bool = True, beta_as_tensor: bool = False,
+                 context: Context | None = None):
         self.vae, self.loss, self.optimizer, self.train = vae, loss, optimizer, tuple(train)
+        self.context = context or Context()
         self.batch_size, self.epochs, self.generator = batch_size, epochs, generator
         self.callbacks, self.progress, self.beta_as_tensor = list(callbacks), progress, beta_as_tensor
         self.device = train[0].device
@@ -69,6 +73,7 @@ class Trainer:
         self.train_seconds = 0.0
         self.stop_reason: str | None = None
         self.validated = False
+        self._agreed_signal: int | None = None
         self._before_step = [cb for cb in self.callbacks if type(cb).before_step is not Callback.before_step]
 
     @property
@@ -102,38 +107,65 @@ class Trainer:
         self.loss_sum, self.seen = partial
         batches = range(0, n, self.batch_size)
         started = time.perf_counter()
+        context = self.context
         bar = tqdm(total=len(batches), initial=start_step, desc=f"epoch {epoch + 1}/{self.epochs}",
-                   disable=not self.progress, file=sys.stderr, leave=False)
+                   disable=not (self.progress and context.is_main), file=sys.stderr, leave=False)
+        agree = self._agree(flag) if context.active else None
+        noise_key = hasattr(self._loss_module, "noise_key")
         for step, start in enumerate(batches):
             if step < start_step:
                 continue
-            index = order[start:start + self.batch_size]
+            positions = context.share(0, len(range(start, min(start + self.batch_size, n))))
+            index = order[start + positions.start:start + positions.stop]   # this rank's share of the batch
             batch = rows_of(self.epoch_data, index)
             self.step = step
+            if noise_key:
+                self._loss_module.noise_key = (epoch, step, positions)
             try:
                 # Pyro's validation checks supports and shapes on the first step; then it only costs time
                 with pyro.validation_enabled(not self.validated):
                     for cb in self._before_step:
                         cb.before_step(self, index, batch)
-                    loss = svi_step(self.loss, self.optimizer, index, beta, *batch)
+                    loss = svi_step(self.loss, self.optimizer, index, beta, *batch, agree=agree)
                 self.validated = True
             except FloatingPointError as error:
                 bar.close()
                 raise NonFiniteLoss(f"the loss became {error} at epoch {epoch + 1}, step {step + 1}") from None
-            self.loss_sum += loss * len(index) / n   # loss / (n / batch) = the batch's sum
+            self.loss_sum += loss * len(index) / n   # loss / (n / rows) = the rows' sum
             self.seen += len(index)
             bar.set_postfix(loss=f"{loss / n:.2f}", refresh=False)
             bar.update()
-            if flag.signal is not None:
+            # processes stop on the signal they agreed on before this step's gradient: one that
+            # arrives later is shared at the next step, so no process stops alone
+            stop = self._agreed_signal if context.active else flag.signal
+            if stop is not None:
                 bar.close()
                 self.step = step + 1
                 for cb in self.callbacks:
                     cb.on_interrupt(self)
-                raise TrainingInterrupted(flag.signal, epoch, step + 1)
+                raise TrainingInterrupted(stop, epoch, step + 1)
         bar.close()
         self.step = len(batches)
         self.train_seconds = time.perf_counter() - started
+        loss_sum, seen = context.total(self.loss_sum), context.total(self.seen)   # every rank's rows
         record = {"epoch": epoch + 1, "beta": self.beta, "lr": self.optimizer.param_groups[0]["lr"],
-                  "train_objective": -self.loss_sum / max(self.seen, 1), "train_seconds": round(self.train_seconds, 4)}
+                  "train_objective": -loss_sum / max(seen, 1), "train_seconds": round(self.train_seconds, 4)}
         for cb in self.callbacks:
             cb.on_epoch_end(self, record)
+        if context.active and context.any(self.stop_reason is not None) and not self.stop_reason:
+            self.stop_reason = "another process stopped"   # e.g. its time budget: all stop together
+
+    @property
+    def _loss_module(self) -> torch.nn.Module:
+        return getattr(self.loss, "module", self.loss)   # inside DistributedDataParallel
+
+    def _agree(self, flag: StopFlag):
+        """Between each step's loss and its gradient: every rank learns whether any rank's loss is
+        not finite (all raise) or any rank got a signal (all finish the step and stop)."""
+        def agree(value: float) -> None:
+            nonfinite, signal = self.context.flags([0.0 if math.isfinite(value) else 1.0,
+                                                    0.0 if flag.signal is None else float(flag.signal)])
+            if nonfinite:
+                raise FloatingPointError("not finite on a process" if math.isfinite(value) else str(value))
+            self._agreed_signal = int(signal) if signal else None
+        return agree
