@@ -1,8 +1,11 @@
 """Figures a user of a VAE looks at: reconstructions, sample grids, training curves, 2-D scatter plots.
 
-Pure drawing functions: they take tensors, arrays or lists of dicts and write one PNG. Library-safe:
-no ``matplotlib.pyplot``, no ``matplotlib.use``, no global rcParams / logging / RNG changes (a fixed
-style is applied inside ``matplotlib.rc_context``). Every PNG is written atomically: rendered into a
+Pure drawing functions: they take tensors, arrays or lists of dicts and write one PNG. The image grids
+(``sample_grid``, ``reconstruction_figure``) are painted with Pillow and never import matplotlib, so
+``import pyrovae.figures`` and the grids a training run writes at its end stay cheap; only
+``training_curves`` and ``scatter`` import matplotlib, when called. Library-safe: no
+``matplotlib.pyplot``, no ``matplotlib.use``, no global rcParams / logging / RNG changes (a fixed style
+is applied inside ``matplotlib.rc_context``). Every PNG is written atomically: rendered into a
 temporary file next to ``path`` and renamed over it, so an existing file is replaced only on success.
 
 Sizes are deterministic (pixels at ``DPI``): ``training_curves`` is always ``CURVES_SIZE``, ``scatter``
@@ -12,20 +15,20 @@ always ``SCATTER_SIZE``; the image grids grow with the number and size of the im
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import secrets
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any
 
-import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.font_manager import FontProperties
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+if TYPE_CHECKING:  # matplotlib and Pillow are imported where they are used
+    from matplotlib.figure import Figure
+    from PIL import Image as PILImage
+    from PIL import ImageFont
 
 __all__ = [
     "DPI",
@@ -43,7 +46,7 @@ DPI = 100
 CURVES_SIZE = (1400, 800)  # pixels (width, height) of training_curves
 SCATTER_SIZE = (800, 640)  # pixels of scatter
 MIN_GRID_WIDTH = 400  # pixels: narrow grids are centred on a figure at least this wide
-MAX_PIXELS = 30000  # per side; Agg cannot draw much larger figures
+MAX_PIXELS = 30000  # per side; Agg cannot draw much larger figures (and grids that large are unreadable)
 
 # layout of the image grids, in pixels
 _MARGIN = 12
@@ -51,12 +54,18 @@ _GAP = 6  # between images in a row (a 1-pixel grey frame sits in it)
 _PAIR_GAP = 4  # between an original row and its reconstruction row
 _BLOCK_GAP = 20  # between one original/reconstruction pair of rows and the next
 _LABEL_PAD = 10  # between a row label and its images
-_LABEL_COLUMN = 130  # row labels ("reconstruction" is about 100 px wide at 11 pt) and their padding
-_CAPTION_PT = 12.0
-_LABEL_PT = 11.0
-_BACKGROUND = 1.0  # white
-_FRAME = 0.78  # light grey frame around each image
+_LABEL_COLUMN = 130  # row labels ("reconstruction" is 108 px wide at 16 px) and their padding
+_CAPTION_PX = 17  # font sizes (Pillow's default font), in pixels
+_LABEL_PX = 16
+_CAPTION_LINE = 21  # pixels per line of caption
+_BACKGROUND = 255  # white
+_FRAME = 199  # light grey frame around each image
+_CAPTION_INK = 0
+_LABEL_INK = 38
+_PNG_COMPRESSION = 6  # zlib level of the grids' PNGs
 
+# matplotlib figures (training_curves, scatter)
+_CAPTION_PT = 12.0
 _TRAIN_COLOR = "tab:blue"
 _TEST_COLOR = "tab:orange"
 _LR_COLOR = "tab:green"
@@ -93,25 +102,34 @@ ArrayLike = Any  # a torch.Tensor, a numpy array, or nested sequences of numbers
 @contextlib.contextmanager
 def _style() -> Iterator[None]:
     """Matplotlib's default style plus ``_STYLE``, whatever the caller configured; restored on exit."""
+    import matplotlib
+
     with matplotlib.rc_context():
         matplotlib.rcdefaults()  # leaves the backend alone; rc_context restores everything else
         matplotlib.rcParams.update(_STYLE)
         yield
 
 
-def _new_figure(width_px: int, height_px: int, layout: str | None = None) -> Figure:
+def _check_size(width_px: int, height_px: int) -> None:
     if not (0 < width_px <= MAX_PIXELS and 0 < height_px <= MAX_PIXELS):
         raise ValueError(
             f"a {width_px}x{height_px}-pixel figure is too large to draw (at most {MAX_PIXELS} per side); "
             "pass fewer images or more columns")
+
+
+def _new_figure(width_px: int, height_px: int, layout: str | None = None) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    _check_size(width_px, height_px)
     # + 0.01 px: figsize * dpi must not fall a float tick short of the integer (older Agg truncates)
     figure = Figure(figsize=((width_px + 0.01) / DPI, (height_px + 0.01) / DPI), dpi=DPI, layout=layout)
     FigureCanvasAgg(figure)
     return figure
 
 
-def _write_png(figure: Figure, path: str | os.PathLike[str]) -> None:
-    """Render FIGURE into a temporary file beside PATH, then rename it over PATH (atomic on POSIX)."""
+def _write_atomically(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
+    """WRITE a file into a temporary file beside PATH, then rename it over PATH (atomic on POSIX)."""
     path = os.fspath(path)
     directory, name = os.path.split(os.path.abspath(path))
     flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0)
@@ -127,7 +145,7 @@ def _write_png(figure: Figure, path: str | os.PathLike[str]) -> None:
         raise FileExistsError(f"could not create a temporary file beside {path}")
     try:
         with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=DPI)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -135,6 +153,11 @@ def _write_png(figure: Figure, path: str | os.PathLike[str]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _write_png(figure: Figure, path: str | os.PathLike[str]) -> None:
+    """Render a matplotlib FIGURE into PATH, atomically."""
+    _write_atomically(path, lambda handle: figure.savefig(handle, format="png", dpi=DPI))
 
 
 def _as_array(x: ArrayLike, name: str) -> np.ndarray:
@@ -147,27 +170,21 @@ def _as_array(x: ArrayLike, name: str) -> np.ndarray:
     return array
 
 
-def _text_width(renderer: Any, text: str, points: float) -> float:
-    width, _, _ = renderer.get_text_width_height_descent(text, FontProperties(size=points), ismath=False)
-    return width
-
-
-def _wrap(figure: Figure, text: str, points: float, width_px: float) -> list[str]:
-    """TEXT broken into lines no wider than WIDTH_PX at POINTS (measured with the figure's renderer)."""
-    renderer = figure.canvas.get_renderer()
+def _wrap_to(measure: Callable[[str], float], text: str, width_px: float) -> list[str]:
+    """TEXT broken into lines no wider than WIDTH_PX, as MEASURE (text -> pixels) has it."""
     lines: list[str] = []
     for paragraph in text.splitlines() or [""]:
         line = ""
         for word in paragraph.split(" "):
             candidate = word if not line else f"{line} {word}"
-            if line and _text_width(renderer, candidate, points) > width_px:
+            if line and measure(candidate) > width_px:
                 lines.append(line)
                 line = word
             else:
                 line = candidate
-            while _text_width(renderer, line, points) > width_px and len(line) > 1:  # a very long word
+            while measure(line) > width_px and len(line) > 1:  # a very long word
                 cut = len(line) - 1
-                while cut > 1 and _text_width(renderer, line[:cut], points) > width_px:
+                while cut > 1 and measure(line[:cut]) > width_px:
                     cut -= 1
                 lines.append(line[:cut])
                 line = line[cut:]
@@ -175,8 +192,18 @@ def _wrap(figure: Figure, text: str, points: float, width_px: float) -> list[str
     return lines
 
 
-def _line_height(points: float) -> int:
-    return math.ceil(points * DPI / 72 * 1.25)
+def _wrap(figure: Figure, text: str, points: float, width_px: float) -> list[str]:
+    """TEXT broken into lines no wider than WIDTH_PX at POINTS (measured with the figure's renderer)."""
+    from matplotlib.font_manager import FontProperties
+
+    renderer = figure.canvas.get_renderer()
+    font = FontProperties(size=points)
+
+    def measure(line: str) -> float:
+        width, _, _ = renderer.get_text_width_height_descent(line, font, ismath=False)
+        return width
+
+    return _wrap_to(measure, text, width_px)
 
 
 def _escape(label: Any) -> str:
@@ -185,11 +212,11 @@ def _escape(label: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# image grids
+# image grids (Pillow only)
 
 
 def _images(x: ArrayLike, image_shape: Sequence[int], name: str) -> np.ndarray:
-    """X as [n, H, W] (grey) or [n, H, W, 3] (colour), clipped to [0, 1]."""
+    """X as [n, H, W] (grey) or [n, H, W, 3] (colour) bytes: values clipped to [0, 1], times 255."""
     channels, height, width = _check_shape(image_shape)
     array = _as_array(x, name)
     if array.ndim < 2 or array.shape[0] == 0:
@@ -200,7 +227,7 @@ def _images(x: ArrayLike, image_shape: Sequence[int], name: str) -> np.ndarray:
                          f"needs {channels * height * width}")
     if not np.isfinite(array).all():
         raise ValueError(f"{name}: contains NaN or infinite values")
-    array = np.clip(array.reshape(n, channels, height, width), 0.0, 1.0)
+    array = np.rint(np.clip(array.reshape(n, channels, height, width), 0.0, 1.0) * 255).astype(np.uint8)
     return array[:, 0] if channels == 1 else array.transpose(0, 2, 3, 1)
 
 
@@ -234,11 +261,12 @@ class _GridLayout:
         self.ncols = ncols
         self.grid_w = ncols * self.cell_w + (ncols - 1) * _GAP
         self.grid_h = len(row_gaps) * self.cell_h + sum(row_gaps[:-1])
-        self.caption_h = caption_lines * _line_height(_CAPTION_PT) + (_MARGIN if caption_lines else 0)
+        self.caption_h = caption_lines * _CAPTION_LINE + (_MARGIN if caption_lines else 0)
         self.width = figure_width
         self.height = _MARGIN + self.caption_h + self.grid_h + _MARGIN
-        # grid (and its labels) centred horizontally
+        # grid (and its labels) centred horizontally, below the caption
         self.grid_x = left + (figure_width - 2 * _MARGIN - left - self.grid_w) // 2 + _MARGIN
+        self.grid_y = _MARGIN + self.caption_h
         self.row_tops = []  # from the top of the grid
         top = 0
         for gap in row_gaps:
@@ -279,37 +307,122 @@ def _pair_gaps(blocks: int) -> list[int]:
     return [gap for _ in range(blocks) for gap in (_PAIR_GAP, _BLOCK_GAP)]
 
 
-def _draw_grid(figure: Figure, layout: _GridLayout, rows: list[np.ndarray], scale: int) -> None:
-    """Paint ROWS of images ([k, H, W] or [k, H, W, 3], k <= ncols) as one pixel-exact image."""
-    colour = rows[0].ndim == 4
-    # one pixel wider on every side than the grid, for the frames of the outer images
-    shape = (layout.grid_h + 2, layout.grid_w + 2) + ((3,) if colour else ())
-    canvas = np.full(shape, _BACKGROUND)
-    for top, images in zip(layout.row_tops, rows):
-        for column, image in enumerate(images):
-            y, x = top + 1, column * (layout.cell_w + _GAP) + 1
-            # a 1-pixel frame just outside the image, so bright images do not melt into the background
-            canvas[y - 1:y + layout.cell_h + 1, x - 1:x + layout.cell_w + 1] = _FRAME
-            canvas[y:y + layout.cell_h, x:x + layout.cell_w] = np.repeat(np.repeat(image, scale, 0), scale, 1)
-    figure.figimage(canvas, xo=layout.grid_x - 1, yo=_MARGIN - 1, origin="upper", cmap="gray", vmin=0.0,
-                    vmax=1.0, resize=False)
+@functools.cache
+def _font(pixels: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's own scalable font (Aileron Regular) at PIXELS; its small bitmap font without FreeType."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=pixels)
+    except ImportError:  # pragma: no cover - Pillow built without FreeType
+        return ImageFont.load_default()
 
 
-def _draw_caption(figure: Figure, layout: _GridLayout, lines: list[str]) -> None:
-    if lines:
-        figure.text(0.5, 1 - _MARGIN / layout.height, "\n".join(lines), ha="center", va="top",
-                    multialignment="center", fontsize=_CAPTION_PT, linespacing=1.25, parse_math=False)
+# stand-ins for characters Pillow's default font has no glyph for (it covers ASCII and a little Latin-1)
+_SUBSTITUTES = {
+    "\u2212": "-", "\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-", "\u2015": "-",
+    "\u2016": "||", "\u00d7": "x", "\u22c5": "\u00b7", "\u2022": "\u00b7", "\u2192": "->", "\u2190": "<-",
+    "\u2248": "~", "\u2264": "<=", "\u2265": ">=", "\u2260": "!=", "\u221e": "inf", "\u00a0": " ",
+}
+
+
+@functools.cache
+def _has_glyph(font: Any, char: str) -> bool:
+    if char.isspace():
+        return True
+    try:
+        mask = font.getmask(char)
+        missing = font.getmask("\U0010fffd")  # a private-use code point: the font's "no glyph" box
+    except (UnicodeError, ValueError):  # the bitmap fallback font: Latin-1 only
+        return False
+    return (mask.size, bytes(mask)) != (missing.size, bytes(missing))
+
+
+def _printable(text: str, font: Any) -> str:
+    """TEXT with each character the font cannot draw replaced -- by an ASCII stand-in (a minus sign by
+    '-'), its compatibility form (é by e, ² by ^2, µ by mu), its name (β by beta), else '?' -- never
+    by the font's empty box."""
+    out = []
+    for char in text:
+        if _has_glyph(font, char):
+            out.append(char)
+            continue
+        stand_in = _SUBSTITUTES.get(char)
+        if stand_in is None:
+            tag, _, _ = unicodedata.decomposition(char).partition(">")
+            base = "".join(c for c in unicodedata.normalize("NFKD", char) if not unicodedata.combining(c))
+            name = unicodedata.name(char, "")
+            if base != char:  # NFKD is idempotent: the recursion stops
+                stand_in = {"<super": "^", "<sub": "_"}.get(tag, "") + _printable(base, font)
+            elif name.startswith("GREEK ") and " LETTER " in name:
+                letter = name.rsplit(" ", 1)[-1].lower()
+                stand_in = letter.capitalize() if " CAPITAL " in name else letter
+            else:
+                stand_in = "?"
+        out.append(stand_in)
+    return "".join(out)
+
+
+def _ink(grey: int, colour: bool) -> int | tuple[int, int, int]:
+    return (grey, grey, grey) if colour else grey
+
+
+def _glyph_band(font: Any, sample: str) -> tuple[int, int]:
+    """Top and bottom (pixels below the drawing origin) of SAMPLE's glyphs: what text is centred on."""
+    _, top, _, bottom = font.getbbox(sample)
+    return top, bottom
 
 
 def _caption_lines(caption: str, width_px: int) -> list[str]:
     if not caption:
         return []
-    probe = _new_figure(width_px, 100)
-    return _wrap(probe, caption, _CAPTION_PT, width_px - 2 * _MARGIN)
+    font = _font(_CAPTION_PX)
+    return _wrap_to(font.getlength, _printable(caption, font), width_px - 2 * _MARGIN)
 
 
 def _chunks(images: np.ndarray, ncols: int) -> list[np.ndarray]:
     return [images[i:i + ncols] for i in range(0, len(images), ncols)]
+
+
+def _render(layout: _GridLayout, rows: list[np.ndarray], scale: int, caption: list[str],
+            labels: Sequence[str] = ()) -> PILImage.Image:
+    """ROWS of images ([k, H, W] or [k, H, W, 3] bytes, k <= ncols) on a white page: pixel-exact,
+    each in a 1-pixel grey frame, CAPTION lines centred on top, LABELS right-aligned left of the rows."""
+    from PIL import Image, ImageDraw
+
+    _check_size(layout.width, layout.height)
+    colour = rows[0].ndim == 4
+    page = np.full((layout.height, layout.width) + ((3,) if colour else ()), _BACKGROUND, dtype=np.uint8)
+    for top, images in zip(layout.row_tops, rows):
+        y = layout.grid_y + top
+        big = images.repeat(scale, axis=1).repeat(scale, axis=2)
+        for column, image in enumerate(big):
+            x = layout.grid_x + column * (layout.cell_w + _GAP)
+            # a 1-pixel frame just outside the image (in the gap), so bright images do not melt into the page
+            page[y - 1:y + layout.cell_h + 1, x - 1:x + layout.cell_w + 1] = _FRAME
+            page[y:y + layout.cell_h, x:x + layout.cell_w] = image
+    picture = Image.fromarray(page)
+    draw = ImageDraw.Draw(picture)
+    if caption:
+        font = _font(_CAPTION_PX)
+        top, bottom = _glyph_band(font, "Hg")  # capitals and descenders centred in each line
+        for i, line in enumerate(caption):
+            y = _MARGIN + i * _CAPTION_LINE + (_CAPTION_LINE - top - bottom) / 2
+            draw.text(((layout.width - font.getlength(line)) / 2, round(y)), line, font=font,
+                      fill=_ink(_CAPTION_INK, colour))
+    if labels:
+        font = _font(_LABEL_PX)
+        top, bottom = _glyph_band(font, "x")  # lower-case letters centred on their row
+        right = layout.grid_x - _LABEL_PAD
+        for row_top, label in zip(layout.row_tops, labels):
+            label = _printable(label, font)
+            y = layout.grid_y + row_top + layout.cell_h / 2 - (top + bottom) / 2
+            draw.text((right - font.getlength(label), round(y)), label, font=font, fill=_ink(_LABEL_INK, colour))
+    return picture
+
+
+def _save(picture: PILImage.Image, path: str | os.PathLike[str]) -> None:
+    _write_atomically(path, lambda handle: picture.save(handle, format="PNG", compress_level=_PNG_COMPRESSION))
 
 
 def reconstruction_figure(originals: ArrayLike, reconstructions: ArrayLike, image_shape: Sequence[int],
@@ -326,21 +439,12 @@ def reconstruction_figure(originals: ArrayLike, reconstructions: ArrayLike, imag
         raise ValueError(f"originals and reconstructions differ in number: {len(x)} vs {len(x_hat)}")
     ncols = min(_check_ncols(ncols), len(x))
     _, height, width = _check_shape(image_shape)
-    scale = _scale(height, width)
-    labels = ("original", "reconstruction")
-    with _style():
-        lines = _caption_lines(caption, _layout(len(x), height, width, ncols, 0, True).width)
-        layout = _layout(len(x), height, width, ncols, len(lines), True)
-        blocks = list(zip(_chunks(x, ncols), _chunks(x_hat, ncols)))
-        figure = _new_figure(layout.width, layout.height)
-        _draw_grid(figure, layout, [row for block in blocks for row in block], scale)
-        for top, label in zip(layout.row_tops, labels * len(blocks)):
-            y = _MARGIN + layout.grid_h - top - layout.cell_h / 2  # pixels from the bottom
-            figure.text((layout.grid_x - _LABEL_PAD) / layout.width, y / layout.height, label,
-                        ha="right", va="center", fontsize=_LABEL_PT, color="0.15",
-                        style="normal" if label == "original" else "italic")
-        _draw_caption(figure, layout, lines)
-        _write_png(figure, path)
+    lines = _caption_lines(caption, _layout(len(x), height, width, ncols, 0, True).width)
+    layout = _layout(len(x), height, width, ncols, len(lines), True)
+    blocks = list(zip(_chunks(x, ncols), _chunks(x_hat, ncols)))
+    picture = _render(layout, [row for block in blocks for row in block], _scale(height, width), lines,
+                      ("original", "reconstruction") * len(blocks))
+    _save(picture, path)
 
 
 def sample_grid(images: ArrayLike, image_shape: Sequence[int], path: str | os.PathLike[str],
@@ -349,15 +453,9 @@ def sample_grid(images: ArrayLike, image_shape: Sequence[int], path: str | os.Pa
     x = _images(images, image_shape, "images")
     ncols = min(_check_ncols(ncols), len(x))
     _, height, width = _check_shape(image_shape)
-    scale = _scale(height, width)
-    with _style():
-        lines = _caption_lines(caption, _layout(len(x), height, width, ncols, 0, False).width)
-        layout = _layout(len(x), height, width, ncols, len(lines), False)
-        rows = _chunks(x, ncols)
-        figure = _new_figure(layout.width, layout.height)
-        _draw_grid(figure, layout, rows, scale)
-        _draw_caption(figure, layout, lines)
-        _write_png(figure, path)
+    lines = _caption_lines(caption, _layout(len(x), height, width, ncols, 0, False).width)
+    layout = _layout(len(x), height, width, ncols, len(lines), False)
+    _save(_render(layout, _chunks(x, ncols), _scale(height, width), lines), path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -480,6 +578,10 @@ def training_curves(records: Iterable[Mapping[str, Any]], path: str | os.PathLik
     final value are shaded as KL warm-up; a varying learning rate gets its own (log-scale) column.
     When a record is repeated for an epoch, the last one counts. Returns the number of epochs plotted.
     """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
     records = _by_epoch(records)
     epochs = _series(records, "epoch")
     seconds = sum(np.where(np.isfinite(t) & (t > 0), t, 0.0)
@@ -596,6 +698,8 @@ def _label_order(label: Any) -> tuple[int, float, str]:
 
 
 def _colours(k: int) -> list[Any]:
+    import matplotlib
+
     if k <= 10:
         return [matplotlib.colormaps["tab10"](i) for i in range(k)]
     if k <= 20:
@@ -611,6 +715,8 @@ def scatter(groups: Mapping[Any, ArrayLike], path: str | os.PathLike[str], title
     same tab10 colours). All groups are drawn in one shuffled layer (fixed private seed), so no group
     hides another just because it came later. Marker size and opacity shrink as points multiply.
     """
+    from matplotlib.lines import Line2D
+
     if not isinstance(groups, Mapping) or not groups:
         raise ValueError("groups must be a non-empty dict: label -> [n, 2] points")
     labels = sorted(groups, key=_label_order)

@@ -143,6 +143,75 @@ def test_scatter_size_and_stable_colours(tmp_path):
     assert figures._label_order(2) < figures._label_order("10") < figures._label_order("data")
 
 
+def test_grid_pixels_are_exact_grey_or_rgb_in_grey_frames(tmp_path):
+    x = blobs(10)
+    figures.sample_grid(x, MNIST, tmp_path / "grey.png")
+    with Image.open(tmp_path / "grey.png") as image:
+        assert image.mode == "L"
+        page = np.asarray(image)
+    # no caption: the first digit sits at (12, 12), magnified 3x without smoothing, in a light grey frame
+    digit = np.rint(x[0].reshape(28, 28).numpy() * 255).astype(np.uint8).repeat(3, 0).repeat(3, 1)
+    assert np.array_equal(page[12:96, 12:96], digit)
+    assert (page[11, 11:97] == 199).all() and (page[96, 11:97] == 199).all() and (page[11:97, 11] == 199).all()
+    assert (page[:11] == 255).all() and (page[:, :11] == 255).all() and (page[-11:] == 255).all()
+    rgb = blobs(2, (3, 32, 32))
+    figures.reconstruction_figure(rgb, rgb.flip(0), (3, 32, 32), tmp_path / "rgb.png")
+    with Image.open(tmp_path / "rgb.png") as image:
+        assert image.mode == "RGB"
+        page = np.asarray(image)
+    grid_x = 12 + 130 + (400 - 24 - 130 - 2 * 96 - 6) // 2  # the grid is centred on the minimum width
+    expected = np.rint(rgb[1].reshape(3, 32, 32).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    assert np.array_equal(page[12 + 96 + 4:12 + 96 + 4 + 96, grid_x:grid_x + 96], expected.repeat(3, 0).repeat(3, 1))
+
+
+def test_caption_and_labels_stay_in_their_bands(tmp_path):
+    caption = "runs/mnist-bernoulli-latent16 · epoch 200 · test ELBO −101.9 nats · IWAE-5000 −96.3 nats"
+    figures.reconstruction_figure(blobs(3), blobs(3, seed=1), MNIST, tmp_path / "r.png", caption=caption)
+    with Image.open(tmp_path / "r.png") as image:
+        page = np.asarray(image.convert("L"))
+    height, width = page.shape
+    lines = figures._caption_lines(caption, width)
+    assert len(lines) >= 2 and "−" not in "".join(lines)  # wrapped; the font has no minus sign: '-' instead
+    font = figures._font(figures._CAPTION_PX)
+    assert all(font.getlength(line) <= width - 24 for line in lines)
+    assert (width, height) == figures.grid_figure_size(3, MNIST, caption_lines=len(lines), reconstructions=True)
+    band = 12 + 21 * len(lines)  # the caption's lines, then 12 px of white above the images' frames
+    ink = page < 128
+    assert ink[12:band].any() and not ink[:12].any() and not ink[band:band + 11].any()
+    assert not ink[:, :12].any() and not ink[:, -12:].any()  # nothing in the side margins
+    grid_x = 12 + 130 + (width - 24 - 130 - 3 * 84 - 2 * 6) // 2
+    labels = ink[band + 12:, :grid_x - 1]  # the label column, left of the first frame
+    assert labels[:, -9:].sum() == 0  # 10 px between a label and the images
+    # each label is centred on its row of images: 84 px tall, 4 px apart
+    rows = np.flatnonzero(labels.any(axis=1))
+    original, reconstruction = rows[rows < 84], rows[rows >= 88]
+    assert abs((original.min() + original.max()) / 2 - 42) <= 4
+    assert abs((reconstruction.min() + reconstruction.max()) / 2 - (88 + 42)) <= 4
+
+
+def test_characters_the_font_lacks_get_stand_ins():
+    font = figures._font(figures._CAPTION_PX)
+    assert figures._printable("ELBO −101.9 · β = 1 – KL(q‖p) · 10² · é · ✓", font) == \
+        "ELBO -101.9 · beta = 1 - KL(q||p) · 10^2 · e · ?"
+
+
+def test_grids_do_not_import_matplotlib():
+    """The figures a training run writes at its end must not pay for importing matplotlib."""
+    code = """
+import sys, tempfile, os
+import pyrovae.figures as figures
+assert "matplotlib" not in sys.modules, "import pyrovae.figures imported matplotlib"
+with tempfile.TemporaryDirectory() as d:
+    figures.sample_grid([[0.5] * 784] * 3, (1, 28, 28), os.path.join(d, "s.png"), caption="samples −1")
+    figures.reconstruction_figure([[0.5] * 784] * 3, [[0.2] * 784] * 3, (1, 28, 28), os.path.join(d, "r.png"),
+                                  caption="reconstructions")
+    assert sorted(os.listdir(d)) == ["r.png", "s.png"]
+assert "matplotlib" not in sys.modules, sorted(m for m in sys.modules if m.startswith("matplotlib"))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # atomic writes
 
@@ -168,13 +237,18 @@ def test_failure_while_writing_removes_temporary_and_keeps_old_file(tmp_path, mo
     path = tmp_path / "samples.png"
     path.write_bytes(b"old picture")
 
-    def broken_savefig(self, handle, **kwargs):
+    def broken_save(self, handle, *args, **kwargs):
         handle.write(PNG_SIGNATURE + b"half a picture")
         raise OSError("disk full")
 
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", broken_savefig)
+    monkeypatch.setattr(Image.Image, "save", broken_save)  # the grids are written by Pillow
     with pytest.raises(OSError, match="disk full"):
         figures.sample_grid(blobs(4), MNIST, path)
+    with pytest.raises(OSError, match="disk full"):
+        figures.reconstruction_figure(blobs(4), blobs(4), MNIST, path)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", broken_save)  # the plots by matplotlib
+    with pytest.raises(OSError, match="disk full"):
+        figures.scatter({"a": np.zeros((3, 2))}, path)
     assert path.read_bytes() == b"old picture"
     only(tmp_path, "samples.png")
     monkeypatch.undo()
