@@ -6,11 +6,11 @@ import time
 
 import click
 from pyrovae.cli.evaluate import ais_options
-from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, emit, say
+from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, NO_RECORD, THREADS, emit, record, say
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dir", type=click.Path())
 @click.option("--n", default=100, show_default=True, type=click.IntRange(min=1),
               help="Points (z, x) to simulate from the model.")
 @ais_options
@@ -21,8 +21,11 @@ from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, emit, say
 @DEVICE
 @DATA_DIR
 @MOVED_DATASET
+@NO_RECORD
+@THREADS
 def bdmc(run_dir: str, n: int, steps: int, chains: int, leapfrog: int, is_k: int, proposal: str,
-         batch_size: int | None, seed: int, device: str, data_dir: str | None, dataset: str | None) -> None:
+         batch_size: int | None, seed: int, device: str, data_dir: str | None, dataset: str | None,
+         no_record: bool) -> None:
     """Forward AIS (a lower bound) and reverse AIS from the exact posterior sample (an upper bound)
     of log p(x) on N points simulated from RUN_DIR's model: their gap says how many --steps an
     evaluation needs. Also the IS estimate and ELBO of the same points."""
@@ -44,4 +47,7 @@ def bdmc(run_dir: str, n: int, steps: int, chains: int, leapfrog: int, is_k: int
     summary = result.summary()
     say(f"BDMC on {n} simulated points, T = {steps}: {summary['forward_lower_bound']:.3f} <= log p(x) <= "
         f"{summary['reverse_upper_bound']:.3f} (gap {summary['gap']:.3f} ± {summary['gap_se']:.3f} nats)")
-    emit({**summary, "run_dir": run_dir, "epoch": run.epoch, "seconds": round(time.perf_counter() - started, 3)})
+    out = {**summary, "run_dir": run_dir, "epoch": run.epoch, "seconds": round(time.perf_counter() - started, 3)}
+    record(run_dir, "bdmc", {"n": n, "steps": steps, "chains": chains, "leapfrog": leapfrog, "is_k": is_k,
+                             "proposal": proposal, "seed": seed, "epoch": run.epoch}, out, no_record)
+    emit(out)

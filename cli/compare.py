@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, RESUME, emit, partial_path, say
+from pyrovae.cli.options import (DATA_DIR, DEVICE, MOVED_DATASET, NO_RECORD, RESUME, THREADS, emit, partial_path,
+                                 record, say)
 
 from pyrovae.evaluation.ais import CHAINS, LEAPFROG
 from pyrovae.evaluation.ais import STEPS as AIS_STEPS
@@ -22,7 +23,7 @@ def _positive(name: str, value: int | float) -> None:
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dir", type=click.Path())
 @click.option("--limit", default=DEFAULTS["--limit"], show_default=True,
               help="Evaluate the first LIMIT points of the split.")
 @click.option("--k", default=DEFAULTS["--k"], show_default=True, help="Importance samples per point for log p(x).")
@@ -48,9 +49,11 @@ def _positive(name: str, value: int | float) -> None:
 @DATA_DIR
 @MOVED_DATASET
 @RESUME
+@NO_RECORD
+@THREADS
 def compare(run_dir: str, limit: int, k: int, steps: int, lr: float, refine_steps: int, eval_samples: int,
             split: str | None, batch_size: int, log_px: str, ais_steps: int, chains: int, leapfrog: int, seed: int,
-            device: str, data_dir: str | None, dataset: str | None, resume: bool) -> None:
+            device: str, data_dir: str | None, dataset: str | None, resume: bool, no_record: bool) -> None:
     """Amortization gap L[q*] - L[q] and approximation gap log p(x) - L[q*] of RUN_DIR.
 
     Ctrl-C keeps the finished batches of points; --resume continues from them."""
@@ -86,5 +89,9 @@ def compare(run_dir: str, limit: int, k: int, steps: int, lr: float, refine_step
                                   log_px=log_px, ais_steps=ais_steps, chains=chains, leapfrog=leapfrog)
         say(format_table(table, f"{name} points of {run_dir}"))
         result[name] = table
+    record(run_dir, "compare", {"limit": limit, "k": k, "steps": steps, "lr": lr, "refine_steps": refine_steps,
+                                "eval_samples": eval_samples, "split": split, "batch_size": batch_size, "log_px": log_px,
+                                "ais_steps": ais_steps, "chains": chains, "leapfrog": leapfrog, "seed": seed,
+                                "epoch": run.epoch}, result, no_record)
     emit(result)
 

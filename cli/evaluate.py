@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import click
-from pyrovae.cli.options import (DATA_DIR, DEVICE, MOVED_DATASET, RESUME, emit, output_file, partial_path,
-                                 progress_bar, say)
+from pyrovae.cli.options import (DATA_DIR, DEVICE, MOVED_DATASET, NO_RECORD, RESUME, THREADS, emit, output_file,
+                                 partial_path, progress_bar, record, say)
 
 from pyrovae.errors import UsageError
 from pyrovae.evaluation.ais import CHAINS, IS_K, LEAPFROG, PAIRS, STEPS
@@ -31,7 +31,7 @@ def ais_options(command):
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dir", type=click.Path())
 @click.option("--method", type=click.Choice(["is", "ais"]), default="is", show_default=True,
               help="is: importance sampling from the proposal; ais: annealed importance sampling from it "
                    "to the posterior (Wu et al. 2017), for when k-hat says IS is not reliable.")
@@ -54,13 +54,15 @@ def ais_options(command):
 @DEVICE
 @DATA_DIR
 @MOVED_DATASET
-@click.option("--per-point", default=None, type=click.Path(dir_okay=False),
+@click.option("--per-point", default=None, type=click.Path(),
               help="Write per-datapoint values to this .csv or .npz file.")
 @RESUME
+@NO_RECORD
+@THREADS
 def evaluate(run_dir: str, method: str, k: int, split: str, limit: int | None, proposal: str | None, steps: int,
              chains: int, leapfrog: int, is_k: int, batch_size: int | None, chunk_size: int, compile_: bool | None,
              seed: int, device: str, data_dir: str | None, dataset: str | None, per_point: str | None,
-             resume: bool) -> None:
+             resume: bool, no_record: bool) -> None:
     """log p(x) of RUN_DIR's model, with its SE and diagnostics.
 
     IS: log (1/K) sum_k p(x, z_k) / q(z_k | x) with the IWAE bounds, ESS and PSIS k-hat. AIS: C
@@ -120,7 +122,10 @@ def evaluate(run_dir: str, method: str, k: int, split: str, limit: int | None, p
         say(f"pyrovae: warning: {summary['warning']}")
     if per_point_path is not None:
         write_per_point(result, per_point_path)
-    emit({**summary, **extra, "proposal": proposal, "split": split, "run_dir": run_dir, "epoch": run.epoch,
-          "seed": seed, "per_point": str(per_point_path) if per_point_path else None,
-          "seconds": round(time.perf_counter() - started, 3)})
+    out = {**summary, **extra, "proposal": proposal, "split": split, "run_dir": run_dir, "epoch": run.epoch,
+           "seed": seed, "per_point": str(per_point_path) if per_point_path else None,
+           "seconds": round(time.perf_counter() - started, 3)}
+    record(run_dir, "evaluate", {**options, "batch_size": batch_size, "chunk_size": chunk_size, "is_k": is_k}, out,
+           no_record)
+    emit(out)
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import click
-from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, emit, output_file
+from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, THREADS, emit, output_file
 
 from pyrovae.config import PRESETS, RESUMABLE
 from pyrovae.errors import UsageError, cli_audience
@@ -101,18 +101,22 @@ def output_png(path: str) -> Path:
 
 @cli.command()
 @click.option("--dataset", default="mnist-sample", show_default=True,
-              help="mnist, mnist-sample (ships with pyrovae), toy2d, or a .npz/.npy path.")
+              help="mnist (60,000 digits, from --data-dir), mnist-sample (5,000 digits that ship with pyrovae), "
+                   "toy2d (a 2-D mixture of 8 Gaussians), or a .npz (arrays train, test) / .npy file.")
 @DATA_DIR
-@click.option("--test-fraction", default=0.1, show_default=True, help="Held-out share of an .npy file.")
-@click.option("--likelihood", type=click.Choice(list(LIKELIHOODS)), default="bernoulli", show_default=True)
-@click.option("--sigma", default="1.0", show_default=True,
-              help="Normal likelihood: a fixed sigma (0.7071 gives MSE), 'learned' or 'learned-pixel'.")
+@click.option("--test-fraction", default=0.1, show_default=True,
+              help="Share of the rows of an .npy file held out as the test split.")
+@click.option("--likelihood", type=click.Choice(list(LIKELIHOODS)), default="bernoulli", show_default=True,
+              help="p(x | z): bernoulli for binary images (pixels in [0, 1]), normal for real-valued data.")
+@click.option("--sigma", default="1.0",
+              help="--likelihood normal only: a fixed sigma (0.7071 makes -log p(x|z) the squared error), "
+                   "'learned' (one scalar) or 'learned-pixel' (one per dimension) [default: 1.0].")
 @click.option("--binarize", type=click.Choice(["dynamic", "static", "none"]), default=None,
               help="Bernoulli data: resample every epoch (default), fix once by the seed, or keep intensities.")
 @click.option("--model", type=click.Choice(list(MODELS)), default="vae", show_default=True,
               help="vae: z -> x; two-layer: z2 -> z1 -> x (Burda et al. 2016).")
 @click.option("--latent-dim", default=50, show_default=True,
-              help="Units of the latent z (the top layer z2 of --model two-layer).")
+              help="Dimensions of the latent z (of the top layer z2 for --model two-layer).")
 @click.option("--hidden", default="400", show_default=True, callback=_hidden,
               help="Comma list of hidden widths between x and the first latent layer (encoder and decoder); "
                    "'' for linear.")
@@ -141,31 +145,46 @@ def output_png(path: str) -> Path:
                    "(Robbins-Monro, Hoffman et al. 2013); 0 keeps it constant.")
 @click.option("--elbo", type=click.Choice(list(OBJECTIVES)), default="trace", show_default=True,
               help="Trace_ELBO, TraceMeanField_ELBO (analytic KL), or the IWAE bound.")
-@click.option("--particles", default=1, show_default=True, help="Particles per datapoint (K for iwae).")
+@click.option("--particles", default=1, show_default=True,
+              help="Samples of z per datapoint in each step (the K of --elbo iwae).")
 @click.option("--noise", type=click.Choice(["global", "per-row"]), default="global", show_default=True,
               help="Where training draws its reparameterization noise: torch's generator, or seeded per (epoch, "
                    "step, row of the batch), so that a run gives the same numbers in any number of processes "
                    "(what torchrun runs use).")
 @click.option("--jit/--no-jit", default=None,
               help="Pyro's JIT ELBOs: the compiled loss [default: on for trace and meanfield, off for iwae].")
-@click.option("--beta", default=1.0, show_default=True, help="KL coefficient; 1 is the ELBO.")
-@click.option("--kl-warmup", default=0, show_default=True, help="Ramp beta linearly over this many epochs.")
-@click.option("--epochs", default=10, show_default=True, help="Epochs in total (also with --resume).")
-@click.option("--batch-size", default=128, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True)
-@click.option("--lr-decay", default=1.0, show_default=True, help="Multiply the learning rate by this every epoch.")
-@click.option("--minutes", default=0.0, show_default=True, help="Stop after the epoch that passes this budget.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--beta", default=1.0, show_default=True,
+              help="Coefficient of the KL term: loss = -(reconstruction - beta KL); 1 is the true ELBO.")
+@click.option("--kl-warmup", default=0, show_default=True,
+              help="Ramp beta linearly from 0 over this many epochs (0: no warm-up).")
+@click.option("--epochs", default=10, show_default=True, help="Epochs in total (with --resume: the new total).")
+@click.option("--batch-size", default=128, show_default=True,
+              help="Datapoints per SVI step (the global batch of a torchrun run, shared by its processes).")
+@click.option("--lr", default=1e-3, show_default=True, help="Adam's learning rate for the model and the encoder.")
+@click.option("--lr-decay", default=1.0, show_default=True,
+              help="Multiply the learning rate by this after every epoch (1: constant).")
+@click.option("--minutes", default=0.0, show_default=True,
+              help="Stop after the epoch that passes this many minutes of wall time (0: no limit).")
+@click.option("--seed", default=0, show_default=True, help="Seeds the weights, the data order and every draw.")
 @DEVICE
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
               help="A named recipe; options given on the command line override it.")
-@click.option("--out", "run_dir", default="runs/latest", show_default=True, help="RUN_DIR to write.")
+@click.option("--out", "run_dir", default="runs/latest", show_default=True, type=click.Path(),
+              help="RUN_DIR to write: config.json, checkpoint.pt, metrics.jsonl, curves.png, samples.png, "
+                   "reconstructions.png.")
 @click.option("--resume", is_flag=True,
               help=f"Continue the run in --out from its checkpoint, with its own options; only "
                    f"{', '.join('--' + name.replace('_', '-') for name in RESUMABLE)} may differ (and --dataset "
                    f"when the data file has moved). Any other option given must match the run's.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar (the epoch lines and the JSON stay).")
+@click.option("--tensorboard", is_flag=True,
+              help="Also write TensorBoard event files to RUN_DIR/tensorboard (scalars every epoch, image grids at "
+                   "the end); needs pip install 'pyrovae[tensorboard]'.")
+@click.option("--curves-every", default=30.0, show_default=True,
+              help="Redraw RUN_DIR/curves.png after an epoch once this many seconds have passed since the last "
+                   "drawing (a drawing takes about a second); 0: after every epoch. Always drawn at the end.")
+@THREADS
 @click.pass_context
 def fit(ctx: click.Context, run_dir: str, resume: bool, overwrite: bool, quiet: bool, preset: str | None,
         **options) -> None:
@@ -187,53 +206,63 @@ def fit(ctx: click.Context, run_dir: str, resume: bool, overwrite: bool, quiet: 
 
 
 @cli.command()
-@click.argument("run_dir")
-@click.option("--n", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--mean", is_flag=True, help="Decoder means instead of draws.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--out", required=True, help="PNG file to write.")
+@click.argument("run_dir", type=click.Path())
+@click.option("--n", default=64, show_default=True, type=click.IntRange(min=1), help="Images to draw.")
+@click.option("--show", type=click.Choice(["means", "draws"]), default="means", show_default=True,
+              help="means: E[x | z], the images a decoder paints (as samples.png); draws: x ~ p(x | z), which for "
+                   "a Bernoulli likelihood is salt-and-pepper binary pixels.")
+@click.option("--seed", default=0, show_default=True, help="Seeds z (and the draws).")
+@click.option("--out", required=True, type=click.Path(), help="PNG file to write.")
 @DEVICE
 @DATA_DIR
 @MOVED_DATASET
-def sample(run_dir: str, n: int, mean: bool, seed: int, out: str, device: str, data_dir: str | None,
+def sample(run_dir: str, n: int, show: str, seed: int, out: str, device: str, data_dir: str | None,
            dataset: str | None) -> None:
-    """Draw x from the model's prior predictive: z ~ N(0, I), x ~ p(x | z)."""
-    from pyrovae.plots import prior_samples, save_grid
+    """Images from the model's prior: z ~ p(z), then E[x | z] (or x ~ p(x | z) with --show draws)."""
+    from pyrovae.figures import sample_grid
+    from pyrovae.plots import prior_samples
     from pyrovae.programs import rows_of
     path = output_png(out)
     run = _image_run(run_dir, device, data_dir, dataset)
     template = rows_of(run.data.test, [i % len(run.data.test[0]) for i in range(n)])
-    images = prior_samples(run.vae, template, mean=mean, seed=seed)
-    save_grid(images, run.data.dataset.image_shape, path)
-    emit({"out": str(path), "n": n, "mean": mean, "run_dir": run_dir})
+    images = prior_samples(run.vae, template, mean=show == "means", seed=seed)
+    what = "decoder means E[x | z]" if show == "means" else "draws x ~ p(x | z)"
+    sample_grid(images.cpu(), run.data.dataset.image_shape, path,
+                caption=f"{Path(run_dir).name} · epoch {run.epoch} · prior samples, {what} · seed {seed}")
+    emit({"out": str(path), "n": n, "shows": what, "run_dir": run_dir})
 
 
 @cli.command()
-@click.argument("run_dir")
-@click.option("--n", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option("--out", required=True, help="PNG file to write.")
+@click.argument("run_dir", type=click.Path())
+@click.option("--n", default=16, show_default=True, type=click.IntRange(min=1), help="Images to reconstruct.")
+@click.option("--out", required=True, type=click.Path(), help="PNG file to write.")
 @DEVICE
 @DATA_DIR
 @MOVED_DATASET
 def reconstruct(run_dir: str, n: int, out: str, device: str, data_dir: str | None, dataset: str | None) -> None:
-    """Test images next to their reconstructions E[x | z = loc(x)]."""
+    """Test images (training images for a guide without an encoder) above their reconstructions
+    E[x | z] at the guide's mean of z."""
     import torch
 
-    from pyrovae.plots import reconstruction_pairs, save_grid
+    from pyrovae.figures import reconstruction_figure
+    from pyrovae.plots import reconstructions
     from pyrovae.programs import rows_of
     path = output_png(out)
     run = _image_run(run_dir, device, data_dir, dataset)
     amortized = run.vae.can("amortized")
     batch = rows_of(run.data.test if amortized else run.data.train, slice(0, n))
     index = None if amortized else torch.arange(len(batch[0]), device=batch[0].device)
-    save_grid(reconstruction_pairs(run.vae, batch, index), run.data.dataset.image_shape, path)
+    split = "test" if amortized else "training"
+    reconstruction_figure(batch[0].cpu(), reconstructions(run.vae, batch, index).cpu(), run.data.dataset.image_shape,
+                          path, caption=f"{Path(run_dir).name} · epoch {run.epoch} · {split} images and "
+                                        f"reconstructions E[x | z = mean of q(z | x)]")
     emit({"out": str(path), "n": len(batch[0]), "split": "test" if amortized else "train", "run_dir": run_dir})
 
 
 @cli.command("latent-map")
-@click.argument("run_dir")
-@click.option("--n", default=2000, show_default=True, type=click.IntRange(min=2))
-@click.option("--out", required=True, help="PNG file to write.")
+@click.argument("run_dir", type=click.Path())
+@click.option("--n", default=2000, show_default=True, type=click.IntRange(min=2), help="Test points to map.")
+@click.option("--out", required=True, type=click.Path(), help="PNG file to write.")
 @DEVICE
 @DATA_DIR
 @MOVED_DATASET
@@ -262,10 +291,12 @@ def _image_run(run_dir: str, device: str, data_dir: str | None, dataset: str | N
 from pyrovae.cli.bdmc import bdmc  # noqa: E402
 from pyrovae.cli.compare import compare  # noqa: E402
 from pyrovae.cli.evaluate import evaluate  # noqa: E402
+from pyrovae.cli.show import show  # noqa: E402
 
 cli.add_command(evaluate)
 cli.add_command(compare)
 cli.add_command(bdmc)
+cli.add_command(show)
 
 
 def main() -> None:

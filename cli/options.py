@@ -9,13 +9,36 @@ import click
 
 from pyrovae.errors import UsageError
 
-DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-DATA_DIR = click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+DEVICE = click.option("--device", default="auto", show_default=True,
+                      help="auto (CUDA when present), cpu, cuda or cuda:N.")
+DATA_DIR = click.option("--data-dir", default=None, type=click.Path(),
                         help="Folder holding MNIST/raw (else $PYROVAE_DATA_DIR); for a run, where MNIST is now.")
-MOVED_DATASET = click.option("--dataset", "dataset", default=None, type=click.Path(dir_okay=False),
+MOVED_DATASET = click.option("--dataset", "dataset", default=None, type=click.Path(),
                              help="Where the run's .npz/.npy data file is now, if it moved since `pyrovae fit`.")
+def _threads(ctx, param, value: int | None) -> int | None:
+    if value is not None:
+        if value < 1:
+            raise click.BadParameter(f"must be at least 1, got {value}", ctx, param)
+        import torch
+        torch.set_num_threads(value)   # process-wide: the CLI's to set, never the library's
+    return value
+
+
+THREADS = click.option("--threads", type=int, default=None, callback=_threads, expose_value=False, is_eager=True,
+                       help="Threads torch computes with [default: torch's choice, one per core]. Two heavy jobs "
+                            "on one machine run faster with --threads 1 each than fighting over all cores.")
+NO_RECORD = click.option("--no-record", is_flag=True,
+                         help="Do not append this result to RUN_DIR/evaluations.jsonl.")
 RESUME = click.option("--resume", is_flag=True,
                       help="Continue an interrupted evaluation with the same options from the points it saved.")
+
+
+def record(run_dir: str, command: str, options: dict, summary: dict, skip: bool) -> None:
+    """One line in RUN_DIR/evaluations.jsonl (rank 0's, unless --no-record)."""
+    from pyrovae.runs import record_evaluation
+    from pyrovae.training.distributed import current
+    if not skip and current().is_main:
+        record_evaluation(Path(run_dir), command, options, summary)
 
 
 def partial_path(run_dir: str, command: str, options: dict) -> Path:

@@ -33,7 +33,7 @@ PRESETS: dict[str, dict] = {
 }
 CUSTOM = "custom"       # model / guide / likelihood of a run trained on the caller's own programs
 # what may differ from a run's own options when it is resumed: how long, where, and where the data lives
-RESUMABLE = ("epochs", "minutes", "device", "data_dir")
+RESUMABLE = ("epochs", "minutes", "device", "data_dir", "tensorboard", "curves_every")
 NOISE = ("global", "per-row")   # where training draws its reparameterization noise
 MAX_SIZE = 100_000      # widths, latent dims and particles beyond this are typos, not models that fit in memory
 
@@ -91,7 +91,9 @@ class FitConfig:
     minutes: float = 0.0                # stop after the epoch that passes this budget (0: no budget)
     seed: int = 0
     device: str = "auto"
-    eval_train_points: int = 10_000     # train ELBO each epoch on this many training points
+    eval_train_points: int = 2_000      # train ELBO each epoch on this many training points
+    tensorboard: bool = False           # event files in RUN_DIR/tensorboard (pip install 'pyrovae[tensorboard]')
+    curves_every: float = 30.0          # redraw curves.png after an epoch once this many seconds have passed
 
     def __post_init__(self) -> None:
         self.hidden, self.z1_hidden = tuple(self.hidden), tuple(self.z1_hidden)
@@ -140,6 +142,8 @@ class FitConfig:
              f"{option('beta')} must be a number > 0 (Pyro cannot scale a site by 0), got {self.beta}")
         need(self.kl_warmup >= 0, f"{option('kl-warmup')} must be >= 0 epochs, got {self.kl_warmup}")
         need(0 < self.test_fraction < 1, f"{option('test-fraction')} must lie in (0, 1), got {self.test_fraction}")
+        need(math.isfinite(self.curves_every) and self.curves_every >= 0,
+             f"{option('curves-every')} must be >= 0 seconds (0: every epoch), got {self.curves_every}")
         need(self.eval_train_points >= 1, f"eval_train_points must be at least 1, got {self.eval_train_points}")
         need(not self.jit or OBJECTIVES[self.elbo].jit is not None,
              f"{option('jit', True)} is not available for {option('elbo', self.elbo)} (Pyro has no JIT version of it); drop {option('jit', True)}")

@@ -93,10 +93,10 @@ def write_run_images(vae: VAE, data, run_dir: Path, n: int = 64, caption: str = 
     elif data.dataset.data_dim == 2:
         template = rows_of(test, slice(0, 2000))
         save_scatter({"data": template[0], "samples": prior_samples(vae, template)}, run_dir / SAMPLES_PNG,
-                     "prior samples", "x1", "x2")
+                     f"prior samples{caption}", "x1", "x2")
         if vae.can("amortized"):
             save_scatter({"data": template[0], "reconstruction": reconstructions(vae, template)},
-                         run_dir / RECONSTRUCTIONS_PNG, "test reconstructions", "x1", "x2")
+                         run_dir / RECONSTRUCTIONS_PNG, f"test reconstructions{caption}", "x1", "x2")
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ FORMAT_VERSION = 2   # 2: the model and guide are nn.Modules of their own (pyrov
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+EVALUATIONS = "evaluations.jsonl"
 LOCK = ".lock"
 
 
@@ -62,6 +63,15 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one line; the whole file is rewritten atomically so a crash never leaves half a line."""
     write_jsonl(path, read_jsonl(path) + [record])
+
+
+def record_evaluation(run_dir: Path, command: str, options: dict, summary: dict) -> dict:
+    """Append what an evaluation measured, and how, to RUN_DIR/evaluations.jsonl (atomically)."""
+    import datetime
+    record = {"command": command, "options": options, "summary": summary, "versions": versions(),
+              "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    append_jsonl(Path(run_dir) / EVALUATIONS, json.loads(json.dumps(record, default=str)))
+    return record
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -156,3 +166,27 @@ def resolve_device(device: str) -> torch.device:
                              "use --device cuda or auto")
         return torch.device(device)
     raise UsageError(f"unknown --device {device!r}; use auto, cpu, cuda or cuda:N")
+
+
+def describe_run(run_dir: Path) -> dict:
+    """What a run directory records: its config, a summary of its training, and every recorded
+    evaluation; a :class:`UsageError` when the folder is not a pyrovae run."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"{str(run_dir)!r} is not a folder; pass the --out folder of `pyrovae fit`")
+    saved = read_config(run_dir)
+    if not isinstance(saved, dict) or "config" not in saved:
+        raise UsageError(f"{str(run_dir / CONFIG)!r} is not a pyrovae config; pass the --out folder of `pyrovae fit`")
+    metrics = read_jsonl(run_dir / METRICS)
+    training: dict[str, Any] = {"epochs": len(metrics)}
+    if metrics:
+        last = metrics[-1]
+        seconds = sum(m.get("train_seconds", 0) + m.get("eval_seconds", 0) for m in metrics)
+        training.update({key: last.get(key) for key in ("train_elbo", "test_elbo", "test_reconstruction", "test_kl")})
+        training["minutes"] = round(seconds / 60, 2)
+        tested = [m for m in metrics if m.get("test_elbo") is not None]
+        if tested:
+            best = max(tested, key=lambda m: m["test_elbo"])
+            training["best_test_elbo"], training["best_epoch"] = best["test_elbo"], best["epoch"]
+    return {"run_dir": str(run_dir), "config": saved["config"], "versions": saved.get("versions"),
+            "training": training, "evaluations": read_jsonl(run_dir / EVALUATIONS)}

@@ -86,7 +86,7 @@ def test_fit_on_an_npz_file(tiny_npz, tmp_path):
     assert one_json(result)["epochs"] == 3
 
 
-@pytest.mark.parametrize("command,extra", [("sample", ["--n", 8, "--seed", 1]), ("sample", ["--mean"]),
+@pytest.mark.parametrize("command,extra", [("sample", ["--n", 8, "--seed", 1]), ("sample", ["--show", "draws"]),
                                            ("reconstruct", ["--n", 4]), ("latent-map", ["--n", 50])])
 def test_image_commands(image_run, tmp_path, command, extra):
     run_dir, fitted = image_run

@@ -17,6 +17,10 @@ from .loop import Callback, Trainer
 from .step import LossModule, svi_step
 
 
+CURVES_PNG = "curves.png"
+TENSORBOARD_DIR = "tensorboard"
+
+
 class KLWarmup(Callback):
     """β of epoch e (from 0) = beta · min(1, (e + 1) / warmup): a linear ramp (Bowman et al. 2016)."""
 
@@ -177,12 +181,98 @@ class TimeBudget(Callback):
             trainer.stop(f"time budget of {self.minutes} minutes used after epoch {trainer.epoch + 1}")
 
 
-class RunImages(Callback):
-    """samples.png and reconstructions.png in RUN_DIR when training ends."""
+def caption(run_dir: Path, description: str, record: dict | None) -> str:
+    """' · RUN · epoch E · DESCRIPTION · test ELBO X nats': what a picture of the run shows."""
+    parts = [run_dir.name]
+    if record:
+        parts.append(f"epoch {record['epoch']}")
+    parts.append(description)
+    if record and record.get("test_elbo") is not None:
+        parts.append(f"test ELBO {record['test_elbo']:.1f} nats")
+    elif record and record.get("train_elbo") is not None:
+        parts.append(f"train ELBO {record['train_elbo']:.1f} nats")
+    return " · " + " · ".join(parts)
 
-    def __init__(self, run_dir: Path, data, caption: Callable[[], str] | None = None):
-        self.run_dir, self.data, self.caption = run_dir, data, caption
+
+class RunImages(Callback):
+    """samples.png and reconstructions.png in RUN_DIR when training ends, captioned with the run,
+    its last epoch, ``description`` (model and likelihood) and its ELBO."""
+
+    def __init__(self, run_dir: Path, data, description: str = ""):
+        self.run_dir, self.data, self.description = run_dir, data, description
+        self.last: dict | None = None
+
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+        self.last = record
 
     def on_fit_end(self, trainer: Trainer) -> None:
         from ..plots import write_run_images
-        write_run_images(trainer.vae, self.data, self.run_dir)
+        last = self.last or (runs.read_jsonl(self.run_dir / runs.METRICS) or [None])[-1]
+        write_run_images(trainer.vae, self.data, self.run_dir, caption=caption(self.run_dir, self.description, last))
+
+
+class Curves(Callback):
+    """curves.png in RUN_DIR (ELBO, reconstruction and KL against epochs and minutes, the KL
+    warm-up and learning rate marked): redrawn after an epoch once ``every`` seconds have passed
+    since the last drawing (0: every epoch; a drawing costs about a second), and when training ends."""
+
+    def __init__(self, run_dir: Path, description: str = "", every: float = 30.0):
+        self.run_dir, self.description, self.every = run_dir, description, every
+        self.drawn_at: float | None = None
+
+    def draw(self) -> int:
+        from ..figures import training_curves
+        records = runs.read_jsonl(self.run_dir / runs.METRICS)
+        self.drawn_at = time.perf_counter()
+        if not records:
+            return 0
+        return training_curves(records, self.run_dir / CURVES_PNG, caption=caption(self.run_dir, self.description,
+                                                                                   records[-1]).lstrip(" ·"))
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.drawn_at = time.perf_counter()
+
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+        if time.perf_counter() - self.drawn_at >= self.every:
+            self.draw()
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.draw()
+
+
+class TensorBoard(Callback):
+    """TensorBoard event files in RUN_DIR/tensorboard (torch.utils.tensorboard): every number of
+    an epoch's record as a scalar (train/elbo, test/kl, ...), and the sample and reconstruction
+    grids when training ends."""
+
+    def __init__(self, run_dir: Path, data):
+        from torch.utils.tensorboard import SummaryWriter   # an optional extra: pyrovae[tensorboard]
+        self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
+        self.data = data
+
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+        step = record["epoch"]
+        for key, value in record.items():
+            if key == "epoch" or not isinstance(value, (int, float)) or value is None:
+                continue
+            split, _, name = key.partition("_")
+            tag = f"{split}/{name}" if split in ("train", "test") and name else f"run/{key}"
+            self.writer.add_scalar(tag, value, step)
+        self.writer.flush()
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        from ..plots import prior_samples, reconstructions
+        shape = self.data.dataset.image_shape
+        if shape is not None:
+            vae, test = trainer.vae, self.data.test
+            batch = rows_of(test if vae.can("amortized") else self.data.train, slice(0, 16))
+            index = None if vae.can("amortized") else torch.arange(num_rows(batch), device=batch[0].device)
+            step = trainer.epoch + 1
+            self.writer.add_images("samples", prior_samples(vae, rows_of(test, slice(0, 64)), mean=True)
+                                   .reshape(-1, *shape).clamp(0, 1).cpu(), step)
+            pairs = torch.cat([batch[0], reconstructions(vae, batch, index)]).reshape(-1, *shape).clamp(0, 1).cpu()
+            self.writer.add_images("reconstructions", pairs, step)
+        self.writer.close()
+
+    def on_interrupt(self, trainer: Trainer) -> None:
+        self.writer.close()

@@ -26,8 +26,8 @@ from ..errors import UsageError, option, speaking_cli
 from ..objectives import make_objective
 from ..programs import as_batch, num_rows, rows_of
 from ..vae import VAE
-from .callbacks import (Callback, Checkpoint, DynamicBinarization, KLWarmup, LocalSteps, LRDecay, Metrics, RunImages,
-                        TimeBudget, set_rng_state)
+from .callbacks import (Callback, Checkpoint, Curves, DynamicBinarization, KLWarmup, LocalSteps, LRDecay, Metrics,
+                        RunImages, TensorBoard, TimeBudget, set_rng_state)
 from . import distributed
 from .loop import NonFiniteLoss, Trainer, TrainingInterrupted
 from .optim import make_optimizer
@@ -68,6 +68,8 @@ def fit(config: FitConfig, run_dir: str | Path, resume: bool = False, overwrite:
     the trainer's own; ``on_epoch(record)`` sees each epoch's metrics.
     """
     context = distributed.current()
+    if config.tensorboard:
+        check_tensorboard()
     typed = config.typed_paths()
     config = _for_processes(config.with_absolute_paths(), context, vae).validate()
     run_dir = Path(run_dir)
@@ -190,7 +192,10 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
     if on_epoch is not None and context.is_main:
         callbacks.append(_OnEpoch(on_epoch))
     if context.is_main:
-        callbacks.append(RunImages(run_dir, data))
+        description = _description(config, vae)
+        callbacks += [RunImages(run_dir, data, description), Curves(run_dir, description, config.curves_every)]
+        if config.tensorboard:
+            callbacks.append(TensorBoard(run_dir, data))
     trainer = Trainer(vae, loss, optimizer, data.train, config.batch_size, config.epochs, generator, callbacks,
                       progress, beta_as_tensor=config.jit, context=context)
     start = (0, 0, (0.0, 0))
@@ -231,6 +236,22 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
         result.update(_test_elbo_by_local_fit(vae, data, config.seed))
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result
+
+
+def _description(config: FitConfig, vae: VAE) -> str:
+    """'vae, amortized guide, bernoulli': what a run's pictures are of."""
+    if config.model == CUSTOM:
+        return f"{type(vae.model).__name__}, {type(vae.guide).__name__}"
+    return f"{config.model}, {config.guide} guide, {config.likelihood}"
+
+
+def check_tensorboard() -> None:
+    """Refuse --tensorboard, before any work, where the optional extra is missing."""
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise UsageError(f"{option('tensorboard', True)} needs the tensorboard package; install it with "
+                         "pip install 'pyrovae[tensorboard]' (or drop the option)") from None
 
 
 class _OnEpoch(Callback):
