@@ -50,7 +50,7 @@ def test_distributed_training_equals_one_process_and_resumes(tmp_path, data):
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("{") == 1 and json.loads(first.stdout)["processes"] == 2   # rank 0 prints
     assert sorted(p.name for p in split.iterdir() if not p.name.startswith(".")) == \
-        ["checkpoint.pt", "config.json", "metrics.jsonl"]
+        ["checkpoint.pt", "config.json", "curves.png", "metrics.jsonl"]
     saved = json.loads((split / "config.json").read_text())["config"]
     assert saved["noise"] == "per-row" and saved["jit"] is False
     resumed = run([*TORCHRUN, "fit", "--out", split, "--resume", "--epochs", 2, "--quiet"])

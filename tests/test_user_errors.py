@@ -133,7 +133,8 @@ def test_resume_refuses_options_that_differ_and_names_them(run):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["epochs"] == 3
     help_text = invoke("fit", "--help").output
-    assert "--epochs, --minutes, --device, --data-dir may differ" in " ".join(help_text.split())
+    assert "--epochs, --minutes, --device, --data-dir, --tensorboard, --curves-every may differ" in \
+        " ".join(help_text.split())
 
 
 # ---------------------------------------------------------------------------- 4. interrupted evaluations

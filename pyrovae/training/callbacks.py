@@ -64,12 +64,13 @@ class LocalSteps(Callback):
     def __init__(self, vae: VAE, objective, steps: int, num_data: int, tol: float = 0.0):
         self.vae, self.steps, self.tol, self.num_data = vae, steps, tol, num_data
         self.loss = LossModule(vae, objective, num_data)
-        self.taken = 0
+        self.taken = self.batches = 0
 
     def on_epoch_start(self, trainer: Trainer) -> None:
-        self.taken = 0
+        self.taken = self.batches = 0
 
     def before_step(self, trainer: Trainer, index: torch.Tensor, batch: Batch) -> None:
+        self.batches += 1
         window, previous = [], None
         with frozen(self.vae.model):
             for _ in range(self.steps):
@@ -82,7 +83,7 @@ class LocalSteps(Callback):
                     window, previous = [], mean
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
-        record["local_steps_per_batch"] = round(self.taken / max(1, -(-trainer.num_data // trainer.batch_size)), 3)
+        record["local_steps_per_batch"] = round(self.taken / max(1, self.batches), 3)
 
 
 @torch.no_grad()
