@@ -87,7 +87,7 @@ class LocalSteps(Callback):
 
 
 @torch.no_grad()
-def evaluate_elbo(vae: VAE, data: Batch, batch_size: int = 1000, indexed: bool = False) -> dict[str, float]:
+def evaluate_elbo(vae: VAE, data: Batch, batch_size: int = 5000, indexed: bool = False) -> dict[str, float]:
     """Mean per-datapoint ELBO (β = 1) of ``data`` and its two terms, in nats. ``indexed``: the
     rows are the guide's own rows 0..n-1 (a per-datapoint guide on training points)."""
     model, guide = vae.bound()

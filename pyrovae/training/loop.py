@@ -70,7 +70,7 @@ class Trainer:
         self.epoch_data: tuple[torch.Tensor, ...] = self.train
         self.epoch_rng = generator.get_state()
         self.loss_sum, self.seen = 0.0, 0
-        self.train_seconds = 0.0
+        self.train_seconds = self.fit_end_seconds = 0.0
         self.stop_reason: str | None = None
         self.validated = False
         self._agreed_signal: int | None = None
@@ -93,8 +93,10 @@ class Trainer:
                 self._epoch(epoch, start_step if resumed else 0, partial if resumed else (0.0, 0), flag)
                 if self.stop_reason:
                     break
-        for cb in self.callbacks:
+        started = time.perf_counter()
+        for cb in self.callbacks:   # pictures, curves, ...
             cb.on_fit_end(self)
+        self.fit_end_seconds = time.perf_counter() - started
 
     def _epoch(self, epoch: int, start_step: int, partial: tuple[float, int], flag: StopFlag) -> None:
         self.epoch, self.epoch_data = epoch, self.train
