@@ -395,7 +395,7 @@ def estimate_log_likelihood_ais(vae: VAE, data, steps: int = STEPS, chains: int 
     guide, proposal_name, encodes = proposal_guide(vae, proposal, n)
     unsupported: set[str] = set()
     total = n * steps
-    report = _progress(progress, total, "AIS")
+    report = _progress(progress, total, "AIS", unit="point-step")
     done_before = [0]
 
     def evaluate(rows: range) -> dict[str, np.ndarray]:
@@ -492,7 +492,7 @@ def bdmc(vae: VAE, template, steps: int = STEPS, chains: int = CHAINS, leapfrog:
     latents = {name: site["value"] for name, site in sample_sites(simulated) if name != observed}
     data = (simulated.nodes[observed]["value"].detach(), *template[1:])
     guide, proposal_name, _ = proposal_guide(vae, proposal, n)
-    report = _progress(progress, 2 * n * steps, "BDMC")
+    report = _progress(progress, 2 * n * steps, "BDMC", unit="point-step")
     done = [0]
 
     def evaluate(rows: range) -> dict[str, np.ndarray]:

@@ -330,13 +330,14 @@ class _progress:
     """``progress``: True for a bar on stderr (closed, also on an error, by ``close``), or a
     callable(done, total)."""
 
-    def __init__(self, progress: bool | Callable[[int, int], None], total: int, desc: str = "log p(x)"):
+    def __init__(self, progress: bool | Callable[[int, int], None], total: int, desc: str = "log p(x)",
+                 unit: str = "pt"):
         from ..training.distributed import current
         self.callback = progress if callable(progress) else None
         self.total, self.bar = total, None
         if progress is True and current().is_main:   # one bar for a distributed run: rank 0's
             from tqdm import tqdm
-            self.bar = tqdm(total=total, unit="pt", desc=desc, leave=False)
+            self.bar = tqdm(total=total, unit=unit, desc=desc, leave=False, unit_scale=unit != "pt")
 
     def __call__(self, done: int) -> None:
         if self.callback:
