@@ -208,8 +208,10 @@ def test_sigint_to_a_real_evaluate_process_keeps_the_finished_points(run):
     while not re.search(rb"\| [1-9][0-9]*/150 ", bytes(seen)) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)   # wait until the progress bar counts finished points
     proc.send_signal(signal.SIGINT)
-    stdout, _ = proc.communicate(timeout=120)
+    # the pump thread alone reads stderr (communicate() would race it for the last lines)
+    proc.wait(timeout=120)
     reader.join(timeout=10)
+    stdout = proc.stdout.read()
     stderr = seen.decode(errors="replace")
     if proc.returncode == 0:
         pytest.skip("the evaluation finished before the signal arrived")
