@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+ROOT = Path(__file__).resolve().parent.parent   # the project root
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -78,12 +79,20 @@ def write_results(name: str, results: dict, table: str, folder: str | Path | Non
     info = results["machine"]
     header = (f"Machine: {info['cpu']}, {info['cpu_count']} CPUs, torch {info['torch']} "
               f"({info['torch_threads']} threads), pyro {info['pyro']}, Python {info['python']}, "
-              f"{info['platform']}.\n\n")
+              f"{info['platform']}; load average {info.get('load_average_1min')} at the start.\n"
+              f"Command: `{command_line()}`\n\n")
     for path, text in ((folder / f"{name}.json", json.dumps(results, indent=2) + "\n"),
                        (folder / f"{name}.md", header + table + "\n")):
         with atomic_path(path) as tmp:
             tmp.write_text(text)
     print(json.dumps(results), flush=True)
+
+
+def command_line() -> str:
+    """How this benchmark was started, as a user would type it from the project root."""
+    script = Path(sys.argv[0])
+    shown = script.relative_to(ROOT) if script.is_absolute() and ROOT in script.parents else script
+    return " ".join(["python", str(shown), *sys.argv[1:]])
 
 
 def mnist(root: str, train_limit: int | None = None):
