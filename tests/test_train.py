@@ -203,6 +203,20 @@ def test_binarization(tiny_npz, tmp_path, monkeypatch, mode):
         assert diff < 4 * 0.5 / math.sqrt(2 * first.numel())
 
 
+def test_dynamic_binarization_draws_what_torch_bernoulli_draws():
+    """u < p from the trainer's generator: the draws of torch.bernoulli on CPU, only faster, so runs
+    trained before the change resume bit-identically. If torch changes its Bernoulli sampler this
+    fails; then only that resume promise for old runs is affected."""
+    from types import SimpleNamespace
+
+    from pyrovae.training.callbacks import DynamicBinarization
+
+    x = torch.rand(300, 50, generator=torch.Generator().manual_seed(0))
+    trainer = SimpleNamespace(train=(x,), generator=torch.Generator().manual_seed(5))
+    DynamicBinarization().on_epoch_start(trainer)
+    assert torch.equal(trainer.epoch_data[0], torch.bernoulli(x, generator=torch.Generator().manual_seed(5)))
+
+
 def test_test_set_is_binarized_once_by_the_seed(tiny_npz):
     cpu = torch.device("cpu")
     a = prepare_data(config(tiny_npz, seed=1, binarize="dynamic"), cpu).test[0]
