@@ -76,7 +76,9 @@ def save_scatter(points: dict[str, torch.Tensor], path: Path, title: str = "", x
 
 
 def write_run_images(vae: VAE, data, run_dir: Path, n: int = 64, caption: str = "") -> None:
-    """samples.png and reconstructions.png in RUN_DIR (grids for images, scatter plots otherwise)."""
+    """samples.png and reconstructions.png in RUN_DIR (grids for images, scatter plots otherwise),
+    each titled with what it shows, then ``caption`` (the run's description)."""
+    caption = f" · {caption}" if caption else ""
     shape = data.dataset.image_shape
     test, train = data.test, data.train
     # a guide without an encoder has parameters for training rows only

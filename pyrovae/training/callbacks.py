@@ -187,7 +187,7 @@ class TimeBudget(Callback):
 
 
 def caption(run_dir: Path, description: str, record: dict | None) -> str:
-    """' · RUN · epoch E · DESCRIPTION · test ELBO X nats': what a picture of the run shows."""
+    """'RUN · epoch E · DESCRIPTION · test ELBO X nats': what a picture of the run shows."""
     parts = [run_dir.name]
     if record:
         parts.append(f"epoch {record['epoch']}")
@@ -196,7 +196,7 @@ def caption(run_dir: Path, description: str, record: dict | None) -> str:
         parts.append(f"test ELBO {record['test_elbo']:.1f} nats")
     elif record and record.get("train_elbo") is not None:
         parts.append(f"train ELBO {record['train_elbo']:.1f} nats")
-    return " · " + " · ".join(parts)
+    return " · ".join(parts)
 
 
 class RunImages(Callback):
@@ -231,8 +231,8 @@ class Curves(Callback):
         self.drawn_at = time.perf_counter()
         if not records:
             return 0
-        return training_curves(records, self.run_dir / CURVES_PNG, caption=caption(self.run_dir, self.description,
-                                                                                   records[-1]).lstrip(" ·"))
+        return training_curves(records, self.run_dir / CURVES_PNG,
+                               caption=caption(self.run_dir, self.description, records[-1]))
 
     def on_fit_start(self, trainer: Trainer) -> None:
         self.drawn_at = time.perf_counter()
@@ -258,7 +258,7 @@ class TensorBoard(Callback):
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         step = record["epoch"]
         for key, value in record.items():
-            if key == "epoch" or not isinstance(value, (int, float)) or value is None:
+            if key == "epoch" or not isinstance(value, (int, float)):
                 continue
             split, _, name = key.partition("_")
             tag = f"{split}/{name}" if split in ("train", "test") and name else f"run/{key}"
