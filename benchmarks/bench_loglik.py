@@ -22,11 +22,14 @@ Burda et al. (2016), Table 1, MNIST, after 3,280 epochs, K=5000:
 One recipe writes loglik_<recipe>.{json,md,png}; ``--compare-recipes a,b`` trains and evaluates
 each recipe in turn with the same --minutes and writes loglik_<a>_vs_<b>.{json,md,png}: the
 two-layer model's test log p(x) next to the one-layer model's at equal training time.
+``--ais-steps T`` also estimates log p(x) of the same test points by AIS (``pyrovae evaluate
+--method ais``), reported beside the IS value with their paired difference.
 
     python benchmarks/bench_loglik.py --data-dir ../shared/data --recipe mnist-elbo --minutes 60
     python benchmarks/bench_loglik.py --data-dir ../shared/data --compare-recipes mnist-elbo,mnist-two-layer \\
         --minutes 60 [--threads 1]
     options: [--epochs 3280] [--particles K] [--k 5000] [--limit N] [--train-limit N] [--threads N]
+             [--ais-steps T [--ais-chains C] [--ais-leapfrog L]]
              [--run-dir DIR | --runs DIR] [--evaluate-only] [--results DIR]
 
 Smoke run: ``--recipe mnist-two-layer --minutes 0.05 --epochs 1 --train-limit 1000 --limit 20 --k 50
@@ -46,6 +49,8 @@ from common import data_dir, log, machine, mnist, results_dir, write_results  # 
 
 from pyrovae import heap, runs  # noqa: E402
 from pyrovae.config import PRESETS, FitConfig  # noqa: E402
+from pyrovae.evaluation import diagnostics  # noqa: E402
+from pyrovae.evaluation.ais import estimate_log_likelihood_ais  # noqa: E402
 from pyrovae.evaluation.importance import estimate_log_likelihood  # noqa: E402
 from pyrovae.training import fit, load_run  # noqa: E402
 
@@ -105,11 +110,23 @@ def train_and_evaluate(recipe_name: str, args, root: str, run_dir: Path, dataset
     started = time.perf_counter()
     result = estimate_log_likelihood(run.vae, run.data.test[0][:args.limit], k=args.k, seed=0, progress=True)
     summary = result.summary()
+    eval_minutes = (time.perf_counter() - started) / 60
     train_minutes = sum(m["train_seconds"] + m.get("eval_seconds", 0.0) for m in metrics) / 60
+    ais = None
+    if args.ais_steps:
+        log(f"{recipe_name}: AIS on the same points, T={args.ais_steps}, C={args.ais_chains}, L={args.ais_leapfrog} ...")
+        started = time.perf_counter()
+        annealed = estimate_log_likelihood_ais(run.vae, run.data.test[0][:args.limit], steps=args.ais_steps,
+                                               chains=args.ais_chains, leapfrog=args.ais_leapfrog, seed=0,
+                                               progress=True, is_k=0)
+        ais = annealed.summary()
+        # paired over the same points: the SE of the difference is far below either estimate's SE
+        ais["minus_is"], ais["minus_is_se"] = diagnostics.mean_and_se(annealed.log_px - result.log_px)
+        ais["minutes"] = (time.perf_counter() - started) / 60
     return {
         "recipe": recipe_name, "config": run.config.to_dict(), "run_dir": str(run_dir), "epochs": len(metrics),
         "train_minutes": train_minutes, "fit_minutes": fit_minutes,
-        "eval_minutes": (time.perf_counter() - started) / 60,
+        "eval_minutes": eval_minutes, "ais": ais,
         "test_log_likelihood": summary["log_likelihood"], "test_log_likelihood_se": summary["log_likelihood_se"],
         "test_elbo": summary["elbo"], "iwae_bounds": summary["iwae_bounds"], "k": summary["k"], "n": summary["n"],
         "khat_frac_gt_0_7": summary["khat_frac_gt_0_7"], "khat_frac_gt_0_5": summary["khat_frac_gt_0_5"],
@@ -143,6 +160,17 @@ def markdown(rows: list[dict], minutes: float) -> str:
               f"| two (784-200-200-100-100-100-50) | {BURDA['two', 'VAE']:.2f} | {BURDA['two', 'IWAE k=50']:.2f} |", "",
               "Train minutes: training and per-epoch evaluation (metrics.jsonl). The estimate is a stochastic lower "
               "bound of log p(x); with many points at k-hat > 0.7 it is likely an underestimate."]
+    annealed = [r for r in rows if r["ais"]]
+    if annealed:
+        lines += ["", "AIS on the same test points (forward, from the encoder's q; sigmoid schedule, HMC):", "",
+                  "| recipe | T | chains | leapfrog | AIS log p(x) | SE | AIS − IS (paired) | acceptance | minutes |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in annealed:
+            a = r["ais"]
+            lines.append(f"| `{r['recipe']}` | {a['steps']} | {a['chains']} | {a['leapfrog']} "
+                         f"| {a['log_likelihood']:.2f} | {a['log_likelihood_se']:.2f} "
+                         f"| {a['minus_is']:+.2f} ± {a['minus_is_se']:.2f} | {a['accept_rate_mean']:.2f} "
+                         f"| {a['minutes']:.1f} |")
     warnings = [f"`{r['recipe']}`: {r['warning']}" for r in rows if r["warning"]]
     if warnings:
         lines += ["", *warnings]
@@ -160,6 +188,10 @@ def main() -> None:
     parser.add_argument("--particles", type=int, default=None, help="Override the recipe's K.")
     parser.add_argument("--k", type=int, default=5000, help="Importance samples for log p(x).")
     parser.add_argument("--limit", type=int, default=None, help="Evaluate only the first LIMIT test points.")
+    parser.add_argument("--ais-steps", type=int, default=0,
+                        help="Also estimate log p(x) of the same points by AIS with this many steps (0: no AIS).")
+    parser.add_argument("--ais-chains", type=int, default=16)
+    parser.add_argument("--ais-leapfrog", type=int, default=5)
     parser.add_argument("--train-limit", type=int, default=None, help="Train on the first N training points (smoke runs).")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
     parser.add_argument("--run-dir", default=None, help="One recipe: its run folder (default: <runs>/<recipe>).")

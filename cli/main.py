@@ -90,6 +90,11 @@ def cli() -> None:
     """pyrovae: a VAE written as a Pyro program; amortized vs mean-field VI; honest log p(x)."""
 
 
+def _registry_help(registry: dict) -> str:
+    """'name: what it is; ...' from each registered family's ``cli_help``."""
+    return "; ".join(f"{name}: {getattr(family, 'cli_help', name)}" for name, family in registry.items()) + "."
+
+
 def _hidden(ctx, param, value: str):
     from pyrovae.config import parse_hidden
     return parse_hidden(value)
@@ -114,7 +119,7 @@ def output_png(path: str) -> Path:
 @click.option("--binarize", type=click.Choice(["dynamic", "static", "none"]), default=None,
               help="Bernoulli data: resample every epoch (default), fix once by the seed, or keep intensities.")
 @click.option("--model", type=click.Choice(list(MODELS)), default="vae", show_default=True,
-              help="vae: z -> x; two-layer: z2 -> z1 -> x (Burda et al. 2016).")
+              help=_registry_help(MODELS))
 @click.option("--latent-dim", default=50, show_default=True,
               help="Dimensions of the latent z (of the top layer z2 for --model two-layer).")
 @click.option("--hidden", default="400", show_default=True, callback=_hidden,
@@ -124,9 +129,7 @@ def output_png(path: str) -> Path:
 @click.option("--z1-hidden", default="100,100", show_default=True, callback=_hidden,
               help="--model two-layer: hidden widths between z1 and z2.")
 @click.option("--guide", type=click.Choice(list(GUIDES)), default="amortized", show_default=True,
-              help="amortized: an encoder; meanfield: free Gaussians per training point; flow: inverse "
-                   "autoregressive flows on the encoder's Gaussian; semi-amortized: the encoder's Gaussian refined "
-                   "by --refine-steps SVI steps (Kim et al. 2018).")
+              help=_registry_help(GUIDES))
 @click.option("--flows", default=2, show_default=True, help="--guide flow: IAF steps per latent layer.")
 @click.option("--refine-steps", default=5, show_default=True,
               help="--guide semi-amortized: gradient steps on each datapoint's q, in training and evaluation.")

@@ -4,6 +4,7 @@
 - ``meanfield``: every training point owns a free diagonal Gaussian (Hoffman et al. 2013).
 - ``flow``:      inverse autoregressive flows on the encoder's Gaussian (Kingma et al. 2016).
 - ``semi-amortized``: the encoder's Gaussian refined by a few SVI steps (Kim et al. 2018).
+- ``full-covariance``: an encoder gives a Gaussian with a Cholesky factor per point.
 
 A guide class has ``from_config(config, model, num_data)`` and declares what it can do as
 attributes (see :data:`pyrovae.programs.CAPABILITIES`); a guide that has its own family of
@@ -15,10 +16,12 @@ from torch import nn
 
 from .amortized import AmortizedGuide
 from .flow import FlowGuide, PerPointFlowGuide
+from .full_covariance import FullCovarianceGuide
 from .meanfield import MeanFieldGuide
 from .semi_amortized import SemiAmortizedGuide
 
 GUIDES: dict[str, type[nn.Module]] = {"amortized": AmortizedGuide, "meanfield": MeanFieldGuide, "flow": FlowGuide,
-                                      "semi-amortized": SemiAmortizedGuide}
+                                      "semi-amortized": SemiAmortizedGuide, "full-covariance": FullCovarianceGuide}
 
-__all__ = ["GUIDES", "AmortizedGuide", "MeanFieldGuide", "FlowGuide", "PerPointFlowGuide", "SemiAmortizedGuide"]
+__all__ = ["GUIDES", "AmortizedGuide", "MeanFieldGuide", "FlowGuide", "PerPointFlowGuide", "SemiAmortizedGuide",
+           "FullCovarianceGuide"]

@@ -22,6 +22,7 @@ MIN_SCALE = 1e-4
 class AmortizedGuide(nn.Module):
     """q_φ(z | x), one diagonal Gaussian per latent layer, its parameters from an encoder."""
 
+    cli_help = "an encoder gives a diagonal Gaussian"
     amortized = True
     per_datapoint = False
 

@@ -47,6 +47,7 @@ def _flow_steps(dim: int, context: int, hidden: int, flows: int) -> nn.ModuleLis
 class FlowGuide(nn.Module):
     """q_φ(z | x): K conditional IAF steps on a diagonal Gaussian, per latent layer."""
 
+    cli_help = "--flows inverse autoregressive flows on the encoder's Gaussian"
     amortized = True
     per_datapoint = False
 

@@ -31,6 +31,7 @@ class MeanFieldGuide(nn.Module):
     ``index`` is None and x has as many rows as the tables).
     """
 
+    cli_help = "free diagonal Gaussians per training point, no encoder"
     amortized = False
     per_datapoint = True
     mean_field = True

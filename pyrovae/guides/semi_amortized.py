@@ -32,6 +32,7 @@ CLIP = 5.0               # the largest gradient norm per row a refinement step f
 class SemiAmortizedGuide(nn.Module):
     """The encoder's diagonal Gaussians, refined by ``steps`` gradient steps of size ``lr``."""
 
+    cli_help = "the encoder's Gaussian refined by --refine-steps SVI steps (Kim et al. 2018)"
     amortized = True
     per_datapoint = False
     mean_field = True

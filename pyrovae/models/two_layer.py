@@ -28,6 +28,7 @@ MIN_SCALE = 1e-4
 class TwoLayerModel(nn.Module):
     """p(z2) p(z1 | z2) p(x | z1); ``decoder`` is z1 -> x, ``prior_net`` is z2 -> (μ, σ) of z1."""
 
+    cli_help = "z2 -> z1 -> x (Burda et al. 2016)"
     mean_field = False   # p(z1 | z2)
 
     def __init__(self, latent_dim: int, data_dim: int, hidden: Sequence[int] = (200, 200),

@@ -26,6 +26,7 @@ from .nets import mlp
 class VAEModel(nn.Module):
     """p(z) p_θ(x | z) with one latent site ``z``; ``decoder`` is f_θ and ``likelihood`` its head."""
 
+    cli_help = "z -> x"
     mean_field = True   # p(z) depends on no other latent site
 
     def __init__(self, latent_dim: int, data_dim: int, hidden: Sequence[int] = (400,),
