@@ -79,6 +79,42 @@ def test_meanfield_step_changes_only_minibatch_rows():
     assert not torch.equal(vae.model.decoder[0].weight, decoder_before)   # the decoder is dense Adam
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_local_steps_move_only_the_batch_rows_and_never_the_model(jit):
+    """A local step differentiates the joint loss (JIT-compiled or not) with respect to the
+    batch's rows only: the model's parameters and their Adam state stay byte-identical, other
+    rows never move, the batch's rows do."""
+    from pyrovae.training.callbacks import LocalSteps
+    from pyrovae.training.step import LossModule, svi_step
+    torch.manual_seed(0)
+    vae = build_vae(FitConfig(guide="meanfield", latent_dim=3, hidden=(8,)), data_dim=10, num_train=20)
+    optimizer = make_optimizer(vae, lr=0.01)
+    loss = LossModule(vae, make_objective("meanfield", jit=jit), 20, register=jit)
+    x = torch.rand(20, 10).bernoulli()
+    beta = torch.tensor(1.0) if jit else 1.0
+    svi_step(loss, optimizer, torch.tensor([2, 4, 6]), beta, x[[2, 4, 6]])   # a joint step: the model has Adam state
+    model_before = {name: p.detach().clone() for name, p in vae.model.named_parameters()}
+    state_before = {name: {k: v.clone() for k, v in optimizer.state[p].items()} for name, p in vae.model.named_parameters()}
+    rows_before = {name: p.detach().clone() for name, p in vae.guide.named_parameters()}
+
+    class Trainer:   # what LocalSteps reads
+        pass
+
+    Trainer.beta, Trainer.step_beta, Trainer.optimizer = 1.0, beta, optimizer
+    index = torch.tensor([0, 3, 7])
+    callback = LocalSteps(vae, loss, steps=3, num_data=20)
+    callback.before_step(Trainer, index, (x[index],))
+    assert callback.taken == 3
+    for name, param in vae.model.named_parameters():
+        assert torch.equal(param.detach(), model_before[name]), name
+        for key, value in optimizer.state[param].items():
+            assert torch.equal(value, state_before[name][key]), (name, key)
+    others = torch.tensor([i for i in range(20) if i not in index.tolist()])
+    for name, param in vae.guide.named_parameters():
+        assert torch.equal(param.detach()[others], rows_before[name][others]), name
+        assert (param.detach()[index] != rows_before[name][index]).all(), name
+
+
 def test_meanfield_training_improves_and_checkpoints(tmp_path):
     config = FitConfig(dataset="mnist-sample", guide="meanfield", epochs=3, hidden=(32,), latent_dim=4,
                        batch_size=250, lr=3e-3, eval_train_points=1000, seed=0)
@@ -221,12 +257,14 @@ def test_local_steps_to_a_tolerance_reach_the_closed_form_q_star():
     decoder frozen: each row's q_i reaches the optimal diagonal Gaussian of the linear model."""
     from pyrovae.guides import MeanFieldGuide
     from pyrovae.training.callbacks import LocalSteps
+    from pyrovae.training.step import LossModule
     torch.manual_seed(0)
     base = linear_gaussian_vae()
     x = torch.randn(60, D)
     vae = VAE(base.model, MeanFieldGuide({"z": LATENT}, len(x), sparse=True))
     optimizer = make_optimizer(vae, lr=1e-3, local_lr=0.05)
-    callback = LocalSteps(vae, make_objective("meanfield", 20), steps=2000, num_data=len(x), tol=1e-4)
+    callback = LocalSteps(vae, LossModule(vae, make_objective("meanfield", 20), len(x)), steps=2000, num_data=len(x),
+                          tol=1e-4)
 
     class Trainer:   # what LocalSteps reads
         beta = 1.0

@@ -24,7 +24,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, Union
 
+import pyro
 import torch
+from pyro.infer.util import is_validation_enabled
 from torch import nn
 
 from .. import interrupts
@@ -180,14 +182,17 @@ def _fit_batch(vae: VAE, local: nn.Module, batch: tuple[torch.Tensor, ...], obje
         group["target_lr"] = group["lr"]
     model, guide = vae.bound()[0], bind(local)
     index = torch.arange(num_rows(batch), device=batch[0].device)
+    validate = is_validation_enabled()
     step = 0
     for step in range(1, max_steps + 1):
         interrupts.check()   # under an evaluation's StopFlag, a signal drops this batch at once
         if step <= warmup:
             for group in optimizer.param_groups:
                 group["lr"] = group["target_lr"] * step / warmup
-        # sum over rows of -ELBO_i: row i's gradient depends on x_i alone
-        loss = objective.differentiable_loss(model, guide, index, 1.0, *batch)
+        # sum over rows of -ELBO_i: row i's gradient depends on x_i alone. Pyro's validation (as
+        # the caller set it) checks supports and shapes on the first step; later it only costs time
+        with pyro.validation_enabled(validate and step == 1):
+            loss = objective.differentiable_loss(model, guide, index, 1.0, *batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -12,7 +12,7 @@ import torch
 from .. import runs
 from ..objectives.traces import elbo_terms
 from ..programs import Batch, num_rows, rows_of
-from ..vae import VAE, frozen
+from ..vae import VAE
 from .loop import Callback, Trainer
 from .step import LossModule, svi_step
 
@@ -58,16 +58,20 @@ class DynamicBinarization(Callback):
 
 class LocalSteps(Callback):
     """Classical SVI for per-datapoint guides (Hoffman et al. 2013): before each joint step, up to
-    ``steps`` steps on the batch's own rows of q with the model frozen (a row moves only when its
+    ``steps`` steps on the batch's own rows of q with the model fixed (a row moves only when its
     batch comes up). With ``tol`` > 0 they stop once the mean objective of the last ``WINDOW``
     steps beats the previous window's by less than ``tol`` nats per point (windows, since one
-    step's Monte Carlo estimate is too noisy to compare). ``taken`` counts the epoch's local steps."""
+    step's Monte Carlo estimate is too noisy to compare). ``taken`` counts the epoch's local steps.
+
+    A local step is the joint step's loss (``loss``, the trainer's own :class:`LossModule`, so a
+    JIT-compiled loss is reused) differentiated with respect to the rows' tables only:
+    ``backward(inputs=rows)`` leaves the model's parameters without a gradient, so the
+    optimizer does not move them and autograd skips the weight gradients."""
 
     WINDOW = 5
 
-    def __init__(self, vae: VAE, objective, steps: int, num_data: int, tol: float = 0.0):
-        self.vae, self.steps, self.tol, self.num_data = vae, steps, tol, num_data
-        self.loss = LossModule(vae, objective, num_data)
+    def __init__(self, vae: VAE, loss: LossModule, steps: int, num_data: int, tol: float = 0.0):
+        self.vae, self.loss, self.steps, self.tol, self.num_data = vae, loss, steps, tol, num_data
         self.taken = self.batches = 0
 
     def on_epoch_start(self, trainer: Trainer) -> None:
@@ -76,15 +80,23 @@ class LocalSteps(Callback):
     def before_step(self, trainer: Trainer, index: torch.Tensor, batch: Batch) -> None:
         self.batches += 1
         window, previous = [], None
-        with frozen(self.vae.model):
-            for _ in range(self.steps):
-                window.append(svi_step(self.loss, trainer.optimizer, index, trainer.beta, *batch) / self.num_data)
+        rows = self.vae.row_parameters()
+        beta = getattr(trainer, "step_beta", trainer.beta)   # the joint step's β (a tensor under the JIT)
+        key = getattr(self.loss, "noise_key", None)
+        try:
+            for k in range(self.steps):
+                if key is not None:   # seeded noise: each local step draws its own
+                    self.loss.noise_key = (*key[:3], k + 1)
+                window.append(svi_step(self.loss, trainer.optimizer, index, beta, *batch, inputs=rows) / self.num_data)
                 self.taken += 1
                 if self.tol and len(window) == self.WINDOW:
                     mean = sum(window) / len(window)
                     if previous is not None and previous - mean < self.tol:
                         break
                     window, previous = [], mean
+        finally:
+            if key is not None:
+                self.loss.noise_key = key
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         record["local_steps_per_batch"] = round(self.taken / max(1, self.batches), 3)

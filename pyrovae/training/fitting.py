@@ -173,8 +173,9 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
         vae = build_vae(config, data.dataset.data_dim, num_rows(data.train))
     vae = vae.to(device)
     optimizer = make_optimizer(vae, config.lr, config.local_lr, config.local_lr_decay)
-    loss = LossModule(vae, make_objective(config.elbo, config.particles, config.jit), num_rows(data.train),
-                      register=config.jit, noise_seed=config.seed if config.noise == "per-row" else None)
+    loss_module = LossModule(vae, make_objective(config.elbo, config.particles, config.jit), num_rows(data.train),
+                             register=config.jit, noise_seed=config.seed if config.noise == "per-row" else None)
+    loss = loss_module
     if context.active:   # gradients averaged over the processes, each with its share of every batch
         from torch.nn.parallel import DistributedDataParallel
         loss = DistributedDataParallel(loss, device_ids=[device.index] if device.type == "cuda" else None)
@@ -183,9 +184,8 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
     if config.binarize == "dynamic":
         callbacks.append(DynamicBinarization())
     if vae.can("per_datapoint") and config.local_steps:
-        # eager: the model is frozen, and the JIT would trace the frozen flags into its graph
-        callbacks.append(LocalSteps(vae, make_objective(config.elbo, config.particles), config.local_steps,
-                                    num_rows(data.train), config.local_tol))
+        # the joint step's loss (JIT-compiled where it is), without DDP: each process steps its own rows
+        callbacks.append(LocalSteps(vae, loss_module, config.local_steps, num_rows(data.train), config.local_tol))
     if context.is_main:   # only rank 0 writes the run directory
         callbacks += [Metrics(run_dir, data.test, config.eval_train_points), Checkpoint(run_dir)]
     callbacks += [TimeBudget(config.minutes), *extra]

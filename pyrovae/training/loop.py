@@ -106,6 +106,7 @@ class Trainer:
         n = self.num_data
         order = torch.randperm(n, generator=self.generator, device=self.device)
         beta = torch.tensor(self.beta, device=self.device) if self.beta_as_tensor else self.beta
+        self.step_beta = beta   # the β that callbacks which step pass on
         self.loss_sum, self.seen = partial
         batches = range(0, n, self.batch_size)
         started = time.perf_counter()

@@ -89,17 +89,17 @@ class RowSparseAdam(torch.optim.Optimizer):
         if rows.numel() == 0:
             return
         # gather the touched rows, update them as a small dense Adam, scatter them back
+        # (index_select / index_copy_: a third of the time of [rows] indexing, which parses its key)
         tail = (1,) * (param.dim() - 1)
-        value, exp_avg, exp_avg_sq = param[rows], state["exp_avg"][rows], state["exp_avg_sq"][rows]
-        step = state["step"][rows]
+        value, exp_avg, exp_avg_sq, step = (t.index_select(0, rows) for t in
+                                            (param, state["exp_avg"], state["exp_avg_sq"], state["step"]))
         lr = group["lr"]
         if group.get("row_decay", 0.0):   # ρ_i = lr (1 + t_i / delay)^-κ, by the row's own count
             lr = lr * (1 + step / group.get("row_delay", 1.0)).pow(-group["row_decay"]).view(-1, *tail)
         _adam_update(value, values, exp_avg, exp_avg_sq, step.view(-1, *tail), lr, beta1, beta2, group["eps"])
-        param[rows] = value
-        state["exp_avg"][rows] = exp_avg
-        state["exp_avg_sq"][rows] = exp_avg_sq
-        state["step"][rows] = step
+        for table, rows_value in ((param, value), (state["exp_avg"], exp_avg), (state["exp_avg_sq"], exp_avg_sq),
+                                  (state["step"], step)):
+            table.index_copy_(0, rows, rows_value)
 
 
 def _adam_update(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,

@@ -30,14 +30,14 @@ class LossModule(nn.Module):
         super().__init__()
         self.vae, self.objective, self.num_data, self.noise_seed = vae, objective, num_data, noise_seed
         self.model_fn, self.guide_fn = vae.bound(register)
-        self.noise_key: tuple[int, int, range] = (0, 0, range(0))   # (epoch, step, positions), set per step
+        self.noise_key: tuple = (0, 0, range(0))   # (epoch, step, positions[, local step]), set per step
 
     def forward(self, index: torch.Tensor, beta: float | torch.Tensor, *batch: torch.Tensor) -> torch.Tensor:
         guide = self.guide_fn
         if self.noise_seed is not None:
-            epoch, step, positions = self.noise_key
+            epoch, step, positions, *local_step = self.noise_key
             particles = range(getattr(self.objective, "num_particles", 1))
-            stream = tile_seed(TRAINING_STREAM, epoch, step)
+            stream = tile_seed(TRAINING_STREAM, epoch, step, *local_step)
             guide = with_noise(guide, lambda name, shape: noise(
                 self.noise_seed, stream ^ site_stream(name), particles, positions, tuple(shape), batch[0],
                 tile=(len(particles), NOISE_TILE_ROWS)))
@@ -45,10 +45,12 @@ class LossModule(nn.Module):
 
 
 def svi_step(loss: nn.Module, optimizer: torch.optim.Optimizer, index: torch.Tensor,
-             beta: float | torch.Tensor, *batch: torch.Tensor, agree: Callable[[float], None] | None = None) -> float:
+             beta: float | torch.Tensor, *batch: torch.Tensor, agree: Callable[[float], None] | None = None,
+             inputs: list[torch.Tensor] | None = None) -> float:
     """One step; returns the loss. Raises FloatingPointError, before touching any parameter,
     when the loss is not finite. ``agree(value)``, between the loss and its gradient, lets the
-    processes of a distributed run stop together (it may raise)."""
+    processes of a distributed run stop together (it may raise). ``inputs``: differentiate with
+    respect to these tensors only (the others keep no gradient: the optimizer leaves them alone)."""
     value_tensor = loss(index, beta, *batch)
     value = value_tensor.item()
     if agree is not None:
@@ -56,6 +58,6 @@ def svi_step(loss: nn.Module, optimizer: torch.optim.Optimizer, index: torch.Ten
     elif not math.isfinite(value):
         raise FloatingPointError(str(value))
     optimizer.zero_grad(set_to_none=True)
-    value_tensor.backward()
+    value_tensor.backward(inputs=inputs)
     optimizer.step()
     return value
