@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import plain_vae  # noqa: E402
-from common import data_dir, log, machine, mnist, write_results  # noqa: E402
+from common import log, machine, mnist, require_data_dir, write_results  # noqa: E402
 
 from pyrovae import runs  # noqa: E402
 from pyrovae.config import FitConfig  # noqa: E402
@@ -96,10 +96,7 @@ def main() -> None:
     parser.add_argument("--no-jit", dest="jit", action="store_false", help="pyrovae fit --no-jit.")
     parser.add_argument("--results", default=None, help="Folder for fit_mnist.{json,md} (default benchmarks/results).")
     args = parser.parse_args()
-    root = data_dir(args.data_dir)
-    if root is None:
-        log("MNIST not found: pass --data-dir (or set PYROVAE_DATA_DIR) to a folder holding MNIST/raw")
-        sys.exit(2)
+    root = require_data_dir(args.data_dir)
     if args.threads:
         torch.set_num_threads(args.threads)
     results = {"machine": machine(), "fit": epoch_comparison(root, args.epochs, args.limit, args.seed, args.jit),

@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import data_dir, log, machine, mnist, results_dir, write_results  # noqa: E402
+from common import log, machine, mnist, require_data_dir, results_dir, write_results  # noqa: E402
 
 from pyrovae import heap, runs  # noqa: E402
 from pyrovae.config import PRESETS, FitConfig  # noqa: E402
@@ -207,10 +207,7 @@ def main() -> None:
             parser.error(f"--compare-recipes needs two or more of {', '.join(sorted(PRESETS))}; got {args.compare_recipes!r}")
         if args.run_dir:
             parser.error("--run-dir names one run; with --compare-recipes use --runs (a folder for all of them)")
-    root = data_dir(args.data_dir)
-    if root is None:
-        log("MNIST not found: pass --data-dir (or set PYROVAE_DATA_DIR) to a folder holding MNIST/raw")
-        sys.exit(2)
+    root = require_data_dir(args.data_dir)
     if args.threads:
         torch.set_num_threads(args.threads)
     heap.keep_freed_memory()   # as `pyrovae evaluate` does: the evaluator then trims the heap as it goes

@@ -63,6 +63,15 @@ def data_dir(option: str | None) -> str | None:
     return None
 
 
+def require_data_dir(option: str | None) -> str:
+    """:func:`data_dir`, or a one-line message on stderr and exit 2 when MNIST is not there."""
+    root = data_dir(option)
+    if root is None:
+        log("MNIST not found: pass --data-dir (or set PYROVAE_DATA_DIR) to a folder holding MNIST/raw")
+        sys.exit(2)
+    return root
+
+
 def results_dir(option: str | Path | None = None) -> Path:
     """The folder results go to: ``option`` (a --results DIR), else benchmarks/results; created."""
     folder = Path(option) if option else RESULTS
