@@ -16,7 +16,7 @@ from .config import FitConfig, build_vae
 from .data import Dataset
 from .evaluation.ais import bdmc, estimate_log_likelihood_ais
 from .evaluation.importance import estimate_log_likelihood
-from .guides import GUIDES, AmortizedGuide, FlowGuide, MeanFieldGuide, SemiAmortizedGuide
+from .guides import GUIDES, AmortizedGuide, FlowGuide, FullCovarianceGuide, MeanFieldGuide, SemiAmortizedGuide
 from .inference.compare import compare_inference
 from .inference.local_fit import fit_local
 from .models import MODELS, TwoLayerModel, VAEModel
@@ -26,6 +26,7 @@ from .training import Callback, fit, load_run
 from .vae import VAE
 
 __all__ = ["VAE", "VAEModel", "TwoLayerModel", "AmortizedGuide", "MeanFieldGuide", "FlowGuide", "SemiAmortizedGuide",
+           "FullCovarianceGuide",
            "MODELS", "GUIDES", "OBJECTIVES", "FitConfig", "Dataset", "build_vae", "fit", "load_run", "Callback",
            "make_objective", "IWAE_ELBO", "log_weights", "estimate_log_likelihood", "estimate_log_likelihood_ais",
            "bdmc", "fit_local", "compare_inference", "DATA_PLATE", "data_plate"]
