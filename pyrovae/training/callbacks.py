@@ -66,7 +66,7 @@ class LocalSteps(Callback):
     A local step is the joint step's loss (``loss``, the trainer's own :class:`LossModule`, so a
     JIT-compiled loss is reused) differentiated with respect to the rows' tables only:
     ``backward(inputs=rows)`` leaves the model's parameters without a gradient, so the
-    optimizer does not move them and autograd skips the weight gradients."""
+    optimizer moves neither them nor their Adam state."""
 
     WINDOW = 5
 
