@@ -66,6 +66,13 @@ class FullCovarianceGuide(nn.Module):
         self.encoders = nn.ModuleDict({
             layer.name: mlp([dims[layer.parent], *layer.hidden, 2 * layer.dim + layer.dim * (layer.dim - 1) // 2])
             for layer in self.layers})
+        # the entries below the diagonal start at zero: q starts as the diagonal Gaussian and learns
+        # correlations from there (random ones inflate every marginal variance, by up to d-1 terms)
+        with torch.no_grad():
+            for layer in self.layers:
+                last = self.encoders[layer.name][-1]
+                last.weight[2 * layer.dim:].zero_()
+                last.bias[2 * layer.dim:].zero_()
         self.mean_field = all(layer.parent == "x" for layer in self.layers)
 
     @classmethod
