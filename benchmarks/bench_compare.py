@@ -158,7 +158,8 @@ def markdown(result: dict) -> str:
                 if t["amortization_gap"] < -2 * t["amortization_gap_se"]:
                     failed.append(f"{guide} ({split} points, test-time fit lr {row['fit_lr']})")
     lines += ["", "amortization gap = L[q*] - L[q]; approximation gap = log p̂ - L[q*] (Cremer et al. 2018). q* is the "
-              "best per-point member of the guide's family (the q* family column: diagonal Gaussians, per-point IAFs for the flow guide, per-point Cholesky factors for the full-covariance guide), "
+              "best per-point member of the guide's family (the q* family column: diagonal Gaussians, per-point "
+              "IAFs for the flow guide, per-point Cholesky factors for the full-covariance guide), "
               "fitted with the model frozen. For a mean-field run, the test points' q is their test-time fit (no "
               "amortization gap); on training points, L[q*] - L[q] measures how far per-row SVI left the trained "
               "rows from q*. Minutes: training and per-epoch evaluation, whole epochs within the budget."]
