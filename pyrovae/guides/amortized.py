@@ -30,7 +30,8 @@ class AmortizedGuide(nn.Module):
         super().__init__()
         self.layers = list(layers)
         dims = {"x": data_dim, **{layer.name: layer.dim for layer in self.layers}}
-        self.encoders = nn.ModuleDict({layer.name: mlp([dims[layer.parent], *layer.hidden, 2 * layer.dim])
+        self.encoders = nn.ModuleDict({layer.name: mlp([dims[layer.parent], *layer.hidden,
+                                                        self.encoder_outputs(layer.dim)])
                                        for layer in self.layers})
         self.min_scale = min_scale
         # sites independent given x: closed-form KL per site is exact
@@ -40,14 +41,23 @@ class AmortizedGuide(nn.Module):
     def from_config(cls, config, model: nn.Module, num_data: int) -> "AmortizedGuide":
         return cls(model.latent_layers(), model.data_dim)
 
+    @staticmethod
+    def encoder_outputs(dim: int) -> int:
+        """Outputs of a layer's encoder: loc and raw scale."""
+        return 2 * dim
+
     def encode(self, name: str, parent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loc, scale) of q(name | parent)."""
         loc, raw_scale = self.encoders[name](parent).chunk(2, dim=-1)
         return loc, nn.functional.softplus(raw_scale) + self.min_scale
 
+    def site_dist(self, name: str, parent: torch.Tensor) -> dist.Distribution:
+        """q(name | parent)."""
+        loc, scale = self.encode(name, parent)
+        return dist.Normal(loc, scale).to_event(1)
+
     def forward(self, x: torch.Tensor) -> None:
         values = {"x": x}
         with data_plate(x):
             for layer in self.layers:
-                loc, scale = self.encode(layer.name, values[layer.parent])
-                values[layer.name] = pyro.sample(layer.name, dist.Normal(loc, scale).to_event(1))
+                values[layer.name] = pyro.sample(layer.name, self.site_dist(layer.name, values[layer.parent]))

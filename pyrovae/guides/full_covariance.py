@@ -30,9 +30,8 @@ from torch import nn
 from torch.distributions import Independent, MultivariateNormal, Normal, register_kl
 from torch.distributions.utils import vec_to_tril_matrix
 
-from ..models.nets import mlp
 from ..programs import LatentLayer, data_plate
-from .amortized import MIN_SCALE
+from .amortized import MIN_SCALE, AmortizedGuide
 
 
 def scale_tril(diagonal: torch.Tensor, below: torch.Tensor) -> torch.Tensor:
@@ -52,20 +51,15 @@ def _kl_mvn_diagonal_normal(q: MultivariateNormal, p: Independent) -> torch.Tens
     return 0.5 * (trace + mahalanobis - q.loc.shape[-1] + log_det)
 
 
-class FullCovarianceGuide(nn.Module):
-    """q_φ(z | x) = N(μ_φ(x), L_φ(x) L_φ(x)ᵀ), one per latent layer, from an encoder."""
+class FullCovarianceGuide(AmortizedGuide):
+    """q_φ(z | x) = N(μ_φ(x), L_φ(x) L_φ(x)ᵀ), one per latent layer, from an encoder: an
+    :class:`AmortizedGuide` whose encoders also give the entries below L's diagonal."""
 
     cli_help = "an encoder gives a Gaussian with a full covariance (a Cholesky factor per point)"
-    amortized = True
-    per_datapoint = False
 
     def __init__(self, layers: Sequence[LatentLayer], data_dim: int, min_scale: float = MIN_SCALE):
-        super().__init__()
-        self.layers, self.min_scale = list(layers), min_scale
-        dims = {"x": data_dim, **{layer.name: layer.dim for layer in self.layers}}
-        self.encoders = nn.ModuleDict({
-            layer.name: mlp([dims[layer.parent], *layer.hidden, 2 * layer.dim + layer.dim * (layer.dim - 1) // 2])
-            for layer in self.layers})
+        super().__init__(layers, data_dim, min_scale)
+        self.dims = {layer.name: layer.dim for layer in self.layers}
         # the entries below the diagonal start at zero: q starts as the diagonal Gaussian and learns
         # correlations from there (random ones inflate every marginal variance, by up to d-1 terms)
         with torch.no_grad():
@@ -73,24 +67,21 @@ class FullCovarianceGuide(nn.Module):
                 last = self.encoders[layer.name][-1]
                 last.weight[2 * layer.dim:].zero_()
                 last.bias[2 * layer.dim:].zero_()
-        self.mean_field = all(layer.parent == "x" for layer in self.layers)
 
-    @classmethod
-    def from_config(cls, config, model: nn.Module, num_data: int) -> "FullCovarianceGuide":
-        return cls(model.latent_layers(), model.data_dim)
+    @staticmethod
+    def encoder_outputs(dim: int) -> int:
+        """loc, raw diagonal, and the d(d-1)/2 entries below the diagonal."""
+        return 2 * dim + dim * (dim - 1) // 2
 
     def encode(self, name: str, parent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(μ, L) of q(name | parent)."""
-        dim = next(layer.dim for layer in self.layers if layer.name == name)
+        dim = self.dims[name]
         loc, raw_diagonal, below = self.encoders[name](parent).split([dim, dim, dim * (dim - 1) // 2], dim=-1)
         return loc, scale_tril(nn.functional.softplus(raw_diagonal) + self.min_scale, below)
 
-    def forward(self, x: torch.Tensor) -> None:
-        values = {"x": x}
-        with data_plate(x):
-            for layer in self.layers:
-                loc, tril = self.encode(layer.name, values[layer.parent])
-                values[layer.name] = pyro.sample(layer.name, dist.MultivariateNormal(loc, scale_tril=tril))
+    def site_dist(self, name: str, parent: torch.Tensor) -> dist.Distribution:
+        loc, tril = self.encode(name, parent)
+        return dist.MultivariateNormal(loc, scale_tril=tril)
 
     def local_family(self, batch: Sequence[torch.Tensor], init: str) -> "PerPointFullCovGuide":
         """Per-point full-covariance Gaussians for the rows of ``batch``: from the encoder's q

@@ -72,6 +72,7 @@ class LocalSteps(Callback):
 
     def __init__(self, vae: VAE, loss: LossModule, steps: int, num_data: int, tol: float = 0.0):
         self.vae, self.loss, self.steps, self.tol, self.num_data = vae, loss, steps, tol, num_data
+        self.rows = vae.row_parameters()
         self.taken = self.batches = 0
 
     def on_epoch_start(self, trainer: Trainer) -> None:
@@ -80,14 +81,14 @@ class LocalSteps(Callback):
     def before_step(self, trainer: Trainer, index: torch.Tensor, batch: Batch) -> None:
         self.batches += 1
         window, previous = [], None
-        rows = self.vae.row_parameters()
         beta = getattr(trainer, "step_beta", trainer.beta)   # the joint step's β (a tensor under the JIT)
-        key = getattr(self.loss, "noise_key", None)
+        key = getattr(self.loss, "noise_key", None)   # (epoch, step, positions) of the joint step
         try:
             for k in range(self.steps):
                 if key is not None:   # seeded noise: each local step draws its own
-                    self.loss.noise_key = (*key[:3], k + 1)
-                window.append(svi_step(self.loss, trainer.optimizer, index, beta, *batch, inputs=rows) / self.num_data)
+                    self.loss.noise_key = (*key, k + 1)
+                window.append(svi_step(self.loss, trainer.optimizer, index, beta, *batch, inputs=self.rows)
+                              / self.num_data)
                 self.taken += 1
                 if self.tol and len(window) == self.WINDOW:
                     mean = sum(window) / len(window)
