@@ -12,6 +12,7 @@ from .guides import GUIDES
 from .models import LIKELIHOODS, MODELS, parse_sigma
 from .objectives import OBJECTIVES
 from .programs import can
+from .user_programs import absolute_spec, check_spec, load_program
 from .vae import VAE
 
 # Named recipes: option values a preset sets unless the command line gives them.
@@ -94,10 +95,13 @@ class FitConfig:
     eval_train_points: int = 2_000      # train ELBO each epoch on this many training points
     tensorboard: bool = False           # event files in RUN_DIR/tensorboard (pip install 'pyrovae[tensorboard]')
     curves_every: float = 30.0          # redraw curves.png after an epoch once this many seconds have passed
+    program: str | None = None          # FILE.py:FACTORY or module:FACTORY: your own model and guide
 
     def __post_init__(self) -> None:
         self.hidden, self.z1_hidden = tuple(self.hidden), tuple(self.z1_hidden)
-        if self.binarize is None:
+        if self.program is not None:   # the program's own model decides: resolved by fit from its observed site
+            self.model = self.guide = self.likelihood = CUSTOM
+        elif self.binarize is None:
             self.binarize = "dynamic" if self.likelihood == "bernoulli" else "none"
         if self.jit is None:
             # the compiled loss is the fast path (benchmarks/bench_speed.py); Pyro has none for IWAE,
@@ -119,8 +123,11 @@ class FitConfig:
         need(self.model in MODELS or self.model == CUSTOM, f"unknown {option('model')} {self.model!r}; use {choices(MODELS)}")
         need(self.guide in GUIDES or self.guide == CUSTOM, f"unknown {option('guide')} {self.guide!r}; use {choices(GUIDES)}")
         need(self.elbo in OBJECTIVES, f"unknown {option('elbo')} {self.elbo!r}; use {choices(OBJECTIVES)}")
-        need(self.binarize in BINARIZE, f"unknown {option('binarize')} {self.binarize!r}; use dynamic, static or none")
-        need(self.likelihood == "bernoulli" or self.binarize == "none",
+        if self.program is not None:
+            check_spec(self.program)
+        need(self.binarize in BINARIZE or (self.binarize is None and self.program is not None),
+             f"unknown {option('binarize')} {self.binarize!r}; use dynamic, static or none")
+        need(self.likelihood in ("bernoulli", CUSTOM) or self.binarize == "none",
              f"{option('binarize', self.binarize)} only makes sense with {option('likelihood', 'bernoulli')}; drop it or use {option('binarize', 'none')}")
         need(self.epochs >= 1, f"{option('epochs')} must be at least 1, got {self.epochs}")
         need(self.batch_size >= 1, f"{option('batch-size')} must be at least 1, got {self.batch_size}")
@@ -182,10 +189,11 @@ class FitConfig:
         loaded from any working directory."""
         dataset = self.dataset if self.dataset in BUILTIN else str(Path(self.dataset).expanduser().resolve())
         data_dir = None if self.data_dir is None else str(Path(self.data_dir).expanduser().resolve())
-        return dataclasses.replace(self, dataset=dataset, data_dir=data_dir)
+        program = None if self.program is None else absolute_spec(self.program)
+        return dataclasses.replace(self, dataset=dataset, data_dir=data_dir, program=program)
 
     def typed_paths(self) -> dict[str, str | None]:
-        return {"dataset": self.dataset, "data_dir": self.data_dir}
+        return {"dataset": self.dataset, "data_dir": self.data_dir, "program": self.program}
 
     @classmethod
     def from_run(cls, run_dir: str | Path) -> "FitConfig":
@@ -197,19 +205,31 @@ class FitConfig:
             raise UsageError(f"{str(Path(run_dir) / 'config.json')!r} is not a pyrovae config ({error}); "
                              "restore it") from None
 
-    def resume_conflicts(self, saved: "FitConfig") -> list[str]:
-        """The options of this config that differ from the run's ``saved`` config and may not
-        change on resume (all but ``RESUMABLE``; a data file may move if the old one is gone)."""
-        conflicts = []
+    def resumed_from(self, saved: "FitConfig") -> tuple["FitConfig", list[str]]:
+        """The run's ``saved`` config with what this one sets: options left at their defaults take
+        the run's values, ``RESUMABLE`` ones take this config's. Also the options this config sets
+        to another value than the run's, which may not change on resume (a data file may move if
+        the old one is gone)."""
+        defaults = FitConfig()
+        merged, conflicts = {}, []
         for field in dataclasses.fields(self):
             mine, theirs = getattr(self, field.name), getattr(saved, field.name)
-            if field.name in RESUMABLE or mine == theirs:
+            if field.name in RESUMABLE:
+                merged[field.name] = mine
+                continue
+            merged[field.name] = theirs
+            if mine == theirs or mine == getattr(defaults, field.name):
                 continue
             if field.name == "dataset" and theirs not in BUILTIN and not Path(theirs).exists() \
                     and mine not in BUILTIN and Path(mine).exists():
-                continue   # the data file moved: this is where it is now
+                merged[field.name] = mine   # the data file moved: this is where it is now
+                continue
+            if field.name == "program" and mine is not None and theirs is not None \
+                    and not Path(theirs.rpartition(":")[0]).exists():
+                merged[field.name] = mine   # the program's file moved
+                continue
             conflicts.append(field.name)
-        return conflicts
+        return dataclasses.replace(saved, **merged), conflicts
 
     @classmethod
     def from_dict(cls, values: dict) -> "FitConfig":
@@ -220,6 +240,8 @@ class FitConfig:
 def build_vae(config: FitConfig, data_dim: int, num_train: int) -> VAE:
     """The model and guide a config names, from the registries; refuses an objective the guide
     cannot serve (TraceMeanField_ELBO is exact only for a mean-field guide)."""
+    if config.program is not None:
+        return load_program(config.program)
     if CUSTOM in (config.model, config.guide):
         raise UsageError("this run was trained on your own model and guide; pass them again: vae=VAE(model, guide)")
     model = MODELS[config.model].from_config(config, data_dim)

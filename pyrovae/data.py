@@ -30,15 +30,28 @@ BINARIZE = ("dynamic", "static", "none")
 
 @dataclass
 class Dataset:
+    """Rows first: [N, D] as the loaders here give them, or any shape of your own ([N, C, H, W]
+    images, say), alone or in a tuple (x, y, ...)."""
+
     name: str
-    train: torch.Tensor            # [N, D] float32 (or a tuple (x, y, ...) of row-first tensors)
-    test: torch.Tensor             # [M, D] float32 (or a tuple, like train)
-    image_shape: tuple[int, ...] | None = None  # (C, H, W) when rows are images
+    train: torch.Tensor            # [N, D] float32 (or [N, ...], or a tuple (x, y, ...) of row-first tensors)
+    test: torch.Tensor             # like train
+    image_shape: tuple[int, ...] | None = None  # (C, H, W) when rows are images (read from [N, H, W] / [N, C, H, W] data)
     test_labels: torch.Tensor | None = None     # class labels, for latent maps
+
+    def __post_init__(self) -> None:
+        if self.image_shape is None:
+            x = self.train if isinstance(self.train, torch.Tensor) else self.train[0]
+            if x.dim() == 3:
+                self.image_shape = (1, *x.shape[1:])
+            elif x.dim() == 4 and x.shape[1] in (1, 3):
+                self.image_shape = tuple(x.shape[1:])
 
     @property
     def data_dim(self) -> int:
-        return (self.train if isinstance(self.train, torch.Tensor) else self.train[0]).shape[1]
+        """Numbers per datapoint (all dimensions after the first)."""
+        x = self.train if isinstance(self.train, torch.Tensor) else self.train[0]
+        return math.prod(x.shape[1:])
 
 
 def load_dataset(name: str, data_dir: str | None = None, test_fraction: float = 0.1,

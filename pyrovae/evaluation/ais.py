@@ -180,7 +180,7 @@ class _Target:
                  chains: int, reuse_sites: bool, compile: bool = False):
         self.model, self.guide, self.batch, self.index, self.chains = model, guide, batch, index, chains
         self.plate = pyro.plate(PARTICLE_PLATE, chains, dim=PARTICLE_DIM)
-        probe = _Coordinates("draw", eps_for=lambda name, shape: torch.zeros(*shape, device=batch[0].device,
+        probe = _Coordinates("draw", eps_for=lambda name, shape: torch.zeros(tuple(shape), device=batch[0].device,
                                                                              dtype=batch[0].dtype))
         with poutine.block(), probe:
             guide(index, 1.0, *batch)
@@ -388,7 +388,7 @@ def estimate_log_likelihood_ais(vae: VAE, data, steps: int = STEPS, chains: int 
     check_ais_options(steps, chains, leapfrog)
     data = tuple(t.to(device=vae.device, dtype=vae.dtype if t.is_floating_point() else t.dtype)
                  for t in as_batch(data))
-    n, data_dim = num_rows(data), data[0].shape[-1]
+    n, data_dim = num_rows(data), vae.check(data).data_dim
     batch_size = batch_size or max(1, PAIRS // chains)
     compile = n * chains * steps * leapfrog >= COMPILE_PAIRS if compile is None else compile
     model = vae.bound()[0]
@@ -481,6 +481,7 @@ def bdmc(vae: VAE, template, steps: int = STEPS, chains: int = CHAINS, leapfrog:
     check_ais_options(steps, chains, leapfrog)
     template = tuple(t.to(device=vae.device) for t in as_batch(template))
     n = num_rows(template)
+    vae.check(template)
     batch_size = batch_size or max(1, PAIRS // chains)
     model, _ = vae.bound()
     devices = [vae.device] if vae.device.type == "cuda" else []

@@ -33,7 +33,7 @@ from pyro.poutine.util import site_is_subsample
 from .. import heap
 from ..programs import Data
 from ..errors import UsageError, option
-from ..objectives.traces import elbo_terms, iwae_bound, log_weights
+from ..objectives.traces import iwae_bound, log_weights
 from ..programs import as_batch, bind, can, num_rows, rows_of
 from ..vae import VAE
 from . import diagnostics
@@ -46,7 +46,7 @@ KHAT_BAD = 0.7              # Vehtari et al. (2024): above it, IS estimates are 
 UNRELIABLE_SHARE = 0.05     # flag the estimate when more points than this have k-hat > KHAT_BAD
 COMPILE_PAIRS = 1_000_000  # auto-compile from here: ~5 s of eager work vs 1 s of compiling (11 s the first time)
 RELEASE_PAIRS = 1_000_000   # return the heap's free pages after this many (point, particle) pairs
-IS_STREAM, ELBO_STREAM = 0, 1
+IS_STREAM = 0
 
 Proposal = Union[str, Callable, tuple[torch.Tensor, torch.Tensor]]
 
@@ -59,9 +59,9 @@ class LogLikelihoodResult:
     proposal: str
     data_dim: int
     log_px: np.ndarray          # log p̂(x_i) with all K draws (= L_K)
-    elbo: np.ndarray            # recon - kl of the proposal
-    recon: np.ndarray           # E_q[log p(x_i | z)], one draw
-    kl: np.ndarray              # KL(q(z | x_i) || p(z)), closed form where exact, else one draw
+    elbo: np.ndarray            # recon - kl of the proposal: the mean of log w over the K draws (= L_1)
+    recon: np.ndarray           # E_q[log p(x_i | z)], the mean over the K draws
+    kl: np.ndarray              # KL(q(z | x_i) || p(z)) = recon - elbo, from the same draws
     ess_frac: np.ndarray        # ESS / K
     khat: np.ndarray            # PSIS Pareto k-hat (NaN when K is too small to fit a tail)
     iwae: dict[int, np.ndarray] = field(default_factory=dict)  # k -> L_k estimate per point
@@ -175,14 +175,17 @@ def latent_site_names(vae: VAE) -> list[str]:
 
 def batch_log_weights(model: Callable, guide: Callable, batch: tuple[torch.Tensor, ...], index: torch.Tensor,
                       rows: range, k: int, chunk_size: int, seed: int, compile: bool, unsupported: set[str]
-                      ) -> torch.Tensor:
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """All log w for ``batch``, as [K, batch] float64 on the CPU, drawn ``chunk_size`` particles
-    at a time; ``index`` is what the guide gets (its rows), ``rows`` the points' global numbers,
+    at a time, and the means over the K draws of log p(x | z) and of log q(z | x) - log p(z)
+    [batch]; ``index`` is what the guide gets (its rows), ``rows`` the points' global numbers,
     which seed their draws."""
     like = batch[0]
     # allocated once per batch: small per-chunk tensors kept alive between the decoder's large
     # buffers fragment the heap, and the process grew with K
     log_w = torch.empty(k, len(rows), dtype=torch.float64)
+    log_lik_sum = torch.zeros(len(rows), dtype=torch.float64)
+    log_ratio_sum = torch.zeros(len(rows), dtype=torch.float64)
     for start in range(0, k, chunk_size):
         particles = range(start, min(start + chunk_size, k))
         noisy = with_noise(guide, seeded_noise(seed, IS_STREAM, particles, rows, like), unsupported)
@@ -191,22 +194,22 @@ def batch_log_weights(model: Callable, guide: Callable, batch: tuple[torch.Tenso
         with pyro.validation_enabled(is_validation_enabled() and start == 0), FusedDensities(compile):
             terms = log_weights(model, noisy, len(particles), index, 1.0, *batch)
         log_w[particles.start: particles.stop] = terms.log_w
-    return log_w
+        for total, term in ((log_lik_sum, terms.log_lik), (log_ratio_sum, terms.log_q - terms.log_prior)):
+            total += torch.as_tensor(term).detach().double().cpu().expand(len(particles), len(rows)).sum(0)
+    return log_w, log_lik_sum / k, log_ratio_sum / k
 
 
 def importance_batch(model: Callable, guide: Callable, batch: tuple[torch.Tensor, ...], index: torch.Tensor,
                      rows: range, k: int, chunk_size: int, seed: int, compile: bool, unsupported: set[str],
                      encodes: bool) -> dict[str, np.ndarray]:
     """Per-point values of one batch: log p̂ (= L_K), ESS / K, k-hat, the smaller L_k, the
-    proposal's ELBO terms and (for an encoder) its means."""
-    log_w = batch_log_weights(model, guide, batch, index, rows, k, chunk_size, seed, compile, unsupported)
+    proposal's ELBO terms from the same K draws and (for an encoder) its means."""
+    log_w, recon, kl = batch_log_weights(model, guide, batch, index, rows, k, chunk_size, seed, compile, unsupported)
     out = {"log_px": iwae_bound(log_w), "ess_frac": diagnostics.ess_fraction(log_w),
            "khat": torch.as_tensor(diagnostics.psis_khat(log_w.T)),
            **{f"iwae_{j}": grouped_iwae(log_w, j) for j in IWAE_KS if j < k}}
     del log_w   # the [K, batch] weights are needed only for k-hat and the L_k
-    noisy = with_noise(guide, seeded_noise(seed, ELBO_STREAM, range(1), rows, batch[0]), unsupported)
-    terms = elbo_terms(model, noisy, index, 1.0, *batch)
-    out.update(recon=terms.reconstruction, kl=terms.kl)
+    out.update(recon=recon, kl=kl)
     if encodes:
         out.update({f"mean__{site}": m for site, m in guide_means(guide, index, batch).items() if m is not None})
     return {name: value.detach().cpu().double().numpy() for name, value in out.items()}
@@ -281,7 +284,7 @@ def estimate_log_likelihood(vae: VAE, data: Data, k: int = 5000, proposal: Propo
         raise ValueError("k, batch_size and chunk_size must be positive")
     data = tuple(t.to(device=vae.device, dtype=vae.dtype if t.is_floating_point() else t.dtype)
                  for t in as_batch(data))
-    n, data_dim = num_rows(data), data[0].shape[-1]
+    n, data_dim = num_rows(data), vae.check(data).data_dim
     check_is_memory(vae, k, min(batch_size, n), min(chunk_size, k), data_dim)
     model, _ = vae.bound()
     guide, proposal_name, encodes = proposal_guide(vae, proposal, n)

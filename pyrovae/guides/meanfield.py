@@ -16,6 +16,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
+from torch.distributions import biject_to, constraints
 
 from ..programs import data_plate
 
@@ -24,11 +25,20 @@ def _key(site: str) -> str:
     return site.replace(".", "·")   # parameter names cannot hold dots
 
 
+def is_real(support) -> bool:
+    """Whether ``support`` is the real line (or a product of real lines)."""
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support is constraints.real
+
+
 class MeanFieldGuide(nn.Module):
     """Tables ``loc[site]``, ``log_scale[site]`` of shape [num_rows, *event_shape] per latent site.
 
     ``forward(x, index)`` takes the rows ``index`` of the tables (all rows, in order, when
-    ``index`` is None and x has as many rows as the tables).
+    ``index`` is None and x has as many rows as the tables). A site with a constrained
+    ``support`` (positive, a simplex, ...) is the Gaussian pushed through ``biject_to(support)``,
+    as Pyro's AutoNormal does: the tables live in the unconstrained space.
     """
 
     cli_help = "free diagonal Gaussians per training point, no encoder"
@@ -37,8 +47,9 @@ class MeanFieldGuide(nn.Module):
     mean_field = True
 
     def __init__(self, sites: Mapping[str, tuple[int, ...] | int], num_rows: int, init_scale: float = 1.0,
-                 sparse: bool = False):
+                 sparse: bool = False, supports: Mapping[str, object] | None = None):
         super().__init__()
+        self.supports = {name: support for name, support in (supports or {}).items() if not is_real(support)}
         self.sites = {name: (shape,) if isinstance(shape, int) else tuple(shape) for name, shape in sites.items()}
         self.num_rows = num_rows
         # sparse: a minibatch's gradient holds its own rows only (row-sparse training); dense for
@@ -56,10 +67,12 @@ class MeanFieldGuide(nn.Module):
         return cls({layer.name: layer.dim for layer in reversed(model.latent_layers())}, num_data, sparse=True)
 
     @classmethod
-    def from_moments(cls, moments: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> "MeanFieldGuide":
-        """Tables holding the given per-row (loc, scale) of each site."""
+    def from_moments(cls, moments: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+                     supports: Mapping[str, object] | None = None) -> "MeanFieldGuide":
+        """Tables holding the given per-row (loc, scale) of each site (in the unconstrained space
+        of a site with a constrained support)."""
         first = next(iter(moments.values()))[0]
-        guide = cls({name: tuple(loc.shape[1:]) for name, (loc, _) in moments.items()}, len(first))
+        guide = cls({name: tuple(loc.shape[1:]) for name, (loc, _) in moments.items()}, len(first), supports=supports)
         guide.to(device=first.device, dtype=first.dtype)
         with torch.no_grad():
             for name, (loc, scale) in moments.items():
@@ -89,4 +102,7 @@ class MeanFieldGuide(nn.Module):
                              f"{x.shape[0]}; pass index=")
         with data_plate(x):
             for name, (loc, scale) in self.moments(index).items():
-                pyro.sample(name, dist.Normal(loc, scale).to_event(loc.dim() - 1))
+                q = dist.Normal(loc, scale).to_event(loc.dim() - 1)
+                if name in self.supports:
+                    q = dist.TransformedDistribution(q, biject_to(self.supports[name]))
+                pyro.sample(name, q)

@@ -165,7 +165,7 @@ def compare_inference(run: Any, data: Data, index: torch.Tensor | None = None, k
         "chunk_invariant": not unsupported,
     })
     if log_px == "is":
-        summary = result_from_values(values, k, "fit", num_cols(data), not unsupported).summary(
+        summary = result_from_values(values, k, "fit", vae.check(data).data_dim, not unsupported).summary(
             ais_option=option("log-px", "ais"))
         table.update({key: summary[key] for key in ("khat_frac_gt_0_7", "reliable", "warning")})
     else:
@@ -176,10 +176,6 @@ def compare_inference(run: Any, data: Data, index: torch.Tensor | None = None, k
 
 def _check(t: int, total: int) -> None:
     interrupts.check()   # a signal drops the batch under way at once: the finished ones are kept
-
-
-def num_cols(data: tuple[torch.Tensor, ...]) -> int:
-    return data[0].shape[-1]
 
 
 ROWS = [("log p̂(x)", "log_likelihood"), ("L[q]", "elbo_q"), ("L[q refined]", "elbo_refined"),

@@ -28,9 +28,10 @@ import pyro
 import torch
 from pyro.infer.util import is_validation_enabled
 from torch import nn
+from torch.distributions import biject_to
 
 from .. import interrupts
-from ..guides.meanfield import MeanFieldGuide
+from ..guides.meanfield import MeanFieldGuide, is_real
 from ..guides.rows import concat_rows
 from ..objectives import make_objective
 from ..objectives.traces import elbo_terms, latent_shapes, particle_traces, sample_sites
@@ -92,12 +93,17 @@ class Plateau:
 def guide_moments(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor | None
                   ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """(mean, std) [rows, *event] per latent site of the VAE's guide on ``batch``: exact for a
-    Gaussian site whose parameters depend on x alone, matched from ``MOMENT_DRAWS`` draws otherwise."""
+    Gaussian site whose parameters depend on x alone, matched from ``MOMENT_DRAWS`` draws otherwise
+    (in the unconstrained space of a site with a constrained support)."""
     model, guide = vae.bound()
     _, trace = particle_traces(model, guide, MOMENT_DRAWS, index, 1.0, *batch)
     moments = {}
     for name, site in sample_sites(trace):
         fn, value = site["fn"], site["value"]
+        if not is_real(fn.support):
+            value = biject_to(fn.support).inv(value)
+            moments[name] = (value.mean(0), value.std(0).clamp(min=1e-4))
+            continue
         try:
             mean, std = fn.mean, fn.stddev
             exact = bool((mean == mean[:1]).all() and (std == std[:1]).all())
@@ -108,10 +114,13 @@ def guide_moments(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor |
 
 
 def initial_guide(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor | None, init: Init) -> nn.Module:
-    """The per-point family of the VAE's guide for the rows of ``batch``, at its starting point."""
+    """The per-point family of the VAE's guide for the rows of ``batch``, at its starting point:
+    the guide's own (``local_family``), else Gaussian tables over every latent site, pushed
+    through ``biject_to(support)`` for a constrained one."""
+    shapes = latent_shapes(vae.bound()[0], index, 1.0, *batch)
+    supports = {name: support for name, (_, support) in shapes.items()}
     if isinstance(init, tuple):
-        names = list(latent_shapes(vae.bound()[0], index, 1.0, *batch))
-        return MeanFieldGuide.from_moments({names[0]: init})
+        return MeanFieldGuide.from_moments({next(iter(shapes)): init}, supports)
     if init not in ("prior", "q", "encoder"):
         raise ValueError(f"unknown init {init!r}; use 'prior', 'q' (the guide's q(z | x)) or a (loc, scale) pair")
     init = "q" if init == "encoder" else init
@@ -122,15 +131,14 @@ def initial_guide(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor |
     if family is not None:
         return family(batch, init)
     if init == "q":
-        return MeanFieldGuide.from_moments(guide_moments(vae, batch, index))
-    shapes = latent_shapes(vae.bound()[0], index, 1.0, *batch)
-    like = batch[0]
+        return MeanFieldGuide.from_moments(guide_moments(vae, batch, index), supports)
     for name, (shape, support) in shapes.items():
-        if support not in (torch.distributions.constraints.real, torch.distributions.constraints.real_vector) \
-                and not str(support).startswith("IndependentConstraint(Real()"):
-            raise ValueError(f"latent site {name!r} has support {support}; per-point Gaussian fits need real latents")
+        if support.is_discrete:
+            raise ValueError(f"latent site {name!r} is discrete ({support}); per-point Gaussian fits need continuous "
+                             "latents")
+    like = batch[0]
     return MeanFieldGuide.from_moments({name: (like.new_zeros(num_rows(batch), *shape), like.new_ones(num_rows(batch), *shape))
-                                        for name, (shape, _) in shapes.items()})
+                                        for name, (shape, _) in shapes.items()}, supports)
 
 
 def fit_local(vae: VAE, data: Data, init: Init = "prior", index: torch.Tensor | None = None, max_steps: int = 3000,

@@ -18,13 +18,13 @@ from typing import Callable, Sequence
 import pyro
 import torch
 
-from .. import runs
+from .. import runs, user_programs
 from ..config import CUSTOM, RESUMABLE, FitConfig, build_vae
 from ..guides import GUIDES
 from ..data import Dataset, binarize, check_for_likelihood, load_dataset
 from ..errors import UsageError, option, speaking_cli
 from ..objectives import make_objective
-from ..programs import as_batch, num_rows, rows_of
+from ..programs import CHECK_ROWS, as_batch, num_rows, observed_is_binary, rows_of
 from ..vae import VAE
 from .callbacks import (Callback, Checkpoint, Curves, DynamicBinarization, KLWarmup, LocalSteps, LRDecay, Metrics,
                         RunImages, TensorBoard, TimeBudget, set_rng_state)
@@ -85,19 +85,53 @@ def fit(config: FitConfig, run_dir: str | Path, resume: bool = False, overwrite:
         raise UsageError(error)
     config = checked
     device = distributed_device(runs.resolve_device(config.device), context)
-    prepared = prepare_data(config, device, data)   # all input checks happen before anything is written
-    if context.is_main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise UsageError(f"cannot create {option('out')} {str(run_dir)!r} ({error.strerror}); "
-                             "choose a writable folder") from None
+    dataset = data or load_dataset(config.dataset, config.data_dir, config.test_fraction, config.seed)
     devices = [device] if device.type == "cuda" else []
-    lock = runs.run_lock(run_dir) if context.is_main else contextlib.nullcontext()
-    with lock, pyro.get_param_store().scope(), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(config.seed)
-        return _fit(config, run_dir, prepared, device, resume, progress, on_epoch, vae, list(callbacks), typed,
-                    context)
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(config.seed)   # the initial weights are the seed's
+        # every check of the data and the programs happens before anything is written
+        vae, custom, config, prepared = _build(config, dataset, vae, device)
+        if context.is_main:
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise UsageError(f"cannot create {option('out')} {str(run_dir)!r} ({error.strerror}); "
+                                 "choose a writable folder") from None
+        lock = runs.run_lock(run_dir) if context.is_main else contextlib.nullcontext()
+        with lock, vae.param_store():
+            return _fit(config, run_dir, prepared, device, resume, progress, on_epoch, vae, custom,
+                        list(callbacks), typed, context)
+
+
+def _build(config: FitConfig, dataset: Dataset, vae: VAE | None, device: torch.device
+           ) -> tuple[VAE, bool, FitConfig, "PreparedData"]:
+    """The VAE (the config's families, its --program, or the caller's own), checked on the data,
+    with what the run needs resolved from the programs: the binarization of a program's data."""
+    custom = vae is not None or config.program is not None
+    train = as_batch(dataset.train)
+    if vae is None:
+        vae = build_vae(config, dataset.data_dim, num_rows(train))
+    if config.binarize is None:   # a program's: binary data for a binary observed site, as the built-in models do
+        config = dataclasses.replace(config, binarize="dynamic" if observed_is_binary(vae, train) else "none")
+    prepared = prepare_data(config, device, dataset)
+    vae = vae.to(device)
+    index = torch.arange(min(CHECK_ROWS, num_rows(prepared.train)), device=device) if vae.can("per_datapoint") else None
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):   # checks draw nothing of the run's
+        info = vae.prepare(_as_trained(config, prepared.train), index)
+    if custom and config.binarize != "none" and not all(site.discrete for site in info.observed.values()):
+        name, site = next((n, s) for n, s in info.observed.items() if not s.discrete)
+        raise UsageError(f"{option('binarize', config.binarize)} draws binary data, but the model's observed site "
+                         f"{name!r} is {site.distribution} (support {site.support}); pass "
+                         f"{option('binarize', 'none')} to train on the data as it is")
+    return vae, custom, config, prepared
+
+
+def _as_trained(config: FitConfig, train: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """A few training rows as a step sees them (binarized for dynamic binarization)."""
+    rows = rows_of(train, slice(0, CHECK_ROWS))
+    if config.binarize == "dynamic":
+        rows = (binarize(rows[0], torch.Generator(device=rows[0].device).manual_seed(0)), *rows[1:])
+    return rows
 
 
 def _check_run_dir(config: FitConfig, run_dir: Path, resume: bool, overwrite: bool) -> FitConfig:
@@ -145,17 +179,18 @@ def distributed_device(device: torch.device, context: distributed.Context) -> to
 
 
 def resumed_config(run_dir: Path, requested: FitConfig) -> FitConfig:
-    """The run's own config with what may change on resume taken from the request; any other
-    option that differs is refused, naming it."""
+    """The run's own config with what may change on resume taken from the request (options the
+    request leaves at their defaults are the run's); any other option that differs is refused,
+    naming it."""
     saved = FitConfig.from_run(run_dir)
-    conflicts = requested.resume_conflicts(saved.with_absolute_paths())
+    merged, conflicts = requested.resumed_from(saved.with_absolute_paths())
     if conflicts:
         shown = "; ".join(f"{option(name, _shown(getattr(requested, name)))} (the run has "
                           f"{_shown(getattr(saved, name), always=True)})" for name in conflicts)
         allowed = ", ".join(option(name) for name in RESUMABLE)
         raise UsageError(f"{shown}: a resumed run keeps its options, only {allowed} may change; "
                          f"drop the others, or start a new run in another {option('out')}")
-    return requested.validate()
+    return merged.validate()
 
 
 def _shown(value, always: bool = False):
@@ -166,12 +201,8 @@ def _shown(value, always: bool = False):
 
 
 def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.device, resume: bool, progress: bool,
-         on_epoch: Callable[[dict], None] | None, vae: VAE | None, extra: list[Callback], typed: dict,
+         on_epoch: Callable[[dict], None] | None, vae: VAE, custom: bool, extra: list[Callback], typed: dict,
          context: distributed.Context) -> dict | None:
-    custom = vae is not None
-    if vae is None:
-        vae = build_vae(config, data.dataset.data_dim, num_rows(data.train))
-    vae = vae.to(device)
     optimizer = make_optimizer(vae, config.lr, config.local_lr, config.local_lr_decay)
     loss_module = LossModule(vae, make_objective(config.elbo, config.particles, config.jit), num_rows(data.train),
                              register=config.jit, noise_seed=config.seed if config.noise == "per-row" else None)
@@ -204,7 +235,7 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
     elif context.is_main:
         for stale in (runs.METRICS, runs.CHECKPOINT):
             (run_dir / stale).unlink(missing_ok=True)
-        _write_config(run_dir, config, data, device, custom, typed)
+        _write_config(run_dir, config, data, device, custom, typed, vae)
     if start[0] >= config.epochs and context.is_main:
         print(f"run already has {start[0]} epochs; nothing to do (pass a larger {option('epochs')} to continue)",
               file=sys.stderr)
@@ -240,9 +271,9 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
 
 
 def _description(config: FitConfig, vae: VAE) -> str:
-    """'vae, amortized guide, bernoulli': what a run's pictures are of."""
+    """'vae, amortized guide, bernoulli', or what a program of your own is: what a run's pictures are of."""
     if config.model == CUSTOM:
-        return f"{type(vae.model).__name__}, {type(vae.guide).__name__}"
+        return vae.describe()
     return f"{config.model}, {config.guide} guide, {config.likelihood}"
 
 
@@ -275,13 +306,14 @@ def _test_elbo_by_local_fit(vae: VAE, data: PreparedData, seed: int, progress: b
 
 
 def _write_config(run_dir: Path, config: FitConfig, data: PreparedData, device: torch.device, custom: bool,
-                  typed: dict) -> None:
+                  typed: dict, vae: VAE) -> None:
     values = config.to_dict()
     if custom:
         values.update(model=CUSTOM, guide=CUSTOM, likelihood=CUSTOM)
-    runs.write_json(run_dir / runs.CONFIG, {
+    extra = {"program": user_programs.record(config.program)} if config.program else {}
+    runs.write_json(run_dir / runs.CONFIG, {**extra, "program_info": vae.info.to_dict() if vae.info else None,
         "config": values, "versions": runs.versions(), "device": str(device), "seed": config.seed,
-        "data_dim": data.dataset.data_dim, "num_train": num_rows(data.train), "num_test": num_rows(data.test),
+        "data_dim": vae.info.data_dim if vae.info else data.dataset.data_dim, "num_train": num_rows(data.train), "num_test": num_rows(data.test),
         "image_shape": data.dataset.image_shape, "format_version": runs.FORMAT_VERSION,
         "typed_paths": typed})   # as the user wrote them, for display; the config holds them resolved
 
@@ -345,21 +377,25 @@ class Run:
 
 
 def load_run(run_dir: str | Path, device: str = "auto", data_dir: str | None = None, vae: VAE | None = None,
-             data: Dataset | None = None, dataset: str | None = None) -> Run:
+             data: Dataset | None = None, dataset: str | None = None, program: str | None = None) -> Run:
     """Load RUN_DIR's config, data (test set binarized as in training) and checkpoint.
 
-    ``data_dir`` (MNIST) or ``dataset`` (a data file) say where the run's data is now, if it
-    moved since training. A run of your own programs needs them again: ``vae=VAE(model, guide)``
-    (and ``data=``).
+    ``data_dir`` (MNIST), ``dataset`` (a data file) or ``program`` (the FILE.py:FACTORY of a
+    ``--program`` run) say where the run's data or program is now, if it moved since training. A
+    run of programs passed to ``fit`` from Python needs them again: ``vae=VAE(model, guide)`` (and
+    ``data=``); a ``--program`` run finds its own.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"RUN_DIR {str(run_dir)!r} is not a folder; pass the {option('out')} folder of `pyrovae fit`")
     saved = runs.read_config(run_dir)
     config = FitConfig.from_run(run_dir)
-    if CUSTOM in (config.model, config.guide) and vae is None:
-        raise UsageError(f"{str(run_dir)!r} was trained on your own model and guide; pass them as "
-                         "load_run(run_dir, vae=VAE(model, guide))")
+    if program is not None:
+        config.program = user_programs.absolute_spec(program)
+        user_programs.check_spec(config.program)
+    if CUSTOM in (config.model, config.guide) and vae is None and config.program is None:
+        raise UsageError(f"{str(run_dir)!r} was trained on your own model and guide from Python; pass them as "
+                         "load_run(run_dir, vae=VAE(model, guide)) (a run trained with --program finds them itself)")
     if data_dir:
         config.data_dir = str(Path(data_dir).expanduser().resolve())
     if data is None:
@@ -367,10 +403,15 @@ def load_run(run_dir: str | Path, device: str = "auto", data_dir: str | None = N
     torch_device = runs.resolve_device(device)
     state = runs.load_checkpoint(run_dir, map_location=torch_device)
     prepared = prepare_data(config, torch_device, data)
-    if vae is None:
-        with torch.random.fork_rng(devices=[]):   # initial weights (overwritten below) draw from torch's RNG
+    with torch.random.fork_rng(devices=[]):   # initial weights (overwritten below) draw from torch's RNG
+        if vae is None and config.program is not None:
+            vae = user_programs.load_program(config.program, run_dir, saved.get("program"))
+        elif vae is None:
             vae = build_vae(config, prepared.dataset.data_dim, saved.get("num_train", num_rows(prepared.train)))
-    vae = vae.to(torch_device)
+        vae = vae.to(torch_device)
+        index = torch.arange(min(CHECK_ROWS, num_rows(prepared.train)), device=torch_device) \
+            if vae.can("per_datapoint") else None
+        vae.prepare(_as_trained(config, prepared.train), index)   # adopts pyro.param sites before the load
     load_model_state(vae, state, run_dir)
     vae.eval()
     return Run(vae, config, prepared, run_dir, state["epoch"])
