@@ -6,7 +6,7 @@ import time
 
 import click
 from pyrovae.cli.evaluate import ais_options
-from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, NO_RECORD, THREADS, emit, record, say
+from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, MOVED_PROGRAM, NO_RECORD, THREADS, emit, record, say
 
 
 @click.command()
@@ -21,10 +21,11 @@ from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, NO_RECORD, THRE
 @DEVICE
 @DATA_DIR
 @MOVED_DATASET
+@MOVED_PROGRAM
 @NO_RECORD
 @THREADS
 def bdmc(run_dir: str, n: int, steps: int, chains: int, leapfrog: int, is_k: int, proposal: str,
-         batch_size: int | None, seed: int, device: str, data_dir: str | None, dataset: str | None,
+         batch_size: int | None, seed: int, device: str, data_dir: str | None, dataset: str | None, program: str | None,
          no_record: bool) -> None:
     """Forward AIS (a lower bound) and reverse AIS from the exact posterior sample (an upper bound)
     of log p(x) on N points simulated from RUN_DIR's model: their gap says how many --steps an
@@ -36,7 +37,7 @@ def bdmc(run_dir: str, n: int, steps: int, chains: int, leapfrog: int, is_k: int
 
     check_ais_options(steps, chains, leapfrog)
     started = time.perf_counter()
-    run = load_run(run_dir, device, data_dir, dataset=dataset)
+    run = load_run(run_dir, device, data_dir, dataset=dataset, program=program)
     if not run.vae.can("amortized") and proposal != "prior":
         proposal = "prior"   # a guide without an encoder has no q for simulated points
         say(f"pyrovae: note: a --guide {run.config.guide} run has no q for new points; the chains start at the prior")

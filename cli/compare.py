@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from pyrovae.cli.options import (DATA_DIR, DEVICE, MOVED_DATASET, NO_RECORD, RESUME, THREADS, emit, partial_path,
+from pyrovae.cli.options import (DATA_DIR, DEVICE, MOVED_DATASET, MOVED_PROGRAM, NO_RECORD, RESUME, THREADS, emit, partial_path,
                                  record, say)
 
 from pyrovae.evaluation.ais import CHAINS, LEAPFROG
@@ -48,12 +48,14 @@ def _positive(name: str, value: int | float) -> None:
 @DEVICE
 @DATA_DIR
 @MOVED_DATASET
+@MOVED_PROGRAM
 @RESUME
 @NO_RECORD
 @THREADS
 def compare(run_dir: str, limit: int, k: int, steps: int, lr: float, refine_steps: int, eval_samples: int,
             split: str | None, batch_size: int, log_px: str, ais_steps: int, chains: int, leapfrog: int, seed: int,
-            device: str, data_dir: str | None, dataset: str | None, resume: bool, no_record: bool) -> None:
+            device: str, data_dir: str | None, dataset: str | None, program: str | None, resume: bool,
+            no_record: bool) -> None:
     """Amortization gap L[q*] - L[q] and approximation gap log p(x) - L[q*] of RUN_DIR.
 
     Ctrl-C keeps the finished batches of points; --resume continues from them."""
@@ -69,7 +71,7 @@ def compare(run_dir: str, limit: int, k: int, steps: int, lr: float, refine_step
     from pyrovae.training import load_run
 
     heap.keep_freed_memory()   # the CLI process opts in to the evaluator's heap settings
-    run = load_run(run_dir, device, data_dir, dataset=dataset)
+    run = load_run(run_dir, device, data_dir, dataset=dataset, program=program)
     per_datapoint = run.vae.can("per_datapoint")
     splits = {"both": ["train", "test"], None: ["train", "test"] if per_datapoint else ["test"]}.get(split, [split])
     result = {"run_dir": run_dir, "guide": run.config.guide, "epoch": run.epoch, "k": k, "seed": seed}

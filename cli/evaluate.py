@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import click
-from pyrovae.cli.options import (DATA_DIR, DEVICE, MOVED_DATASET, NO_RECORD, RESUME, THREADS, emit, output_file,
+from pyrovae.cli.options import (DATA_DIR, DEVICE, MOVED_DATASET, MOVED_PROGRAM, NO_RECORD, RESUME, THREADS, emit, output_file,
                                  partial_path, progress_bar, record, say)
 
 from pyrovae.errors import UsageError
@@ -54,6 +54,7 @@ def ais_options(command):
 @DEVICE
 @DATA_DIR
 @MOVED_DATASET
+@MOVED_PROGRAM
 @click.option("--per-point", default=None, type=click.Path(),
               help="Write per-datapoint values to this .csv or .npz file.")
 @RESUME
@@ -61,7 +62,8 @@ def ais_options(command):
 @THREADS
 def evaluate(run_dir: str, method: str, k: int, split: str, limit: int | None, proposal: str | None, steps: int,
              chains: int, leapfrog: int, is_k: int, batch_size: int | None, chunk_size: int, compile_: bool | None,
-             seed: int, device: str, data_dir: str | None, dataset: str | None, per_point: str | None,
+             seed: int, device: str, data_dir: str | None, dataset: str | None, program: str | None,
+             per_point: str | None,
              resume: bool, no_record: bool) -> None:
     """log p(x) of RUN_DIR's model, with its SE and diagnostics.
 
@@ -85,7 +87,7 @@ def evaluate(run_dir: str, method: str, k: int, split: str, limit: int | None, p
 
     heap.keep_freed_memory()   # the CLI process opts in to the evaluator's heap settings
     started = time.perf_counter()
-    run = load_run(run_dir, device, data_dir, dataset=dataset)
+    run = load_run(run_dir, device, data_dir, dataset=dataset, program=program)
     x, index = run.points(split, limit, seed)
     encoder = run.vae.can("amortized")
     if proposal is None:

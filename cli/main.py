@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import click
-from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, THREADS, emit, output_file
+from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, MOVED_PROGRAM, THREADS, emit, output_file
 
 from pyrovae.config import PRESETS, RESUMABLE
 from pyrovae.errors import UsageError, cli_audience
@@ -100,6 +100,11 @@ def _hidden(ctx, param, value: str):
     return parse_hidden(value)
 
 
+# options that pick or shape the built-in families: a --program replaces them all
+PROGRAM_REPLACES = ("likelihood", "sigma", "model", "latent_dim", "hidden", "z1_dim", "z1_hidden", "guide", "flows",
+                    "refine_steps", "refine_lr", "flow_hidden", "local_lr", "local_steps", "local_tol", "local_lr_decay")
+
+
 def output_png(path: str) -> Path:
     return output_file(path, "--out", (".png",))
 
@@ -170,6 +175,10 @@ def output_png(path: str) -> Path:
               help="Stop after the epoch that passes this many minutes of wall time (0: no limit).")
 @click.option("--seed", default=0, show_default=True, help="Seeds the weights, the data order and every draw.")
 @DEVICE
+@click.option("--program", default=None,
+              help="Your own Pyro model and guide: FILE.py:FACTORY or module:FACTORY, where FACTORY() returns a "
+                   "pyrovae.VAE or a (model, guide) pair (every sample site in pyro.plate('data', len(x))). The run "
+                   "records where it is; --model, --guide, --likelihood and their options do not apply.")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
               help="A named recipe; options given on the command line override it.")
 @click.option("--out", "run_dir", default="runs/latest", show_default=True, type=click.Path(),
@@ -198,6 +207,12 @@ def fit(ctx: click.Context, run_dir: str, resume: bool, overwrite: bool, quiet: 
     from pyrovae.training import fit as train
     given = {name: value for name, value in options.items()
              if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+    if given.get("program"):
+        families = [name for name in given if name in PROGRAM_REPLACES]
+        if families or preset:
+            flags = ", ".join("--" + name.replace("_", "-") for name in families) or f"--preset {preset}"
+            raise UsageError(f"--program brings its own model and guide, so {flags} would not apply; drop "
+                             f"{'it' if len(families) <= 1 else 'them'}")
     for name, value in PRESETS.get(preset, {}).items():
         given.setdefault(name, value)
     if resume and (Path(run_dir) / "config.json").exists():
@@ -219,14 +234,15 @@ def fit(ctx: click.Context, run_dir: str, resume: bool, overwrite: bool, quiet: 
 @DEVICE
 @DATA_DIR
 @MOVED_DATASET
+@MOVED_PROGRAM
 def sample(run_dir: str, n: int, show: str, seed: int, out: str, device: str, data_dir: str | None,
-           dataset: str | None) -> None:
+           dataset: str | None, program: str | None) -> None:
     """Images from the model's prior: z ~ p(z), then E[x | z] (or x ~ p(x | z) with --show draws)."""
     from pyrovae.figures import sample_grid
     from pyrovae.plots import prior_samples
     from pyrovae.programs import rows_of
     path = output_png(out)
-    run = _image_run(run_dir, device, data_dir, dataset)
+    run = _image_run(run_dir, device, data_dir, dataset, program)
     template = rows_of(run.data.test, [i % len(run.data.test[0]) for i in range(n)])
     images = prior_samples(run.vae, template, mean=show == "means", seed=seed)
     what = "decoder means E[x | z]" if show == "means" else "draws x ~ p(x | z)"
@@ -242,7 +258,8 @@ def sample(run_dir: str, n: int, show: str, seed: int, out: str, device: str, da
 @DEVICE
 @DATA_DIR
 @MOVED_DATASET
-def reconstruct(run_dir: str, n: int, out: str, device: str, data_dir: str | None, dataset: str | None) -> None:
+@MOVED_PROGRAM
+def reconstruct(run_dir: str, n: int, out: str, device: str, data_dir: str | None, dataset: str | None, program: str | None) -> None:
     """Test images (training images for a guide without an encoder) above their reconstructions
     E[x | z] at the guide's mean of z."""
     import torch
@@ -251,7 +268,7 @@ def reconstruct(run_dir: str, n: int, out: str, device: str, data_dir: str | Non
     from pyrovae.plots import reconstructions
     from pyrovae.programs import rows_of
     path = output_png(out)
-    run = _image_run(run_dir, device, data_dir, dataset)
+    run = _image_run(run_dir, device, data_dir, dataset, program)
     amortized = run.vae.can("amortized")
     batch = rows_of(run.data.test if amortized else run.data.train, slice(0, n))
     index = None if amortized else torch.arange(len(batch[0]), device=batch[0].device)
@@ -269,13 +286,14 @@ def reconstruct(run_dir: str, n: int, out: str, device: str, data_dir: str | Non
 @DEVICE
 @DATA_DIR
 @MOVED_DATASET
-def latent_map(run_dir: str, n: int, out: str, device: str, data_dir: str | None, dataset: str | None) -> None:
+@MOVED_PROGRAM
+def latent_map(run_dir: str, n: int, out: str, device: str, data_dir: str | None, dataset: str | None, program: str | None) -> None:
     """Encoder means of test points: the latents for 2-D latents, else a PCA projection."""
     from pyrovae.plots import latent_map as draw
     from pyrovae.programs import rows_of
     from pyrovae.training import load_run
     path = output_png(out)
-    run = load_run(run_dir, device, data_dir, dataset=dataset)
+    run = load_run(run_dir, device, data_dir, dataset=dataset, program=program)
     if not run.vae.can("amortized"):
         raise UsageError(f"latent-map needs an encoder; this run has --guide {run.config.guide}")
     labels = run.data.dataset.test_labels
@@ -283,9 +301,9 @@ def latent_map(run_dir: str, n: int, out: str, device: str, data_dir: str | None
     emit({"out": str(path), "run_dir": run_dir, **result})
 
 
-def _image_run(run_dir: str, device: str, data_dir: str | None, dataset: str | None):
+def _image_run(run_dir: str, device: str, data_dir: str | None, dataset: str | None, program: str | None):
     from pyrovae.training import load_run
-    run = load_run(run_dir, device, data_dir, dataset=dataset)
+    run = load_run(run_dir, device, data_dir, dataset=dataset, program=program)
     if run.data.dataset.image_shape is None:
         raise UsageError(f"{run.data.dataset.name} rows are not images; use latent-map or the metrics instead")
     return run

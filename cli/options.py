@@ -15,6 +15,8 @@ DATA_DIR = click.option("--data-dir", default=None, type=click.Path(),
                         help="Folder holding MNIST/raw (else $PYROVAE_DATA_DIR); for a run, where MNIST is now.")
 MOVED_DATASET = click.option("--dataset", "dataset", default=None, type=click.Path(),
                              help="Where the run's .npz/.npy data file is now, if it moved since `pyrovae fit`.")
+MOVED_PROGRAM = click.option("--program", "program", default=None,
+                             help="FILE.py:FACTORY: where a --program run's file is now, if it moved since `pyrovae fit`.")
 def _threads(ctx, param, value: int | None) -> int | None:
     if value is not None:
         if value < 1:

@@ -16,10 +16,23 @@ def _number(value, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _families(config: dict, info: dict | None, program: dict | None) -> dict[str, object]:
+    """Model, guide, likelihood and latent sizes: the config's families, or what a program of
+    your own is, as its trace showed it when it was trained."""
+    if config.get("model") != "custom" or not info:
+        return {"model": config.get("model"), "guide": config.get("guide"), "likelihood": config.get("likelihood"),
+                "latent dim": config.get("latent_dim")}
+    observed = ", ".join(f"{name} ~ {info['distributions'].get(name, '?')}" for name in info["observed"])
+    latent = ", ".join(f"{name} {'x'.join(map(str, shape)) or 'scalar'}" for name, shape in info["latent"].items())
+    rows = {"model": info["model"], "guide": info["guide"], "likelihood": observed, "latent dim": latent or "-"}
+    if program:
+        rows["program"] = program.get("spec")
+    return rows
+
+
 def _rows(run: dict) -> dict[str, str]:
     config, training, evaluations = run["config"], run["training"], run["evaluations"]
-    rows = {"model": config.get("model"), "guide": config.get("guide"), "likelihood": config.get("likelihood"),
-            "latent dim": config.get("latent_dim"), "objective": config.get("elbo"),
+    rows = {**_families(config, run.get("program_info"), run.get("program")), "objective": config.get("elbo"),
             "epochs": training.get("epochs"), "minutes": _number(training.get("minutes")),
             "test ELBO": _number(training.get("test_elbo")),
             "best test ELBO (epoch)": (f"{training['best_test_elbo']:.2f} ({training['best_epoch']})"

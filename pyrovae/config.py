@@ -193,7 +193,8 @@ class FitConfig:
         return dataclasses.replace(self, dataset=dataset, data_dir=data_dir, program=program)
 
     def typed_paths(self) -> dict[str, str | None]:
-        return {"dataset": self.dataset, "data_dir": self.data_dir, "program": self.program}
+        typed = {"dataset": self.dataset, "data_dir": self.data_dir}
+        return typed if self.program is None else {**typed, "program": self.program}
 
     @classmethod
     def from_run(cls, run_dir: str | Path) -> "FitConfig":

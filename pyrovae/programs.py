@@ -42,9 +42,10 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
-from .errors import UsageError
+from .errors import UsageError, option
 
 DATA_PLATE = "data"
+PARTICLE_PLATE, PARTICLE_DIM = "particles", -2   # where estimators vectorize draws: left of the data plate
 Batch = Sequence[torch.Tensor]
 Data = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -174,6 +175,15 @@ def param_scope(params: Mapping[str, torch.Tensor] | None = None,
             _scopes[0] -= 1
 
 
+def put_in_store(params: Mapping[str, torch.Tensor], constraints: Mapping[str, object]) -> None:
+    """``params`` (unconstrained, by identity) in the param store that is open, where missing."""
+    store = pyro.get_param_store()
+    missing = [name for name in params if store.param_name(params[name]) != name]
+    if missing:
+        store.set_state({"params": {name: params[name] for name in missing},
+                         "constraints": {name: constraints[name] for name in missing}})
+
+
 def in_param_scope() -> bool:
     return _scopes[0] > 0
 
@@ -207,11 +217,18 @@ def bind(program: Callable, state: Callable[[], ParamState] | None = None,
 
     def bound(index: torch.Tensor | None, beta: float | torch.Tensor, *batch: torch.Tensor,
               num_data: int | None = None):
-        scope = contextlib.nullcontext() if in_param_scope() else param_scope(*(state() if state else ({}, {})))
-        with scope:
-            for name, param in registered(index, batch) if registered else ():
+        if registered is not None:
+            # for Pyro's JIT, which looks parameters up in the store outside the program: they
+            # stay in the store that is open (training opens a scope for its whole run)
+            scope = contextlib.nullcontext()
+            if state is not None:
+                put_in_store(*state())
+            for name, param in registered(index, batch):
                 if param.requires_grad:   # registering would switch a frozen parameter's gradient on
                     pyro.param(name, param)
+        else:
+            scope = contextlib.nullcontext() if in_param_scope() else param_scope(*(state() if state else ({}, {})))
+        with scope:
             scale = 1.0 if num_data is None else num_data / batch[0].shape[0]
             with poutine.scale(scale=scale), ScaleLatents(beta):
                 return program(*batch, index=index) if wants_index else program(*batch)
@@ -345,6 +362,29 @@ def _failed(where: str, error: Exception, batch) -> UsageError:
                       f"{tuple(batch[0].shape)} (rows first) and the data suits its likelihood")
 
 
+def _check_vectorized(model: Callable, guide: Callable, index, batch) -> None:
+    """Estimators draw many z per datapoint at once, in a plate left of the data plate: both
+    programs must give each (draw, datapoint) pair its own log density."""
+    rows = num_rows(batch)
+    particles = pyro.plate(PARTICLE_PLATE, 2, dim=PARTICLE_DIM)
+    where = "guide"
+    try:
+        with poutine.block():
+            guide_trace = poutine.trace(particles(guide)).get_trace(index, 1.0, *batch)
+            where = "model"
+            model_trace = poutine.trace(poutine.replay(particles(model), trace=guide_trace)).get_trace(index, 1.0, *batch)
+        for where, trace in (("guide", guide_trace), ("model", model_trace)):
+            for name, site in _sites(trace).items():
+                shape = tuple(site["fn"].log_prob(site["value"]).shape)
+                if shape != (2, rows):
+                    raise ValueError(f"site {name!r} gives log densities of shape {shape}, not (2, {rows})")
+    except (ValueError, RuntimeError, IndexError) as error:
+        detail = " ".join(str(error).split())[:160]
+        raise UsageError(f"the {where} cannot draw several z per datapoint at once ({detail}), which every estimator "
+                         "does (particles in a plate at dim -2): write its shapes from the right, e.g. "
+                         "z.new_zeros(*z.shape[:-1], d) or .expand(*batch_shape, d) rather than x.shape[0]") from None
+
+
 def _sites(trace: poutine.Trace) -> dict[str, dict]:
     return {name: site for name, site in trace.nodes.items()
             if site["type"] == "sample" and not site_is_subsample(site)}
@@ -359,13 +399,14 @@ def _info(site: dict) -> SiteInfo:
 
 
 def check_programs(model: Callable, guide: Callable, batch: Batch, index: torch.Tensor | None = None,
-                   names: tuple[str, str] = ("model", "guide")) -> ProgramInfo:
+                   names: tuple[str, str] = ("model", "guide"), continuous: bool = False) -> ProgramInfo:
     """Run the bound ``model`` and ``guide`` once on the first rows of ``batch`` and refuse, with a
     :class:`UsageError` naming the site, the program and the fix, what pyrovae cannot serve:
     sites outside the data plate (or in a plate of another name), a subsampled data plate, a data
     plate that is not the innermost at dim -1, a model without an observed site, guide sites that
     are not the model's latent sites, or that differ from them in support or event shape, and
-    per-point log densities of the wrong shape. Returns what the programs are."""
+    per-point log densities of the wrong shape; with ``continuous``, discrete latents (for AIS).
+    Returns what the programs are."""
     small, small_index = first_rows(batch, index)
     rows = num_rows(small)
     guide_trace = _trace("guide", guide, small_index, small)
@@ -374,11 +415,6 @@ def check_programs(model: Callable, guide: Callable, batch: Batch, index: torch.
     for where, sites in (("model", model_sites), ("guide", guide_sites)):
         for name, site in sites.items():
             _check_plate(where, name, site, rows)
-            log_p = site["fn"].log_prob(site["value"])
-            if tuple(log_p.shape) != (rows,):
-                raise UsageError(f"{_site_name(where, name)} has per-point log densities of shape {tuple(log_p.shape)} "
-                                 f"for a batch of {rows} rows, not ({rows},): give each datapoint one event "
-                                 "(batch shape [rows], the rest .to_event(n))")
     observed = {name: site for name, site in model_sites.items() if site["is_observed"]}
     if not observed:
         raise UsageError("the model has no observed site: score the data with pyro.sample('x', ..., obs=x) inside "
@@ -402,8 +438,30 @@ def check_programs(model: Callable, guide: Callable, batch: Batch, index: torch.
         if tuple(q.event_shape) != tuple(p.event_shape):
             raise UsageError(f"{_site_name('guide', name)} has event shape {tuple(q.event_shape)} but the model's has "
                              f"{tuple(p.event_shape)}; make them agree (.to_event(n) on both)")
-    return ProgramInfo(names[0], names[1], {name: _info(site) for name, site in latent.items()},
+    info = ProgramInfo(names[0], names[1], {name: _info(site) for name, site in latent.items()},
                        {name: _info(site) for name, site in observed.items()})
+    if continuous:
+        refuse_discrete(info)
+    for where, sites in (("model", model_sites), ("guide", guide_sites)):
+        for name, site in sites.items():
+            try:
+                shape = tuple(site["fn"].log_prob(site["value"]).shape)
+            except ValueError as error:
+                raise _failed(where, error, small) from None
+            if shape != (rows,):
+                raise UsageError(f"{_site_name(where, name)} has per-point log densities of shape {shape} for a "
+                                 f"batch of {rows} rows, not ({rows},): give each datapoint one event (batch shape "
+                                 "[rows], the rest .to_event(n))")
+    _check_vectorized(model, guide, small_index, small)
+    return info
+
+
+def refuse_discrete(info: ProgramInfo) -> None:
+    """Annealing moves latents by Hamiltonian dynamics: every latent site must be continuous."""
+    for name, site in info.latent.items():
+        if site.discrete:
+            raise UsageError(f"annealed importance sampling needs continuous latent sites; {name!r} is discrete "
+                             f"({site.distribution}); use {option('method', 'is')}")
 
 
 def first_rows(batch: Batch, index: torch.Tensor | None = None

@@ -189,4 +189,5 @@ def describe_run(run_dir: Path) -> dict:
             best = max(tested, key=lambda m: m["test_elbo"])
             training["best_test_elbo"], training["best_epoch"] = best["test_elbo"], best["epoch"]
     return {"run_dir": str(run_dir), "config": saved["config"], "versions": saved.get("versions"),
+            "program": saved.get("program"), "program_info": saved.get("program_info"),
             "training": training, "evaluations": read_jsonl(run_dir / EVALUATIONS)}

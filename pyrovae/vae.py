@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .programs import (CHECK_ROWS, Batch, ParamState, Program, ProgramInfo, as_program, bind, can, check_programs,
-                       describe, first_rows, param_scope, param_sites)
+                       describe, first_rows, param_scope, param_sites, refuse_discrete)
 
 def _key(name: str) -> str:
     """A param-store name as a ParameterDict key (which may hold no dots)."""
@@ -118,13 +118,17 @@ class VAE(nn.Module):
                 owned.add(id(adopted))
         return info
 
-    def check(self, batch: Batch, index: torch.Tensor | None = None) -> ProgramInfo:
+    def check(self, batch: Batch, index: torch.Tensor | None = None, continuous: bool = False) -> ProgramInfo:
         """What :meth:`prepare` found, or the check alone on ``batch`` (no adoption) for a VAE that
-        was not prepared: estimators call this before any work."""
+        was not prepared: estimators call this before any work (``continuous``: AIS, which
+        refuses discrete latents)."""
         if self.info is None:
             if index is None and can(self.guide, "per_datapoint"):
                 index = torch.arange(min(CHECK_ROWS, batch[0].shape[0]), device=batch[0].device)
-            self.info = check_programs(*self.bound(), batch, index, names=(describe(self.model), describe(self.guide)))
+            self.info = check_programs(*self.bound(), batch, index, names=(describe(self.model), describe(self.guide)),
+                                       continuous=continuous)
+        elif continuous:
+            refuse_discrete(self.info)
         return self.info
 
     # -------------------------------------------------------------------- what it can do

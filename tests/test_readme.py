@@ -30,3 +30,15 @@ def test_user_model_example_runs(tmp_path, monkeypatch, capsys):
     # Student-t densities of pixels in [0, 1] with small scales: log p(x) is large and positive
     assert log_px > 0 and gap > 0
     assert (tmp_path / "runs" / "student-t" / "checkpoint.pt").exists()
+
+
+def test_pyro_example_runs(tmp_path, monkeypatch, capsys):
+    code = python_block_after("<!-- example: pyro-example")
+    code = code.replace("epochs=3", "epochs=1").replace("[:100]", "[:30]").replace("k=500", "k=100") \
+        .replace("PyroExampleVAE()", "PyroExampleVAE(z_dim=8, hidden_dim=64)")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, str(README), "exec"), {"__name__": "readme"})
+    log_px = float(capsys.readouterr().out.split()[-1])
+    assert -600 < log_px < -100   # nats per MNIST digit after an epoch of the sample
+    saved = (tmp_path / "runs" / "pyro-example" / "config.json").read_text()
+    assert '"latent": {' in saved and '"latent": [' in saved

@@ -233,11 +233,13 @@ class _Target:
         return self.sites.join(inverted.u, 2)
 
     def log_densities(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        at = self._run_guide(_Coordinates("evaluate", u=self.sites.split(u)))
-        conditioned = poutine.condition(self.model, data=at.values)
-        # the first evaluation validates supports and shapes; then the checks only cost time
-        with pyro.validation_enabled(is_validation_enabled() and not self.validated), FusedDensities(self.compile):
-            trace = poutine.trace(self.plate(conditioned)).get_trace(self.index, 1.0, *self.batch)
+        # the first evaluation validates supports and shapes; then the checks only cost time, and a
+        # chain that wanders off (a NaN or infinite proposal) must be rejected by HMC, not raise
+        with pyro.validation_enabled(is_validation_enabled() and not self.validated):
+            at = self._run_guide(_Coordinates("evaluate", u=self.sites.split(u)))
+            conditioned = poutine.condition(self.model, data=at.values)
+            with FusedDensities(self.compile):
+                trace = poutine.trace(self.plate(conditioned)).get_trace(self.index, 1.0, *self.batch)
         self.validated = True
         log_p = 0.0
         for name, site in sample_sites(trace):
@@ -388,7 +390,7 @@ def estimate_log_likelihood_ais(vae: VAE, data, steps: int = STEPS, chains: int 
     check_ais_options(steps, chains, leapfrog)
     data = tuple(t.to(device=vae.device, dtype=vae.dtype if t.is_floating_point() else t.dtype)
                  for t in as_batch(data))
-    n, data_dim = num_rows(data), vae.check(data).data_dim
+    n, data_dim = num_rows(data), vae.check(data, continuous=True).data_dim
     batch_size = batch_size or max(1, PAIRS // chains)
     compile = n * chains * steps * leapfrog >= COMPILE_PAIRS if compile is None else compile
     model = vae.bound()[0]
@@ -481,7 +483,7 @@ def bdmc(vae: VAE, template, steps: int = STEPS, chains: int = CHAINS, leapfrog:
     check_ais_options(steps, chains, leapfrog)
     template = tuple(t.to(device=vae.device) for t in as_batch(template))
     n = num_rows(template)
-    vae.check(template)
+    vae.check(template, continuous=True)
     batch_size = batch_size or max(1, PAIRS // chains)
     model, _ = vae.bound()
     devices = [vae.device] if vae.device.type == "cuda" else []

@@ -90,16 +90,17 @@ class Plateau:
 
 
 @torch.no_grad()
-def guide_moments(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor | None
-                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def guide_moments(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor | None, with_supports: bool = False):
     """(mean, std) [rows, *event] per latent site of the VAE's guide on ``batch``: exact for a
     Gaussian site whose parameters depend on x alone, matched from ``MOMENT_DRAWS`` draws otherwise
-    (in the unconstrained space of a site with a constrained support)."""
+    (in the unconstrained space of a site with a constrained support); ``with_supports``: also
+    {site: support}."""
     model, guide = vae.bound()
     _, trace = particle_traces(model, guide, MOMENT_DRAWS, index, 1.0, *batch)
-    moments = {}
+    moments, supports = {}, {}
     for name, site in sample_sites(trace):
         fn, value = site["fn"], site["value"]
+        supports[name] = fn.support
         if not is_real(fn.support):
             value = biject_to(fn.support).inv(value)
             moments[name] = (value.mean(0), value.std(0).clamp(min=1e-4))
@@ -110,17 +111,16 @@ def guide_moments(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor |
         except NotImplementedError:
             exact = False
         moments[name] = (mean[0], std[0]) if exact else (value.mean(0), value.std(0).clamp(min=1e-4))
-    return moments
+    return (moments, supports) if with_supports else moments
 
 
 def initial_guide(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor | None, init: Init) -> nn.Module:
     """The per-point family of the VAE's guide for the rows of ``batch``, at its starting point:
     the guide's own (``local_family``), else Gaussian tables over every latent site, pushed
     through ``biject_to(support)`` for a constrained one."""
-    shapes = latent_shapes(vae.bound()[0], index, 1.0, *batch)
-    supports = {name: support for name, (_, support) in shapes.items()}
     if isinstance(init, tuple):
-        return MeanFieldGuide.from_moments({next(iter(shapes)): init}, supports)
+        shapes = latent_shapes(vae.bound()[0], index, 1.0, *batch)
+        return MeanFieldGuide.from_moments({next(iter(shapes)): init}, {n: s for n, (_, s) in shapes.items()})
     if init not in ("prior", "q", "encoder"):
         raise ValueError(f"unknown init {init!r}; use 'prior', 'q' (the guide's q(z | x)) or a (loc, scale) pair")
     init = "q" if init == "encoder" else init
@@ -131,14 +131,16 @@ def initial_guide(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor |
     if family is not None:
         return family(batch, init)
     if init == "q":
-        return MeanFieldGuide.from_moments(guide_moments(vae, batch, index), supports)
+        moments, supports = guide_moments(vae, batch, index, with_supports=True)
+        return MeanFieldGuide.from_moments(moments, supports)
+    shapes = latent_shapes(vae.bound()[0], index, 1.0, *batch)
     for name, (shape, support) in shapes.items():
         if support.is_discrete:
             raise ValueError(f"latent site {name!r} is discrete ({support}); per-point Gaussian fits need continuous "
                              "latents")
     like = batch[0]
     return MeanFieldGuide.from_moments({name: (like.new_zeros(num_rows(batch), *shape), like.new_ones(num_rows(batch), *shape))
-                                        for name, (shape, _) in shapes.items()}, supports)
+                                        for name, (shape, _) in shapes.items()}, {n: s for n, (_, s) in shapes.items()})
 
 
 def fit_local(vae: VAE, data: Data, init: Init = "prior", index: torch.Tensor | None = None, max_steps: int = 3000,
