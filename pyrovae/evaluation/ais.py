@@ -426,7 +426,8 @@ def estimate_log_likelihood_ais(vae: VAE, data, steps: int = STEPS, chains: int 
     partial = Partial.load(path, n, options) if resume and path else Partial(n, options, path)
     done_before[0] = int(partial.done.sum()) * steps
     try:
-        values = run_batches(n, batch_size, evaluate, partial)
+        with vae.param_store():   # one scope of the param store for the whole run, not one per call
+            values = run_batches(n, batch_size, evaluate, partial)
     finally:
         report.close()
     partial.discard()
@@ -518,7 +519,8 @@ def bdmc(vae: VAE, template, steps: int = STEPS, chains: int = CHAINS, leapfrog:
         return values
 
     try:
-        out = run_batches(n, batch_size, evaluate, Partial(n, {}))
+        with vae.param_store():
+            out = run_batches(n, batch_size, evaluate, Partial(n, {}))
     finally:
         report.close()
     return BDMCResult(steps, chains, leapfrog, proposal_name, seed, out["forward"], out["reverse"], data,

@@ -308,7 +308,8 @@ def estimate_log_likelihood(vae: VAE, data: Data, k: int = 5000, proposal: Propo
     partial = Partial.load(path, n, options) if resume and path else Partial(n, options, path)
     report = _progress(progress, n)
     try:
-        values = run_batches(n, batch_size, evaluate, partial, report)
+        with vae.param_store():   # one scope of the param store for the whole run, not one per call
+            values = run_batches(n, batch_size, evaluate, partial, report)
     finally:
         report.close()
     partial.discard()

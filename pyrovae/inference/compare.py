@@ -135,7 +135,8 @@ def compare_inference(run: Any, data: Data, index: torch.Tensor | None = None, k
     partial = Partial.load(path, n, options) if resume and path else Partial(n, options, path)
     report = _progress(progress, n, "compare")
     try:
-        values = run_batches(n, batch_size, evaluate, partial, report)
+        with vae.param_store():
+            values = run_batches(n, batch_size, evaluate, partial, report)
     finally:
         report.close()
     partial.discard()

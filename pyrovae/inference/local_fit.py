@@ -163,7 +163,7 @@ def fit_local(vae: VAE, data: Data, init: Init = "prior", index: torch.Tensor | 
     started = time.perf_counter()
     guides, steps = [], []
     devices = [vae.device] if vae.device.type == "cuda" else []
-    with frozen(vae), torch.random.fork_rng(devices=devices):
+    with frozen(vae), vae.param_store(), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for start in range(0, n, batch_size):
             rows = range(start, min(start + batch_size, n))
