@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-import types
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping, NamedTuple, Sequence, Union
 
@@ -217,17 +216,17 @@ def bind(program: Callable, state: Callable[[], ParamState] | None = None,
 
     def bound(index: torch.Tensor | None, beta: float | torch.Tensor, *batch: torch.Tensor,
               num_data: int | None = None):
-        if registered is not None:
-            # for Pyro's JIT, which looks parameters up in the store outside the program: they
-            # stay in the store that is open (training opens a scope for its whole run)
+        if registered is None and not in_param_scope():
+            scope = param_scope(*(state() if state else ({}, {})))
+        else:
+            # inside an open scope (a training run's, an estimator's), or for Pyro's JIT, which looks
+            # parameters up in the store outside the program: they go in the store that is open
             scope = contextlib.nullcontext()
             if state is not None:
                 put_in_store(*state())
-            for name, param in registered(index, batch):
+            for name, param in registered(index, batch) if registered is not None else ():
                 if param.requires_grad:   # registering would switch a frozen parameter's gradient on
                     pyro.param(name, param)
-        else:
-            scope = contextlib.nullcontext() if in_param_scope() else param_scope(*(state() if state else ({}, {})))
         with scope:
             scale = 1.0 if num_data is None else num_data / batch[0].shape[0]
             with poutine.scale(scale=scale), ScaleLatents(beta):
@@ -235,11 +234,6 @@ def bind(program: Callable, state: Callable[[], ParamState] | None = None,
 
     bound.program = program
     return bound
-
-
-def program_of(fn: Callable) -> object:
-    """The program behind a bound function (or ``fn`` itself): what its capabilities are read from."""
-    return getattr(fn, "program", fn)
 
 
 # ---------------------------------------------------------------------------- the check before any work
@@ -294,6 +288,13 @@ class ProgramInfo:
 
 
 CHECK_ROWS = 64   # rows of the batch the check runs the programs on (enough to expose a subsampling plate)
+
+
+def is_real(support) -> bool:
+    """Whether ``support`` is the real line (or a product of real lines)."""
+    while isinstance(support, torch.distributions.constraints.independent):
+        support = support.base_constraint
+    return support is torch.distributions.constraints.real
 
 
 def _support_key(support) -> tuple[str, int]:
@@ -476,10 +477,6 @@ def param_sites(fn: Callable, index, batch) -> dict[str, torch.Tensor]:
     with poutine.block():
         trace = poutine.trace(fn).get_trace(index, 1.0, *batch)
     return {name: site["value"] for name, site in trace.nodes.items() if site["type"] == "param"}
-
-
-def is_method_of_module(fn: object) -> bool:
-    return isinstance(fn, types.MethodType) and isinstance(fn.__self__, nn.Module)
 
 
 def observed_is_binary(vae_or_model, batch: Batch, index: torch.Tensor | None = None) -> bool:

@@ -50,7 +50,7 @@ from pyro.poutine.util import site_is_subsample
 
 from ..errors import UsageError, option
 from ..objectives.traces import PARTICLE_DIM, PARTICLE_PLATE, sample_sites
-from ..programs import DATA_PLATE, as_batch, can, num_rows, rows_of
+from ..programs import DATA_PLATE, as_batch, can, is_real, num_rows, rows_of
 from ..vae import VAE, frozen
 from . import diagnostics
 from .annealing import anneal, log_mean_exp, sigmoid_schedule
@@ -87,19 +87,13 @@ def _from_coordinates(fn, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
             log_det = log_det + _sum_event(transform.log_abs_det_jacobian(previous, z),
                                            _event_dims(fn) - transform.domain.event_dim)
         return z, log_q, log_det
-    if _is_real(fn.support):
+    if is_real(fn.support):
         log_q = fn.log_prob(u)
         return u, log_q, torch.zeros_like(log_q)
     bijection = biject_to(fn.support)
     z = bijection(u)
     log_det = _sum_event(bijection.log_abs_det_jacobian(u, z), _event_dims(fn) - bijection.domain.event_dim)
     return z, fn.log_prob(z) + log_det, log_det
-
-
-def _is_real(support) -> bool:
-    while isinstance(support, torch.distributions.constraints.independent):
-        support = support.base_constraint
-    return support is torch.distributions.constraints.real
 
 
 def _to_coordinates(fn, z: torch.Tensor) -> torch.Tensor:

@@ -16,20 +16,13 @@ import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
-from torch.distributions import biject_to, constraints
+from torch.distributions import biject_to
 
-from ..programs import data_plate
+from ..programs import data_plate, is_real
 
 
 def _key(site: str) -> str:
     return site.replace(".", "·")   # parameter names cannot hold dots
-
-
-def is_real(support) -> bool:
-    """Whether ``support`` is the real line (or a product of real lines)."""
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    return support is constraints.real
 
 
 class MeanFieldGuide(nn.Module):

@@ -31,11 +31,11 @@ from torch import nn
 from torch.distributions import biject_to
 
 from .. import interrupts
-from ..guides.meanfield import MeanFieldGuide, is_real
+from ..guides.meanfield import MeanFieldGuide
 from ..guides.rows import concat_rows
 from ..objectives import make_objective
 from ..objectives.traces import elbo_terms, latent_shapes, particle_traces, sample_sites
-from ..programs import Data, as_batch, bind, num_rows, rows_of
+from ..programs import Data, as_batch, bind, is_real, num_rows, rows_of
 from ..vae import VAE, frozen
 
 Init = Union[str, tuple[torch.Tensor, torch.Tensor]]   # "prior", "q" ("encoder"), or a (loc, scale) table
