@@ -9,7 +9,6 @@ import json
 import math
 import shutil
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pyro
