@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from pyro import poutine
 
-from .objectives.traces import sample_sites
+from .objectives.traces import sample_sites, unconditioned_observation
 from .programs import num_rows, rows_of
 from .vae import VAE
 
@@ -31,21 +31,13 @@ def prior_samples(vae: VAE, template: Sequence[torch.Tensor], mean: bool = False
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         trace = poutine.trace(poutine.uncondition(model)).get_trace(None, 1.0, *template)
-    observed = _observed_after_uncondition(trace, vae, template)
+    _, observed = unconditioned_observation(trace)
     return observed["fn"].mean if mean else observed["value"]
-
-
-def _observed_after_uncondition(trace, vae: VAE, template: Sequence[torch.Tensor]) -> dict:
-    """The site that was observed in the model (uncondition samples it instead)."""
-    model, _ = vae.bound()
-    names = {name for name, site in sample_sites(poutine.trace(model).get_trace(None, 1.0, *rows_of(template, slice(0, 1))))
-             if site["is_observed"]}
-    return next(site for name, site in sample_sites(trace) if name in names)
 
 
 @torch.no_grad()
 def reconstructions(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor | None = None) -> torch.Tensor:
-    """E[x | z] at the guide's mean of z (a draw for a site without a closed-form mean)."""
+    """E[x | z] at the guide's mean of z (its centre for a site without a closed-form mean, e.g. a flow)."""
     from .evaluation.importance import MeanValues
     model, guide = vae.bound()
     with MeanValues():

@@ -49,7 +49,7 @@ from pyro.distributions.util import is_validation_enabled
 from pyro.poutine.util import site_is_subsample
 
 from ..errors import UsageError, option
-from ..objectives.traces import PARTICLE_DIM, PARTICLE_PLATE, sample_sites
+from ..objectives.traces import PARTICLE_DIM, PARTICLE_PLATE, sample_sites, unconditioned_observation
 from ..programs import DATA_PLATE, as_batch, can, num_rows, rows_of
 from ..vae import VAE, frozen
 from . import diagnostics
@@ -487,8 +487,7 @@ def bdmc(vae: VAE, template, steps: int = STEPS, chains: int = CHAINS, leapfrog:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         simulated = poutine.trace(poutine.uncondition(model)).get_trace(None, 1.0, *template)
-    observed = next(name for name, site in sample_sites(poutine.trace(model).get_trace(
-        None, 1.0, *rows_of(template, slice(0, 1)))) if site["is_observed"])
+    observed, _ = unconditioned_observation(simulated)
     latents = {name: site["value"] for name, site in sample_sites(simulated) if name != observed}
     data = (simulated.nodes[observed]["value"].detach(), *template[1:])
     guide, proposal_name, _ = proposal_guide(vae, proposal, n)

@@ -233,8 +233,9 @@ def grouped_iwae(log_w: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class MeanValues(pyro.poutine.messenger.Messenger):
-    """Each latent guide site takes its distribution's mean where it has one (else a draw); the
-    means are kept by site."""
+    """Each latent guide site takes its distribution's mean where it has one; the means are kept
+    by site (None for a site without one). A site without a closed-form mean takes its centre
+    (:func:`centre`), so neither the value nor the caller's global generator depends on a draw."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -248,6 +249,25 @@ class MeanValues(pyro.poutine.messenger.Messenger):
             self.means[msg["name"]] = msg["value"]
         except NotImplementedError:
             self.means[msg["name"]] = None
+            msg["value"] = centre(msg["fn"])
+
+
+def centre(fn: torch.distributions.Distribution) -> torch.Tensor:
+    """A value that stands for ``fn`` where it has no closed-form mean: for a flow, its base's
+    mean pushed through the transforms; otherwise one draw, seeded apart from the caller's
+    generator (CPU)."""
+    if isinstance(fn, torch.distributions.TransformedDistribution):
+        try:
+            value = fn.base_dist.mean
+        except NotImplementedError:
+            value = None
+        if value is not None:
+            for transform in fn.transforms:   # through each transform's cache: log_prob needs no inverse
+                value = transform(value)
+            return value
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return fn.sample()
 
 
 def guide_means(guide: Callable, index: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor | None]:
