@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from pyrovae.errors import UsageError
+from pyrovae.runs import check_writable
 
 DEVICE = click.option("--device", default="auto", show_default=True,
                       help="auto (CUDA when present), cpu, cuda or cuda:N.")
@@ -33,18 +34,39 @@ RESUME = click.option("--resume", is_flag=True,
                       help="Continue an interrupted evaluation with the same options from the points it saved.")
 
 
-def record(run_dir: str, command: str, options: dict, summary: dict, skip: bool) -> None:
-    """One line in RUN_DIR/evaluations.jsonl (rank 0's, unless --no-record)."""
+def check_record(run_dir: str, skip: bool) -> bool:
+    """Before any work: whether RUN_DIR can take this command's record and partial results; a
+    damaged evaluations.jsonl, or (unless --no-record) a folder this process cannot write, is
+    refused. A read-only run evaluated with --no-record keeps nothing on an interrupt."""
+    from pyrovae import runs
+    if not Path(run_dir).is_dir():
+        return True   # load_run says what is wrong
+    path = Path(run_dir) / runs.EVALUATIONS
+    runs.read_jsonl(path)
+    if not skip:
+        runs.check_writable(path, "the record of this result in", "fix the run folder's permissions, or pass "
+                                                                   "--no-record")
+        return True
+    return os.access(run_dir, os.W_OK)
+
+
+def record(run_dir: str, command: str, options: dict, summary: dict, skip: bool, checkpoint: str | None) -> None:
+    """One line in RUN_DIR/evaluations.jsonl (rank 0's, unless --no-record), naming the
+    checkpoint (its SHA-256) the result came from."""
     from pyrovae.runs import record_evaluation
     from pyrovae.training.distributed import current
     if not skip and current().is_main:
-        record_evaluation(Path(run_dir), command, options, summary)
+        record_evaluation(Path(run_dir), command, options, summary, checkpoint)
 
 
 def partial_path(run_dir: str, command: str, options: dict) -> Path:
-    """Where an interrupted evaluation of RUN_DIR with these options keeps its finished points."""
+    """Where an interrupted evaluation of RUN_DIR with these options keeps its finished points:
+    one file whatever the checkpoint (``options["checkpoint"]``), so that resuming with another
+    says so."""
     from pyrovae.evaluation.driver import fingerprint
-    return Path(run_dir) / ".partial" / f"{command}-{fingerprint(options)}.npz"
+    from pyrovae.runs import PARTIAL
+    keyed = {key: value for key, value in options.items() if key != "checkpoint"}
+    return Path(run_dir) / PARTIAL / f"{command}-{fingerprint(keyed)}.npz"
 
 
 def say(message: str) -> None:
@@ -72,6 +94,7 @@ def output_file(path: str, option: str, suffixes: tuple[str, ...]) -> Path:
         raise UsageError(f"{option} {path!r}: folder {str(out.parent)!r} does not exist; create it first")
     if not os.access(out.parent, os.W_OK):
         raise UsageError(f"{option} {path!r}: folder {str(out.parent)!r} is not writable; choose another path")
+    check_writable(out, option)   # the name's length, and a file actually made there
     return out
 
 

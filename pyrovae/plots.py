@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 from pyro import poutine
 
+from . import interrupts
 from .objectives.traces import sample_sites, unconditioned_observation
 from .programs import num_rows, rows_of
 from .vae import VAE
@@ -81,6 +82,7 @@ def write_run_images(vae: VAE, data, run_dir: Path, n: int = 64, caption: str = 
         template = rows_of(test, slice(0, n)) if num_rows(test) >= n else rows_of(train, slice(0, n))
         sample_grid(prior_samples(vae, template, mean=True).cpu(), shape, run_dir / SAMPLES_PNG,
                     caption=f"prior samples (decoder means){caption}")
+        interrupts.check()   # under fit's StopFlag, a signal stops the pictures here
         split = "test" if vae.can("amortized") else "training"
         reconstruction_figure(batch[0].cpu(), reconstructions(vae, batch, index).cpu(), shape,
                               run_dir / RECONSTRUCTIONS_PNG, caption=f"{split} images and reconstructions{caption}")

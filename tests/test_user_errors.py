@@ -160,7 +160,8 @@ def test_interrupted_evaluate_resumes_to_the_uninterrupted_numbers(run, tmp_path
     with monkeypatch.context() as patch:
         interrupt_on_call(patch, importance, "importance_batch", 3)
         line = one_line(invoke(*args, "--per-point", tmp_path / "split.npz"), 130, kind="interrupted")
-    assert "stopped after 21 of 150 points" in line and "error" not in line
+    # the third batch, under way at the signal, is dropped at its first chunk of particles
+    assert "stopped after 14 of 150 points" in line and "error" not in line
     assert line.endswith("--resume") and "continue with: pyrovae evaluate" in line
     assert not (tmp_path / "split.npz").exists() and len(list((run / ".partial").iterdir())) == 1
     result = invoke(*args, "--per-point", tmp_path / "split.npz", "--resume")

@@ -30,7 +30,7 @@ from pyro import poutine
 from pyro.distributions.util import is_validation_enabled
 from pyro.poutine.util import site_is_subsample
 
-from .. import heap
+from .. import heap, interrupts
 from ..programs import Data
 from ..errors import UsageError, option
 from ..objectives.traces import elbo_terms, iwae_bound, log_weights
@@ -184,6 +184,7 @@ def batch_log_weights(model: Callable, guide: Callable, batch: tuple[torch.Tenso
     # buffers fragment the heap, and the process grew with K
     log_w = torch.empty(k, len(rows), dtype=torch.float64)
     for start in range(0, k, chunk_size):
+        interrupts.check()   # under an evaluation's StopFlag, a signal drops this batch here
         particles = range(start, min(start + chunk_size, k))
         noisy = with_noise(guide, seeded_noise(seed, IS_STREAM, particles, rows, like), unsupported)
         # validation checks (finite logits, binary x) rerun on every [chunk, batch, pixels]
