@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from pyrovae.errors import UsageError
-from pyrovae.runs import check_writable
+from pyrovae.runs import check_name, check_writable
 
 DEVICE = click.option("--device", default="auto", show_default=True,
                       help="auto (CUDA when present), cpu, cuda or cuda:N.")
@@ -61,11 +61,11 @@ def record(run_dir: str, command: str, options: dict, summary: dict, skip: bool,
 
 def partial_path(run_dir: str, command: str, options: dict) -> Path:
     """Where an interrupted evaluation of RUN_DIR with these options keeps its finished points:
-    one file whatever the checkpoint (``options["checkpoint"]``), so that resuming with another
-    says so."""
+    one file whatever the checkpoint (``options["checkpoint"]``, and its epoch), so that resuming
+    with another checkpoint says so."""
     from pyrovae.evaluation.driver import fingerprint
     from pyrovae.runs import PARTIAL
-    keyed = {key: value for key, value in options.items() if key != "checkpoint"}
+    keyed = {key: value for key, value in options.items() if key not in ("checkpoint", "epoch")}
     return Path(run_dir) / PARTIAL / f"{command}-{fingerprint(keyed)}.npz"
 
 
@@ -86,6 +86,7 @@ def emit(result: dict | None) -> None:
 def output_file(path: str, option: str, suffixes: tuple[str, ...]) -> Path:
     """Check an output path before any work is done: its suffix, and a writable folder."""
     out, wanted = Path(path), " or ".join(suffixes)
+    check_name(out, option)   # first: the OS fails every question about a name that is too long
     if out.suffix.lower() not in suffixes:
         raise UsageError(f"{option} {path!r} must end in {wanted}")
     if out.is_dir():

@@ -136,13 +136,7 @@ def check_writable(path: Path, what: str, fix: str = "fix the folder's permissio
     missing or read-only, or a name too long. Creates and removes the temporary file
     :func:`atomic_path` would write."""
     path = Path(path)
-    try:
-        limit = os.pathconf(path.parent, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        limit = 255
-    if len(os.fsencode(path.name)) > limit:
-        raise UsageError(f"{what} {str(path)!r}: the name is {len(os.fsencode(path.name))} bytes long, more than "
-                         f"the {limit} this folder takes; choose a shorter name")
+    check_name(path, what)
     try:
         with atomic_path(path) as tmp:
             raise _Probed(tmp)
@@ -150,6 +144,17 @@ def check_writable(path: Path, what: str, fix: str = "fix the folder's permissio
         pass
     except OSError as error:
         raise UsageError(f"cannot write {what} {str(path)!r} ({error.strerror or error}); {fix}") from None
+
+
+def check_name(path: Path, what: str) -> None:
+    """Refuse a file name longer than its folder takes (asking the OS about such a path fails)."""
+    try:
+        limit = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    if len(os.fsencode(path.name)) > limit:
+        raise UsageError(f"{what} {str(path)[:60]!r}...: the name is {len(os.fsencode(path.name))} bytes long, more "
+                         f"than the {limit} this folder takes; choose a shorter name")
 
 
 class _Probed(Exception):
@@ -191,6 +196,8 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     try:
         for stale in Path(run_dir).glob(".*.tmp"):   # left by a process killed mid-write (atomic_path)
             stale.unlink(missing_ok=True)
+        check_writable(Path(run_dir) / CHECKPOINT, "the checkpoint",   # before any work, not at the first epoch's end
+                       f"fix the folder's permissions or choose another {option('out')}")
         yield
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
