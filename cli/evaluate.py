@@ -114,7 +114,8 @@ def evaluate(run_dir: str, method: str, k: int, split: str, limit: int | None, p
         from pyrovae.evaluation.ais import estimate_log_likelihood_ais
         result = estimate_log_likelihood_ais(run.vae, x, steps=steps, chains=chains, leapfrog=leapfrog,
                                              proposal=proposal_arg, batch_size=batch_size, seed=seed, progress=True,
-                                             is_k=is_k, partial_path=path, resume=resume, options=tied)
+                                             is_k=is_k, partial_path=path, resume=resume, options=tied,
+                                             compile=compile_)
     else:
         result = estimate_log_likelihood(run.vae, x, k=k, proposal=proposal_arg, batch_size=batch_size or BATCH_SIZE,
                                          chunk_size=chunk_size, seed=seed, progress=True, compile=compile_,
