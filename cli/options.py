@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from pyrovae import runs
 from pyrovae.errors import UsageError
 from pyrovae.runs import check_name, check_writable
 
@@ -38,25 +39,26 @@ def check_record(run_dir: str, skip: bool) -> bool:
     """Before any work: whether RUN_DIR can take this command's record and partial results; a
     damaged evaluations.jsonl, or (unless --no-record) a folder this process cannot write, is
     refused. A read-only run evaluated with --no-record keeps nothing on an interrupt."""
-    from pyrovae import runs
     if not Path(run_dir).is_dir():
         return True   # load_run says what is wrong
     path = Path(run_dir) / runs.EVALUATIONS
     runs.read_jsonl(path)
-    if not skip:
+    try:
         runs.check_writable(path, "the record of this result in", "fix the run folder's permissions, or pass "
                                                                    "--no-record")
-        return True
-    return os.access(run_dir, os.W_OK)
+    except UsageError:
+        if not skip:
+            raise
+        return False
+    return True
 
 
 def record(run_dir: str, command: str, options: dict, summary: dict, skip: bool, checkpoint: str | None) -> None:
     """One line in RUN_DIR/evaluations.jsonl (rank 0's, unless --no-record), naming the
     checkpoint (its SHA-256) the result came from."""
-    from pyrovae.runs import record_evaluation
     from pyrovae.training.distributed import current
     if not skip and current().is_main:
-        record_evaluation(Path(run_dir), command, options, summary, checkpoint)
+        runs.record_evaluation(Path(run_dir), command, options, summary, checkpoint)
 
 
 def partial_path(run_dir: str, command: str, options: dict) -> Path:
@@ -64,9 +66,8 @@ def partial_path(run_dir: str, command: str, options: dict) -> Path:
     one file whatever the checkpoint (``options["checkpoint"]``, and its epoch), so that resuming
     with another checkpoint says so."""
     from pyrovae.evaluation.driver import fingerprint
-    from pyrovae.runs import PARTIAL
     keyed = {key: value for key, value in options.items() if key not in ("checkpoint", "epoch")}
-    return Path(run_dir) / PARTIAL / f"{command}-{fingerprint(keyed)}.npz"
+    return Path(run_dir) / runs.PARTIAL / f"{command}-{fingerprint(keyed)}.npz"
 
 
 def say(message: str) -> None:

@@ -21,9 +21,9 @@ import torch
 from click.testing import CliRunner
 
 import pyrovae.evaluation.importance as importance
-from pyrovae import runs
+from pyrovae import plots, runs
 from pyrovae.cli.main import cli
-from pyrovae.training import load_run
+from pyrovae.training import callbacks, load_run
 
 TINY = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "50", "--quiet", "--device", "cpu"]
 PYROVAE = [sys.executable, "-m", "pyrovae.cli.main"]
@@ -176,6 +176,10 @@ def test_show_and_resume_never_mix_results_of_another_checkpoint(run, monkeypatc
 
 
 # ---------------------------------------------------------------------------- folders that are not runs
+
+def test_what_overwrite_deletes_is_what_pyrovae_writes():
+    assert {callbacks.CURVES_PNG, plots.SAMPLES_PNG, plots.RECONSTRUCTIONS_PNG} <= set(runs.RUN_FILES)
+    assert callbacks.TENSORBOARD_DIR in runs.RUN_FOLDERS
 
 def test_fit_never_writes_into_a_folder_of_the_users_files(tmp_path, data):
     """Even files named like pyrovae's (metrics.jsonl, samples.png) are the user's in a folder

@@ -48,13 +48,14 @@ def after_training(work: Callable[[], T], during: str, epochs: int) -> T:
     """``work()`` (after the last checkpoint) under a :class:`StopFlag`: a signal drops it at its
     next :func:`pyrovae.interrupts.check` (or, arriving after the last one, once it returns) and
     raises :class:`TrainingInterrupted` saying what was under way."""
-    with StopFlag() as flag:
+    with StopFlag():
         try:
             result = work()
         except Abandon:
-            pass
-        if flag.signal is not None:
-            raise TrainingInterrupted(flag.signal, epochs, 0, during)
+            result = None
+        signum = interrupts.received()   # this flag's, or an enclosing one's (e.g. during the last epoch's end)
+        if signum is not None:
+            raise TrainingInterrupted(signum, epochs, 0, during)
     return result
 
 
@@ -120,9 +121,9 @@ class Trainer:
                 self.epochs_done = epoch + 1
                 if self.stop_reason:
                     break
-        started = time.perf_counter()
-        after_training(self._fit_end, "drawing the end-of-training pictures", self.epochs_done)
-        self.fit_end_seconds = time.perf_counter() - started
+            started = time.perf_counter()   # inside the flag: a signal at the last epoch's end stops the pictures
+            after_training(self._fit_end, "drawing the end-of-training pictures", self.epochs_done)
+            self.fit_end_seconds = time.perf_counter() - started
 
     def _fit_end(self) -> None:
         for cb in self.callbacks:   # pictures, curves, ...: a signal stops them between two
