@@ -1,4 +1,5 @@
-"""Shared set-up: tiny tensors on one thread, a clean Pyro state for every test, and a real
+"""Shared set-up: tiny tensors on one thread, a clean Pyro state for every test, a small data
+file and a run trained on it (``data``, ``run``: a module may define its own), and a real
 process to send a signal to."""
 import os
 import re
@@ -6,10 +7,15 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
+import numpy as np
 import pyro
 import pytest
 import torch
+from click.testing import CliRunner
+
+from pyrovae.cli.main import cli
 
 # The tests use tiny tensors: more threads only contend (2 cores here, often shared).
 torch.set_num_threads(1)
@@ -22,6 +28,25 @@ def clean_pyro():
     pyro.set_rng_seed(0)
     yield
     pyro.clear_param_store()
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    """150 training and 40 test rows of 8 features in [0, 1]."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "small.npz"
+    np.savez(path, train=rng.random((150, 8), dtype=np.float32), test=rng.random((40, 8), dtype=np.float32))
+    return path
+
+
+@pytest.fixture
+def run(tmp_path, data) -> Path:
+    """Two epochs of a tiny VAE on ``data``."""
+    out = tmp_path / "run"
+    args = ["fit", "--dataset", data, "--out", out, "--epochs", 2, "--hidden", 16, "--latent-dim", 2,
+            "--batch-size", 50, "--quiet", "--device", "cpu"]
+    assert CliRunner().invoke(cli, [str(a) for a in args]).exit_code == 0
+    return out
 
 
 class Interrupted:

@@ -51,21 +51,6 @@ def files_of(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture
-def data(tmp_path) -> Path:
-    rng = np.random.default_rng(0)
-    path = tmp_path / "small.npz"
-    np.savez(path, train=rng.random((150, 8), dtype=np.float32), test=rng.random((40, 8), dtype=np.float32))
-    return path
-
-
-@pytest.fixture
-def run(tmp_path, data) -> Path:
-    out = tmp_path / "run"
-    assert invoke("fit", "--dataset", data, "--out", out, "--epochs", 2, *TINY).exit_code == 0
-    return out
-
-
 def evaluate(run_dir: Path, *extra):
     return invoke("evaluate", run_dir, "--k", 30, "--split", "train", "--batch-size", 50, *extra)
 

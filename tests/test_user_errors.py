@@ -46,21 +46,6 @@ def files_of(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-@pytest.fixture
-def data(tmp_path) -> Path:
-    rng = np.random.default_rng(0)
-    path = tmp_path / "small.npz"
-    np.savez(path, train=rng.random((150, 8), dtype=np.float32), test=rng.random((40, 8), dtype=np.float32))
-    return path
-
-
-@pytest.fixture
-def run(tmp_path, data) -> Path:
-    out = tmp_path / "run"
-    assert invoke("fit", "--dataset", data, "--out", out, "--epochs", 2, *TINY).exit_code == 0
-    return out
-
-
 # ---------------------------------------------------------------------------- 1. paths
 
 def test_relative_paths_are_recorded_absolute_and_a_moved_file_can_be_pointed_at(tmp_path, data, monkeypatch):
