@@ -161,13 +161,6 @@ class _Probed(Exception):
     """Leaves :func:`atomic_path` without replacing the file (its temporary file is removed)."""
 
 
-def check_appendable(path: Path, what: str) -> None:
-    """Refuse, before any work, a .jsonl file a result could not be appended to: damaged (see
-    :func:`read_jsonl`), or in a folder this process cannot write."""
-    read_jsonl(path)
-    check_writable(path, what)
-
-
 def versions() -> dict[str, str]:
     import numpy
     import pyro
@@ -271,6 +264,7 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
 
 
 def write_bytes(path: Path, data) -> None:
+    """``data`` into a new file at ``path`` (the one place a checkpoint's bytes meet the disk)."""
     with open(path, "wb") as file:
         file.write(data)
 
