@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from pyrovae.cli.options import (DATA_DIR, DEVICE, MOVED_DATASET, MOVED_PROGRAM, NO_RECORD, RESUME, THREADS, emit, partial_path,
-                                 record, say)
+from pyrovae.cli.options import (DATA_DIR, DEVICE, MOVED_DATASET, MOVED_PROGRAM, NO_RECORD, RESUME, THREADS,
+                                 check_record, emit, partial_path, record, say)
 
 from pyrovae.evaluation.ais import CHAINS, LEAPFROG
 from pyrovae.evaluation.ais import STEPS as AIS_STEPS
 from pyrovae.inference.compare import BATCH_SIZE, DEFAULT_REFINE_STEPS
 from pyrovae.errors import UsageError
+from pyrovae.runs import PARTIAL
 
 DEFAULTS = {"--limit": 1000, "--k": 5000, "--steps": 3000, "--lr": 0.05, "--batch-size": BATCH_SIZE,
             "--eval-samples": 100}
@@ -66,6 +67,7 @@ def compare(run_dir: str, limit: int, k: int, steps: int, lr: float, refine_step
     check_ais_options(ais_steps, chains, leapfrog)
     if refine_steps < 0:
         raise UsageError(f"--refine-steps must be >= 0, got {refine_steps}; pass 0 to skip the refinement")
+    keeps = check_record(run_dir, no_record)
     from pyrovae import heap
     from pyrovae.inference.compare import compare_inference, format_table
     from pyrovae.training import load_run
@@ -75,11 +77,12 @@ def compare(run_dir: str, limit: int, k: int, steps: int, lr: float, refine_step
     per_datapoint = run.vae.can("per_datapoint")
     splits = {"both": ["train", "test"], None: ["train", "test"] if per_datapoint else ["test"]}.get(split, [split])
     result = {"run_dir": run_dir, "guide": run.config.guide, "epoch": run.epoch, "k": k, "seed": seed}
-    if resume and not any((Path(run_dir) / ".partial").glob("compare-*.npz")):
+    if resume and not any((Path(run_dir) / PARTIAL).glob("compare-*.npz")):
         raise UsageError(f"{run_dir!r} holds no interrupted comparison to resume; run without --resume")
     for name in splits:
         x, index = run.points(name, limit, seed)
-        options = {"command": "compare", "split": name, "limit": limit, "epoch": run.epoch}
+        options = {"command": "compare", "split": name, "limit": limit, "epoch": run.epoch,
+                   "checkpoint": run.checkpoint}   # partial points are of this checkpoint only
         path = partial_path(run_dir, "compare", {**options, "k": k, "steps": steps, "lr": lr, "seed": seed,
                                                  "log_px": log_px, "ais_steps": ais_steps, "chains": chains,
                                                  "leapfrog": leapfrog,
@@ -87,13 +90,14 @@ def compare(run_dir: str, limit: int, k: int, steps: int, lr: float, refine_step
                                                  "batch_size": batch_size})
         table = compare_inference(run, x, index=index, k=k, steps=steps, lr=lr, refine_steps=refine_steps,
                                   eval_samples=eval_samples, batch_size=batch_size, seed=seed, progress=True,
-                                  partial_path=path, resume=resume and path.exists(), options=options,
+                                  partial_path=path if keeps or resume else None, resume=resume and path.exists(),
+                                  options=options,
                                   log_px=log_px, ais_steps=ais_steps, chains=chains, leapfrog=leapfrog)
         say(format_table(table, f"{name} points of {run_dir}"))
         result[name] = table
     record(run_dir, "compare", {"limit": limit, "k": k, "steps": steps, "lr": lr, "refine_steps": refine_steps,
                                 "eval_samples": eval_samples, "split": split, "batch_size": batch_size, "log_px": log_px,
                                 "ais_steps": ais_steps, "chains": chains, "leapfrog": leapfrog, "seed": seed,
-                                "epoch": run.epoch}, result, no_record)
+                                "epoch": run.epoch}, result, no_record, run.checkpoint)
     emit(result)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import click
-from pyrovae.cli.options import (DATA_DIR, DEVICE, MOVED_DATASET, MOVED_PROGRAM, NO_RECORD, RESUME, THREADS, emit, output_file,
-                                 partial_path, progress_bar, record, say)
+from pyrovae.cli.options import (DATA_DIR, DEVICE, MOVED_DATASET, MOVED_PROGRAM, NO_RECORD, RESUME, THREADS,
+                                 check_record, emit, output_file, partial_path, progress_bar, record, say)
 
 from pyrovae.errors import UsageError
 from pyrovae.evaluation.ais import CHAINS, IS_K, LEAPFROG, PAIRS, STEPS
@@ -79,6 +79,7 @@ def evaluate(run_dir: str, method: str, k: int, split: str, limit: int | None, p
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be at least 1, got {limit}; omit it to evaluate the whole split")
     per_point_path = output_file(per_point, "--per-point", (".csv", ".npz")) if per_point else None
+    keeps = check_record(run_dir, no_record)
     from pyrovae import heap
     from pyrovae.evaluation.importance import estimate_log_likelihood, write_per_point
     from pyrovae.guides.rows import take_rows
@@ -109,16 +110,18 @@ def evaluate(run_dir: str, method: str, k: int, split: str, limit: int | None, p
         proposal_arg = take_rows(run.vae.guide, index)   # a per-datapoint guide's own rows
     else:
         proposal_arg = proposal
-    path = partial_path(run_dir, "evaluate", options)
+    tied = {**options, "checkpoint": run.checkpoint}   # partial points are of this checkpoint only
+    path = partial_path(run_dir, "evaluate", tied) if keeps or resume else None
     if method == "ais":
         from pyrovae.evaluation.ais import estimate_log_likelihood_ais
         result = estimate_log_likelihood_ais(run.vae, x, steps=steps, chains=chains, leapfrog=leapfrog,
                                              proposal=proposal_arg, batch_size=batch_size, seed=seed, progress=True,
-                                             is_k=is_k, partial_path=path, resume=resume, options=options)
+                                             is_k=is_k, partial_path=path, resume=resume, options=tied,
+                                             compile=compile_)
     else:
         result = estimate_log_likelihood(run.vae, x, k=k, proposal=proposal_arg, batch_size=batch_size or BATCH_SIZE,
                                          chunk_size=chunk_size, seed=seed, progress=True, compile=compile_,
-                                         partial_path=path, resume=resume, options=options)
+                                         partial_path=path, resume=resume, options=tied)
     summary = result.summary()
     if summary.get("warning"):
         say(f"pyrovae: warning: {summary['warning']}")
@@ -128,6 +131,6 @@ def evaluate(run_dir: str, method: str, k: int, split: str, limit: int | None, p
            "seed": seed, "per_point": str(per_point_path) if per_point_path else None,
            "seconds": round(time.perf_counter() - started, 3)}
     record(run_dir, "evaluate", {**options, "batch_size": batch_size, "chunk_size": chunk_size, "is_k": is_k}, out,
-           no_record)
+           no_record, run.checkpoint)
     emit(out)
 

@@ -6,10 +6,13 @@ one-line ``pyrovae: error: ...`` on stderr and exit code 2.
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
+import torch.distributed as dist
 from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, MOVED_PROGRAM, THREADS, emit, output_file
 
 from pyrovae.config import PRESETS, RESUMABLE
@@ -22,22 +25,39 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def fail(message: str, code: int = EXIT_USAGE, kind: str = "error") -> None:
+def fail(message: str, code: int = EXIT_USAGE, kind: str = "error", every_rank: bool = False) -> None:
     from pyrovae.training.distributed import current
-    if current().is_main:   # a distributed run's processes stop together: rank 0 says why
+    if every_rank or current().is_main:   # a distributed run's processes stop together: rank 0 says why
         click.echo(f"pyrovae: {kind}: {message}", err=True)
     sys.exit(code)
+
+
+# what to make smaller when memory runs out, by command
+SMALLER = {"evaluate": "--batch-size (and --chunk-size)", "sample": "--n", "reconstruct": "--n", "latent-map": "--n"}
 
 
 class PyrovaeGroup(click.Group):
     """Turns bad input into one line on stderr and exit code 2, never a traceback."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        # SIGTERM as Ctrl-C wherever no loop holds the signals (pyrovae.interrupts): one line, exit
+        # 130, not a silent death; restored after the command (the CLI also runs inside test processes)
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None
+        try:
+            self._main(args, prog_name, complete_var, **extra)
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _main(self, args, prog_name, complete_var, **extra):
         from pyrovae.errors import Interrupted
         from pyrovae.evaluation.driver import EvaluationInterrupted
         from pyrovae.training import NonFiniteLoss
         from pyrovae.training import distributed
         argv = list(sys.argv[1:] if args is None else args)
+        command = next((arg for arg in argv if arg in self.commands), None)
+        smaller = f"rerun with a smaller {SMALLER.get(command, '--batch-size')}"
         try:
             with cli_audience():   # messages name options as flags, as the user typed them
                 if distributed.launched_by_torchrun():   # torchrun: join the process group, once
@@ -63,18 +83,29 @@ class PyrovaeGroup(click.Group):
         except click.Abort:
             fail("stopped before anything was saved", EXIT_INTERRUPTED, kind="interrupted")
         except MemoryError as error:
-            fail(f"out of memory ({error}); rerun with a smaller --batch-size (and --chunk-size for evaluate)", 1)
+            fail(f"out of memory ({error}); {smaller}", 1)
         except RuntimeError as error:
-            if not _out_of_memory(error):
-                raise
             detail = str(error).splitlines()[0][:120]
-            fail(f"out of memory ({detail}); rerun with a smaller --batch-size (and --chunk-size for evaluate)", 1)
+            if _out_of_memory(error):
+                fail(f"out of memory ({detail}); {smaller}", 1)
+            if distributed.current().active and _peer_lost(error):   # the process that could say why is gone
+                fail(f"another process of this distributed run stopped ({detail}); the run folder keeps its last "
+                     "checkpoint: rerun the job (fit with --resume)", 1, every_rank=True)
+            raise
         except OSError as error:   # e.g. a full disk mid-run: files are written atomically, the old ones stay
             where = f" on {error.filename!r}" if error.filename else ""
             fail(f"{error.strerror or error}{where}; free space or fix permissions, then rerun "
                  "(pyrovae fit --resume continues from the last checkpoint)", 1)
         distributed.teardown()
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _peer_lost(error: RuntimeError) -> bool:
+    """A collective that failed because another rank died (gloo raises a bare RuntimeError,
+    torch 2.14; nccl a DistBackendError)."""
+    text = str(error)
+    return isinstance(error, dist.DistError) or any(
+        words in text for words in ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL"))
 
 
 def _out_of_memory(error: BaseException) -> bool:
@@ -243,6 +274,7 @@ def sample(run_dir: str, n: int, show: str, seed: int, out: str, device: str, da
     from pyrovae.programs import rows_of
     path = output_png(out)
     run = _image_run(run_dir, device, data_dir, dataset, program)
+    _check_grid(n, run.data.dataset.image_shape)
     template = rows_of(run.data.test, [i % len(run.data.test[0]) for i in range(n)])
     images = prior_samples(run.vae, template, mean=show == "means", seed=seed)
     what = "decoder means E[x | z]" if show == "means" else "draws x ~ p(x | z)"
@@ -271,6 +303,7 @@ def reconstruct(run_dir: str, n: int, out: str, device: str, data_dir: str | Non
     run = _image_run(run_dir, device, data_dir, dataset, program)
     amortized = run.vae.can("amortized")
     batch = rows_of(run.data.test if amortized else run.data.train, slice(0, n))
+    _check_grid(len(batch[0]), run.data.dataset.image_shape, reconstructions=True)
     index = None if amortized else torch.arange(len(batch[0]), device=batch[0].device)
     split = "test" if amortized else "training"
     reconstruction_figure(batch[0].cpu(), reconstructions(run.vae, batch, index).cpu(), run.data.dataset.image_shape,
@@ -299,6 +332,15 @@ def latent_map(run_dir: str, n: int, out: str, device: str, data_dir: str | None
     labels = run.data.dataset.test_labels
     result = draw(run.vae, rows_of(run.data.test, slice(0, n)), None if labels is None else labels[:n], path)
     emit({"out": str(path), "run_dir": run_dir, **result})
+
+
+def _check_grid(n: int, image_shape, reconstructions: bool = False) -> None:
+    """Refuse, before any work, more images than one picture can hold."""
+    from pyrovae.figures import MAX_PIXELS, grid_capacity
+    most = grid_capacity(image_shape, reconstructions=reconstructions)
+    if n > most:
+        raise UsageError(f"--n {n} is more images than one picture holds (at most {most}: a picture has at most "
+                         f"{MAX_PIXELS} pixels a side); pass --n {most} or less")
 
 
 def _image_run(run_dir: str, device: str, data_dir: str | None, dataset: str | None, program: str | None):

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
+from pyrovae import runs
 from pyrovae.errors import UsageError
+from pyrovae.runs import check_name, check_writable
 
 DEVICE = click.option("--device", default="auto", show_default=True,
                       help="auto (CUDA when present), cpu, cuda or cuda:N.")
@@ -35,18 +37,39 @@ RESUME = click.option("--resume", is_flag=True,
                       help="Continue an interrupted evaluation with the same options from the points it saved.")
 
 
-def record(run_dir: str, command: str, options: dict, summary: dict, skip: bool) -> None:
-    """One line in RUN_DIR/evaluations.jsonl (rank 0's, unless --no-record)."""
-    from pyrovae.runs import record_evaluation
+def check_record(run_dir: str, skip: bool) -> bool:
+    """Before any work: whether RUN_DIR can take this command's record and partial results; a
+    damaged evaluations.jsonl, or (unless --no-record) a folder this process cannot write, is
+    refused. A read-only run evaluated with --no-record keeps nothing on an interrupt."""
+    if not Path(run_dir).is_dir():
+        return True   # load_run says what is wrong
+    path = Path(run_dir) / runs.EVALUATIONS
+    runs.read_jsonl(path)
+    try:
+        runs.check_writable(path, "the record of this result in", "fix the run folder's permissions, or pass "
+                                                                   "--no-record")
+    except UsageError:
+        if not skip:
+            raise
+        return False
+    return True
+
+
+def record(run_dir: str, command: str, options: dict, summary: dict, skip: bool, checkpoint: str | None) -> None:
+    """One line in RUN_DIR/evaluations.jsonl (rank 0's, unless --no-record), naming the
+    checkpoint (its SHA-256) the result came from."""
     from pyrovae.training.distributed import current
     if not skip and current().is_main:
-        record_evaluation(Path(run_dir), command, options, summary)
+        runs.record_evaluation(Path(run_dir), command, options, summary, checkpoint)
 
 
 def partial_path(run_dir: str, command: str, options: dict) -> Path:
-    """Where an interrupted evaluation of RUN_DIR with these options keeps its finished points."""
+    """Where an interrupted evaluation of RUN_DIR with these options keeps its finished points:
+    one file whatever the checkpoint (``options["checkpoint"]``, and its epoch), so that resuming
+    with another checkpoint says so."""
     from pyrovae.evaluation.driver import fingerprint
-    return Path(run_dir) / ".partial" / f"{command}-{fingerprint(options)}.npz"
+    keyed = {key: value for key, value in options.items() if key not in ("checkpoint", "epoch")}
+    return Path(run_dir) / runs.PARTIAL / f"{command}-{fingerprint(keyed)}.npz"
 
 
 def say(message: str) -> None:
@@ -66,6 +89,7 @@ def emit(result: dict | None) -> None:
 def output_file(path: str, option: str, suffixes: tuple[str, ...]) -> Path:
     """Check an output path before any work is done: its suffix, and a writable folder."""
     out, wanted = Path(path), " or ".join(suffixes)
+    check_name(out, option)   # first: the OS fails every question about a name that is too long
     if out.suffix.lower() not in suffixes:
         raise UsageError(f"{option} {path!r} must end in {wanted}")
     if out.is_dir():
@@ -74,6 +98,7 @@ def output_file(path: str, option: str, suffixes: tuple[str, ...]) -> Path:
         raise UsageError(f"{option} {path!r}: folder {str(out.parent)!r} does not exist; create it first")
     if not os.access(out.parent, os.W_OK):
         raise UsageError(f"{option} {path!r}: folder {str(out.parent)!r} is not writable; choose another path")
+    check_writable(out, option)   # the name's length, and a file actually made there
     return out
 
 

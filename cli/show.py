@@ -7,7 +7,7 @@ from pyrovae.cli.options import emit, say
 
 
 def _latest(evaluations: list[dict], command: str, method: str | None = None) -> dict | None:
-    found = [e for e in evaluations if e["command"] == command
+    found = [e for e in evaluations if e.get("command") == command and isinstance(e.get("summary"), dict)
              and (method is None or e["summary"].get("method") == method)]
     return found[-1] if found else None
 
@@ -51,15 +51,19 @@ def _rows(run: dict) -> dict[str, str]:
     sandwich = _latest(evaluations, "bdmc")
     if sandwich:
         rows["BDMC gap"] = f"{sandwich['summary']['gap']:.2f} (T={sandwich['summary']['steps']})"
-    rows["evaluations recorded"] = len(evaluations)
+    rows["evaluations of this checkpoint"] = len(evaluations)
+    if run["other_evaluations"]:   # of a checkpoint the run no longer holds: not this model's numbers
+        rows["of other checkpoints (not shown)"] = len(run["other_evaluations"])
     return {key: str(value) for key, value in rows.items()}
 
 
 @click.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
 def show(run_dirs: tuple[str, ...]) -> None:
-    """The config, training summary and every recorded evaluation of RUN_DIR(s): JSON on stdout,
-    a table on stderr, one column per run (e.g. an amortized run beside a mean-field one)."""
+    """The config, training summary and the recorded evaluations of RUN_DIR(s): JSON on stdout,
+    a table on stderr, one column per run (e.g. an amortized run beside a mean-field one).
+    Evaluations of a checkpoint the run no longer holds (replaced by --overwrite, or trained further
+    by --resume) are counted in the table, not shown, and listed in the JSON's other_evaluations."""
     from pyrovae.runs import describe_run
     runs = [describe_run(run_dir) for run_dir in run_dirs]
     columns = [_rows(run) for run in runs]

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 from .data import BINARIZE, BUILTIN
-from .errors import UsageError, option
+from .errors import UsageError, cli_audience, option
 from .guides import GUIDES
 from .models import LIKELIHOODS, MODELS, parse_sigma
 from .objectives import OBJECTIVES
@@ -198,13 +200,18 @@ class FitConfig:
 
     @classmethod
     def from_run(cls, run_dir: str | Path) -> "FitConfig":
-        """The config a run in ``run_dir`` was trained with."""
-        from .runs import read_config
+        """The config a run in ``run_dir`` was trained with, checked as a new one is (its types
+        too: JSON has none of the dataclass's)."""
+        from .runs import CONFIG, read_config
+        path = Path(run_dir) / CONFIG
+        values = read_config(Path(run_dir))["config"]
         try:
-            return cls.from_dict(read_config(Path(run_dir))["config"])
-        except (KeyError, TypeError) as error:
-            raise UsageError(f"{str(Path(run_dir) / 'config.json')!r} is not a pyrovae config ({error}); "
-                             "restore it") from None
+            check_types(values)
+            with cli_audience(False):   # the run's options by their names in config.json, not as flags
+                return cls.from_dict(values).validate()
+        except (KeyError, TypeError, UsageError) as error:
+            raise UsageError(f"{str(path)!r} holds a config pyrovae cannot use ({error}); restore it from a copy, "
+                             "or retrain") from None
 
     def resumed_from(self, saved: "FitConfig") -> tuple["FitConfig", list[str]]:
         """The run's ``saved`` config with what this one sets: options left at their defaults take
@@ -236,6 +243,39 @@ class FitConfig:
     def from_dict(cls, values: dict) -> "FitConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in values.items() if key in names})
+
+
+def check_types(values: dict) -> None:
+    """Raise TypeError naming the first entry of a saved config whose type is not its field's
+    (an int where an int is due, a list of ints for widths, ...)."""
+    hints = typing.get_type_hints(FitConfig)
+    for field in dataclasses.fields(FitConfig):
+        if field.name in values and not _has_type(values[field.name], hints[field.name]):
+            raise TypeError(f"{field.name} is {values[field.name]!r}, not {_type_name(hints[field.name])}")
+
+
+def _has_type(value, hint) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, arg) for arg in args)
+    if origin is tuple:   # tuple[int, ...]: a JSON list
+        return isinstance(value, (list, tuple)) and all(_has_type(item, args[0]) for item in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint) -> str:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {args[0].__name__}s"
+    if args:
+        return " or ".join(_type_name(arg) for arg in args)
+    return "null" if hint is type(None) else f"a{'n' if hint is int else ''} {hint.__name__}"
 
 
 def build_vae(config: FitConfig, data_dim: int, num_train: int) -> VAE:

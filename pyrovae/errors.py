@@ -23,10 +23,11 @@ class Interrupted(Exception):
 
 
 @contextlib.contextmanager
-def cli_audience() -> Iterator[None]:
-    """Inside the block, messages name options as command-line flags (the CLI's ``main`` uses it)."""
+def cli_audience(cli: bool = True) -> Iterator[None]:
+    """Inside the block, messages name options as command-line flags (the CLI's ``main`` uses it);
+    with ``cli=False``, by their Python names (e.g. the entries of a saved config)."""
     previous = _AUDIENCE["cli"]
-    _AUDIENCE["cli"] = True
+    _AUDIENCE["cli"] = cli
     try:
         yield
     finally:

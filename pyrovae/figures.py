@@ -294,6 +294,20 @@ def grid_figure_size(n: int, image_shape: Sequence[int], ncols: int = 8, caption
     return layout.width, layout.height
 
 
+def grid_capacity(image_shape: Sequence[int], ncols: int = 8, caption_lines: int = 4,
+                  reconstructions: bool = False) -> int:
+    """The most images (pairs, with ``reconstructions``) one grid of ``grid_figure_size`` holds
+    within ``MAX_PIXELS`` a side: what a command checks its N against before any work."""
+    fits = lambda n: max(grid_figure_size(n, image_shape, ncols, caption_lines, reconstructions)) <= MAX_PIXELS
+    low, high = 0, 1
+    while fits(high):
+        low, high = high, 2 * high
+    while high - low > 1:   # fits(low), not fits(high)
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
+
+
 def _layout(n: int, height: int, width: int, ncols: int, caption_lines: int, reconstructions: bool) -> _GridLayout:
     scale = _scale(height, width)
     rows = math.ceil(n / ncols)

@@ -41,7 +41,12 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
+def received() -> int | None:
+    """The signal an enclosing :class:`StopFlag` caught, if any (the innermost's first)."""
+    return next((flag.signal for flag in reversed(_active) if flag.signal is not None), None)
+
+
 def check() -> None:
     """Raise :class:`Abandon` if a signal has arrived under an enclosing :class:`StopFlag`."""
-    if any(flag.signal is not None for flag in _active):
+    if received() is not None:
         raise Abandon()

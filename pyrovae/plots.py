@@ -9,7 +9,8 @@ from typing import Sequence
 import torch
 from pyro import poutine
 
-from .objectives.traces import sample_sites
+from . import interrupts
+from .objectives.traces import sample_sites, unconditioned_observation
 from .programs import num_rows, rows_of
 from .vae import VAE
 
@@ -31,21 +32,13 @@ def prior_samples(vae: VAE, template: Sequence[torch.Tensor], mean: bool = False
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         trace = poutine.trace(poutine.uncondition(model)).get_trace(None, 1.0, *template)
-    observed = _observed_after_uncondition(trace, vae, template)
+    _, observed = unconditioned_observation(trace)
     return observed["fn"].mean if mean else observed["value"]
-
-
-def _observed_after_uncondition(trace, vae: VAE, template: Sequence[torch.Tensor]) -> dict:
-    """The site that was observed in the model (uncondition samples it instead)."""
-    model, _ = vae.bound()
-    names = {name for name, site in sample_sites(poutine.trace(model).get_trace(None, 1.0, *rows_of(template, slice(0, 1))))
-             if site["is_observed"]}
-    return next(site for name, site in sample_sites(trace) if name in names)
 
 
 @torch.no_grad()
 def reconstructions(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor | None = None) -> torch.Tensor:
-    """E[x | z] at the guide's mean of z (a draw for a site without a closed-form mean)."""
+    """E[x | z] at the guide's mean of z (its centre for a site without a closed-form mean, e.g. a flow)."""
     from .evaluation.importance import MeanValues
     model, guide = vae.bound()
     with MeanValues():
@@ -89,6 +82,7 @@ def write_run_images(vae: VAE, data, run_dir: Path, n: int = 64, caption: str = 
         template = rows_of(test, slice(0, n)) if num_rows(test) >= n else rows_of(train, slice(0, n))
         sample_grid(prior_samples(vae, template, mean=True).cpu(), shape, run_dir / SAMPLES_PNG,
                     caption=f"prior samples (decoder means){caption}")
+        interrupts.check()   # under fit's StopFlag, a signal stops the pictures here
         split = "test" if vae.can("amortized") else "training"
         reconstruction_figure(batch[0].cpu(), reconstructions(vae, batch, index).cpu(), shape,
                               run_dir / RECONSTRUCTIONS_PNG, caption=f"{split} images and reconstructions{caption}")

@@ -2,24 +2,33 @@
 
 A checkpoint is data, not code: tensors and plain numbers saved with ``torch.save`` and read
 back with ``torch.load(weights_only=True)``, which refuses pickled objects that would run code.
+It carries a SHA-256 of its own content (every tensor's bytes and every number), verified on
+load, so a damaged file is refused instead of evaluated. What is computed from a checkpoint
+(the lines of evaluations.jsonl, the partial results of an interrupted evaluation) records the
+SHA-256 of the checkpoint.pt it came from, so results of a replaced or retrained model are
+never mixed with the current one's.
 """
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import fcntl
+import hashlib
+import io
 import json
 import os
 import pickle
 import platform
 import secrets
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from .errors import UsageError
+from .errors import UsageError, option
 
 FORMAT_VERSION = 2   # 2: the model and guide are nn.Modules of their own (pyrovae 0.2)
 CONFIG = "config.json"
@@ -27,6 +36,12 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 EVALUATIONS = "evaluations.jsonl"
 LOCK = ".lock"
+PARTIAL = ".partial"       # per-point results of interrupted evaluations
+# everything pyrovae writes in a run directory: what --overwrite deletes, and nothing else
+RUN_FILES = (CONFIG, CHECKPOINT, METRICS, EVALUATIONS, "curves.png", "samples.png", "reconstructions.png")
+RUN_FOLDERS = (PARTIAL, "tensorboard")
+CHECKPOINT_KEYS = ("epoch", "step", "partial_loss", "partial_seen", "model", "optimizer", "rng")
+TMP_NAME = 200   # bytes of the target's name kept in a temporary file's name (NAME_MAX is 255)
 
 
 @contextlib.contextmanager
@@ -35,8 +50,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     so readers see the old file or the new one, never half of one."""
     path = Path(path)
     while True:
-        # created like any file the user's process makes (0666 less the umask; mkstemp would give 0600)
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        # created like any file the user's process makes (0666 less the umask; mkstemp would give 0600);
+        # the name is cut so that any name the folder takes has a temporary file too
+        name = os.fsencode(path.name)[:TMP_NAME].decode(errors="ignore")
+        tmp = path.parent / f".{name}.{secrets.token_hex(4)}.tmp"
         try:
             os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
             break
@@ -61,23 +78,87 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def append_jsonl(path: Path, record: dict) -> None:
-    """Append one line; the whole file is rewritten atomically so a crash never leaves half a line."""
-    write_jsonl(path, read_jsonl(path) + [record])
+    """Append one line. The whole file is rewritten atomically, so a reader or a crash never
+    sees half a line, under a lock on the folder, so two processes appending at once keep both."""
+    with _folder_lock(Path(path).parent):
+        write_jsonl(path, read_jsonl(path) + [record])
 
 
-def record_evaluation(run_dir: Path, command: str, options: dict, summary: dict) -> dict:
-    """Append what an evaluation measured, and how, to RUN_DIR/evaluations.jsonl (atomically)."""
-    import datetime
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on a folder (flock on its descriptor: no file of its own), waited for;
+    held for a read and a rewrite, milliseconds. Apart from :func:`run_lock`'s .lock, which a
+    long ``fit`` holds."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)   # closing drops the lock
+
+
+def record_evaluation(run_dir: Path, command: str, options: dict, summary: dict, checkpoint: str | None = None
+                      ) -> dict:
+    """Append what an evaluation measured, and how, to RUN_DIR/evaluations.jsonl (atomically),
+    with ``checkpoint``, the SHA-256 of the checkpoint.pt it evaluated."""
     record = {"command": command, "options": options, "summary": summary, "versions": versions(),
+              "checkpoint": checkpoint,
               "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     append_jsonl(Path(run_dir) / EVALUATIONS, json.loads(json.dumps(record, default=str)))
     return record
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The records of a .jsonl file (none if it does not exist); a damaged file (a line cut, not
+    JSON, binary) is a :class:`UsageError` naming the line."""
+    path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    try:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError(f"a {type(record).__name__}, not an object")
+                records.append(record)
+    except UnicodeDecodeError:
+        raise UsageError(f"{str(path)!r} is not text (damaged, or another file under its name); restore it, "
+                         "or move it aside") from None
+    except ValueError as error:   # json.JSONDecodeError is a ValueError
+        raise UsageError(f"{str(path)!r} line {number} is cut or not JSON ({str(error)[:80]}); restore the file, "
+                         f"or delete that line") from None
+    return records
+
+
+def check_writable(path: Path, what: str, fix: str = "fix the folder's permissions or choose another path") -> None:
+    """Refuse, before any work, a file that could not be written where ``path`` says: a folder
+    missing or read-only, or a name too long. Creates and removes the temporary file
+    :func:`atomic_path` would write."""
+    path = Path(path)
+    check_name(path, what)
+    try:
+        with atomic_path(path) as tmp:
+            raise _Probed(tmp)
+    except _Probed:
+        pass
+    except OSError as error:
+        raise UsageError(f"cannot write {what} {str(path)!r} ({error.strerror or error}); {fix}") from None
+
+
+def check_name(path: Path, what: str) -> None:
+    """Refuse a file name longer than its folder takes (asking the OS about such a path fails)."""
+    try:
+        limit = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    if len(os.fsencode(path.name)) > limit:
+        raise UsageError(f"{what} {str(path)[:60]!r}...: the name is {len(os.fsencode(path.name))} bytes long, more "
+                         f"than the {limit} this folder takes; choose a shorter name")
+
+
+class _Probed(Exception):
+    """Leaves :func:`atomic_path` without replacing the file (its temporary file is removed)."""
 
 
 def versions() -> dict[str, str]:
@@ -92,39 +173,129 @@ def versions() -> dict[str, str]:
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """An exclusive lock on RUN_DIR for the life of a ``fit``; the OS drops it if the process dies."""
-    handle = open(Path(run_dir) / LOCK, "a")
+    try:
+        handle = open(Path(run_dir) / LOCK, "a")
+    except OSError as error:
+        raise UsageError(f"cannot write in {str(run_dir)!r} ({error.strerror or error}); fix its permissions "
+                         f"or choose another {option('out')}") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
         handle.close()
         if error.errno in (errno.EAGAIN, errno.EACCES):
             raise UsageError(f"another pyrovae process is writing {str(run_dir)!r}; wait for it to finish "
-                             "or choose another --out") from None
+                             f"or choose another {option('out')}") from None
         raise
     try:
         for stale in Path(run_dir).glob(".*.tmp"):   # left by a process killed mid-write (atomic_path)
             stale.unlink(missing_ok=True)
+        check_writable(Path(run_dir) / CHECKPOINT, "the checkpoint",   # before any work, not at the first epoch's end
+                       f"fix the folder's permissions or choose another {option('out')}")
         yield
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
 
 
+def run_contents(run_dir: Path) -> tuple[bool, bool, list[str]]:
+    """What a folder holds: (a pyrovae config.json, a checkpoint.pt, and, when it has neither,
+    the names of its files: a pyrovae run has its config.json before any other file, so they
+    are the user's, whatever their names). A folder that does not exist holds nothing."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return False, False, []
+    try:
+        config = bool(read_config(run_dir))   # refuses a config.json that is not pyrovae's
+    except UsageError:
+        config = False
+    checkpoint = (run_dir / CHECKPOINT).exists()
+    if config or checkpoint:
+        return config, checkpoint, []
+    # the lock and temporary files of a fit that stopped before it wrote its config.json
+    others = sorted(name for name in os.listdir(run_dir)
+                    if name != LOCK and not (name.startswith(".") and name.endswith(".tmp")))
+    return False, False, others
+
+
+def clear_run(run_dir: Path) -> None:
+    """Delete what pyrovae wrote in RUN_DIR (``RUN_FILES``, ``RUN_FOLDERS``), and nothing else."""
+    for name in RUN_FILES:
+        (Path(run_dir) / name).unlink(missing_ok=True)
+    for name in RUN_FOLDERS:
+        shutil.rmtree(Path(run_dir) / name, ignore_errors=True)
+
+
+def state_checksum(state: dict) -> str:
+    """SHA-256 of a checkpoint's content, its ``checksum`` entry left out: every tensor's dtype,
+    shape and bytes and every other value, in a fixed order (dict keys sorted)."""
+    digest = hashlib.sha256()
+
+    def feed(value) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"tensor {tensor.dtype} {tuple(tensor.shape)}:".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(value, dict):
+            digest.update(f"dict {len(value)}:".encode())
+            for key in sorted(value, key=lambda k: (type(k).__name__, repr(k))):
+                feed(key)
+                feed(value[key])
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"{type(value).__name__} {len(value)}:".encode())
+            for item in value:
+                feed(item)
+        else:
+            digest.update(f"{type(value).__name__} {value!r};".encode())
+
+    feed({key: value for key, value in state.items() if key != "checksum"})
+    return digest.hexdigest()
+
+
 def save_checkpoint(run_dir: Path, state: dict) -> None:
+    """checkpoint.pt, atomically, with the checksum of its content. Serialized in memory first:
+    torch's writer turns a full disk into a RuntimeError (torch 2.14), a plain write into the
+    OSError (ENOSPC) it is."""
+    state = {"format_version": FORMAT_VERSION, **state}
+    state["checksum"] = state_checksum(state)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with atomic_path(Path(run_dir) / CHECKPOINT) as tmp:
-        torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+        write_bytes(tmp, buffer.getbuffer())
+
+
+def write_bytes(path: Path, data) -> None:
+    """``data`` into a new file at ``path`` (the one place a checkpoint's bytes meet the disk)."""
+    with open(path, "wb") as file:
+        file.write(data)
+
+
+def checkpoint_sha256(run_dir: Path) -> str | None:
+    """SHA-256 of RUN_DIR's checkpoint.pt as it is on disk (None without one): the checkpoint an
+    evaluation recorded, compared by ``show``."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint as tensors only; any problem becomes a :class:`UsageError` naming the fix."""
+    """Read a checkpoint as tensors only and verify it; any problem becomes a :class:`UsageError`
+    naming the fix. The state gains ``file_sha256``, the SHA-256 of the bytes it was read from."""
     path = Path(run_dir) / CHECKPOINT
     if not path.exists():
-        raise UsageError(f"no checkpoint at {str(path)!r}; train one with `pyrovae fit --out {run_dir}`")
-    if not zipfile.is_zipfile(path):   # pyrovae writes zip checkpoints; the legacy format is a bare pickle
+        again = (f"pyrovae fit --out {run_dir} --resume" if (Path(run_dir) / CONFIG).exists()
+                 else f"pyrovae fit --out {run_dir}")
+        raise UsageError(f"no checkpoint at {str(path)!r}; train one with `{again}`")
+    data = path.read_bytes()   # hashed and loaded from the same bytes, whatever replaces the file meanwhile
+    if not zipfile.is_zipfile(io.BytesIO(data)):   # pyrovae writes zip checkpoints; the legacy format is a bare pickle
         raise UsageError(f"{str(path)!r} is truncated or not a pyrovae checkpoint (not a torch zip archive); "
                          "retrain or restore it")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         lines = [line for line in str(error).splitlines() if "GLOBAL" in line or "Unsupported" in line]
         detail = (lines or [type(error).__name__])[0].strip()[:120]
@@ -138,17 +309,46 @@ def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> 
     if state["format_version"] != FORMAT_VERSION:
         raise UsageError(f"{str(path)!r} has checkpoint format {state['format_version']!r}, this pyrovae reads "
                          f"format {FORMAT_VERSION}; use the pyrovae version that wrote it")
+    _verify(state, path)
+    state["file_sha256"] = hashlib.sha256(data).hexdigest()
     return state
 
 
+def _verify(state: dict, path: Path) -> None:
+    """The checksum (checkpoints written before pyrovae stored one have none), the entries a
+    checkpoint has, and finite weights."""
+    if "checksum" in state and state["checksum"] != state_checksum(state):
+        raise UsageError(f"{str(path)!r} is damaged: its content does not match the checksum it was saved with; "
+                         "restore it from a copy, or retrain")
+    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    if missing or not isinstance(state["model"], dict):
+        what = f"lacks its {', '.join(map(repr, missing))} entries" if missing else "has no weights"
+        raise UsageError(f"{str(path)!r} {what}; it is not a whole pyrovae checkpoint: restore it, or retrain")
+    for name, tensor in state["model"].items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise UsageError(f"{str(path)!r} holds weights that are not finite (NaN or inf in {name!r}); "
+                             "restore it from a copy, or retrain")
+
+
 def read_config(run_dir: Path) -> dict:
+    """RUN_DIR's config.json: a dict whose ``config`` holds the run's options (checked by
+    :meth:`pyrovae.config.FitConfig.from_run`) and whose other entries have their types."""
     path = Path(run_dir) / CONFIG
     if not path.exists():
         raise UsageError(f"{str(run_dir)!r} is not a pyrovae run (no {CONFIG}); pass the --out folder of `pyrovae fit`")
     try:
-        return json.loads(path.read_text())
+        saved = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UsageError(f"{str(path)!r} is not valid JSON ({error}); restore it from the run") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise UsageError(f"{str(path)!r} is not a pyrovae config (no \"config\" object); restore it from the run")
+    for key, kind in (("data_dim", int), ("num_train", int), ("num_test", int), ("seed", int),
+                      ("typed_paths", dict), ("image_shape", list)):
+        value = saved.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise UsageError(f"{str(path)!r} has {key} {value!r}, not a{'n' if kind is int else ''} "
+                             f"{kind.__name__}; restore it from the run")
+    return saved
 
 
 def resolve_device(device: str) -> torch.device:
@@ -169,25 +369,35 @@ def resolve_device(device: str) -> torch.device:
 
 
 def describe_run(run_dir: Path) -> dict:
-    """What a run directory records: its config, a summary of its training, and every recorded
-    evaluation; a :class:`UsageError` when the folder is not a pyrovae run."""
+    """What a run directory records: its config, a summary of its training, and the recorded
+    evaluations of its current checkpoint (``evaluations``) apart from those of a checkpoint it
+    no longer holds, or recorded without a checksum by an older pyrovae (``other_evaluations``);
+    a :class:`UsageError` when the folder is not a pyrovae run."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"{str(run_dir)!r} is not a folder; pass the --out folder of `pyrovae fit`")
     saved = read_config(run_dir)
-    if not isinstance(saved, dict) or "config" not in saved:
-        raise UsageError(f"{str(run_dir / CONFIG)!r} is not a pyrovae config; pass the --out folder of `pyrovae fit`")
     metrics = read_jsonl(run_dir / METRICS)
     training: dict[str, Any] = {"epochs": len(metrics)}
     if metrics:
         last = metrics[-1]
-        seconds = sum(m.get("train_seconds", 0) + m.get("eval_seconds", 0) for m in metrics)
-        training.update({key: last.get(key) for key in ("train_elbo", "test_elbo", "test_reconstruction", "test_kl")})
+        seconds = sum(_number(m.get("train_seconds")) or 0 for m in metrics) + \
+            sum(_number(m.get("eval_seconds")) or 0 for m in metrics)
+        training.update({key: _number(last.get(key)) for key in ("train_elbo", "test_elbo", "test_reconstruction",
+                                                                  "test_kl")})
         training["minutes"] = round(seconds / 60, 2)
-        tested = [m for m in metrics if m.get("test_elbo") is not None]
+        tested = [m for m in metrics if _number(m.get("test_elbo")) is not None]
         if tested:
             best = max(tested, key=lambda m: m["test_elbo"])
-            training["best_test_elbo"], training["best_epoch"] = best["test_elbo"], best["epoch"]
+            training["best_test_elbo"], training["best_epoch"] = best["test_elbo"], best.get("epoch")
+    current = checkpoint_sha256(run_dir)
+    evaluations = read_jsonl(run_dir / EVALUATIONS)
     return {"run_dir": str(run_dir), "config": saved["config"], "versions": saved.get("versions"),
             "program": saved.get("program"), "program_info": saved.get("program_info"),
-            "training": training, "evaluations": read_jsonl(run_dir / EVALUATIONS)}
+            "training": training, "checkpoint": current,
+            "evaluations": [e for e in evaluations if current is not None and e.get("checkpoint") == current],
+            "other_evaluations": [e for e in evaluations if current is None or e.get("checkpoint") != current]}
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -112,3 +113,33 @@ def test_a_signal_to_one_process_stops_both_with_a_checkpoint(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("pyrovae: interrupted: stopped by signal 2"), stderr
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert state["epoch"] >= 1 and "--resume" in lines[0]
+
+
+def test_a_dead_peer_is_one_line_on_the_surviving_rank(tmp_path, data):
+    """Rank 1 killed (SIGKILL) mid-training: rank 0's next collective fails; it says so in one
+    line (not gloo's traceback), and the run keeps its last checkpoint."""
+    with socket.socket() as probe:   # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run_dir = tmp_path / "run"
+    args = [*PYROVAE, "fit", "--dataset", data, "--out", run_dir, "--epochs", 500, *TINY, "--threads", 1]
+    procs = [subprocess.Popen([str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**ENV, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+             for rank in (0, 1)]
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "checkpoint.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)   # the first epoch is saved
+        assert (run_dir / "checkpoint.pt").exists(), procs[0].communicate(timeout=5)[1]
+        procs[1].kill()
+        _, stderr = procs[0].communicate(timeout=120)
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert procs[0].returncode == 1, stderr
+    lines = [line for line in stderr.splitlines() if "pyrovae:" in line or "Traceback" in line]
+    assert len(lines) == 1 and lines[0].startswith("pyrovae: error: another process of this distributed run "
+                                                   "stopped"), stderr
+    assert "--resume" in lines[0]
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] >= 1

@@ -89,15 +89,21 @@ def test_full_covariance_local_fit_reaches_the_exact_posterior():
 
 
 def test_full_covariance_kl_is_the_closed_form():
-    """The registered KL(N(μ, LLᵀ) || N(m, diag s²)) equals torch's MVN-to-MVN KL."""
-    from pyrovae.guides.full_covariance import scale_tril
+    """The registered KL(N(μ, LLᵀ) || N(m, diag s²)) equals torch's MVN-to-MVN KL, for pyrovae's
+    own CholeskyNormal (and its expanded copies, as Pyro's plates make them) only."""
+    from pyrovae.guides.full_covariance import CholeskyNormal, scale_tril
     torch.manual_seed(0)
     loc, diagonal, below = torch.randn(7, 4, dtype=F64), torch.rand(7, 4, dtype=F64) + 0.1, torch.randn(7, 6, dtype=F64)
     m, s = torch.randn(4, dtype=F64), torch.rand(4, dtype=F64) + 0.5
-    q = torch.distributions.MultivariateNormal(loc, scale_tril=scale_tril(diagonal, below))
+    q = CholeskyNormal(loc, scale_tril=scale_tril(diagonal, below))
     p = dist.Normal(m, s).to_event(1)
     expected = torch.distributions.kl_divergence(q, torch.distributions.MultivariateNormal(m, scale_tril=torch.diag(s)))
     torch.testing.assert_close(torch.distributions.kl_divergence(q, p), expected, rtol=1e-12, atol=1e-12)
+    expanded = q.expand((3, 7))
+    assert type(expanded) is CholeskyNormal
+    torch.testing.assert_close(torch.distributions.kl_divergence(expanded, p), expected.expand(3, 7))
+    with pytest.raises(NotImplementedError):   # torch's and Pyro's own classes: no pair of pyrovae's
+        torch.distributions.kl_divergence(dist.MultivariateNormal(loc, scale_tril=scale_tril(diagonal, below)), p)
 
 
 def test_two_layer_local_fit_reaches_the_closed_form_mean_field_optimum():

@@ -1,7 +1,9 @@
 """Faults during training: NaN loss, SIGINT/SIGTERM, bit-identical resume, atomic writes, the RUN_DIR lock."""
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -226,18 +228,18 @@ def test_sigterm_to_a_real_process_then_resume(tmp_path):
 
 def test_crash_while_saving_a_checkpoint_keeps_the_old_one(tmp_path, data, monkeypatch):
     run, reference = tmp_path / "run", tmp_path / "reference"
-    real_save, calls, saved = torch.save, [0], {}
+    real_write, calls, saved = runs.write_bytes, [0], {}
 
-    def crashing_save(obj, f, *args, **kwargs):
+    def crashing_write(path, data):
         calls[0] += 1
         if calls[0] == 2:   # epoch 2's checkpoint: half a file, then the disk is full
             saved["bytes"] = (run / runs.CHECKPOINT).read_bytes()
-            Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
+            Path(path).write_bytes(bytes(data)[: len(data) // 2])
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_save(obj, f, *args, **kwargs)
+        return real_write(path, data)
 
     with monkeypatch.context() as patch:
-        patch.setattr(torch, "save", crashing_save)
+        patch.setattr(runs, "write_bytes", crashing_write)
         line = one_error_line(invoke(fit_args(data, run, 3)), code=1)
     assert "No space left on device" in line and "--resume" in line, line
     assert (run / runs.CHECKPOINT).read_bytes() == saved["bytes"]
@@ -249,6 +251,38 @@ def test_crash_while_saving_a_checkpoint_keeps_the_old_one(tmp_path, data, monke
     assert_same_run(run, reference)
 
 
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str = "1m"):
+    """A real file system of ``size`` at ``folder`` (tmpfs: root only), unmounted afterwards."""
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small file system here (needs root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_full_disk_during_the_checkpoint_write_is_one_line_and_keeps_the_old_one(tmp_path, data):
+    """A real full disk (torch's own writer made it a RuntimeError and a traceback): the checkpoint
+    is serialized in memory, so the write fails as the OSError it is; the old checkpoint stays."""
+    with small_disk(tmp_path / "disk") as disk:
+        run = disk / "run"
+        assert invoke(fit_args(data, run, 1)).exit_code == 0
+        saved = (run / runs.CHECKPOINT).read_bytes()
+        stats = os.statvfs(disk)
+        # room for metrics.jsonl's rewrite, not for the checkpoint (some 30 kB)
+        (disk / "filler").write_bytes(b"\0" * (stats.f_bavail * stats.f_frsize - 3 * 4096))
+        line = one_error_line(invoke(["fit", "--out", run, "--resume", "--epochs", 2, "--quiet"]), code=1)
+        assert "No space left on device" in line and "--resume" in line, line
+        assert (run / runs.CHECKPOINT).read_bytes() == saved
+        no_temp_files(run)
+        (disk / "filler").unlink()
+        assert invoke(["fit", "--out", run, "--resume", "--epochs", 2, "--quiet"]).exit_code == 0
+        assert runs.load_checkpoint(run)["epoch"] == 2
+
+
 def test_crash_in_atomic_write_leaves_old_file_and_no_temp(tmp_path):
     target = tmp_path / "config.json"
     runs.write_json(target, {"old": True})
@@ -256,7 +290,7 @@ def test_crash_in_atomic_write_leaves_old_file_and_no_temp(tmp_path):
         with runs.atomic_path(target) as tmp:
             tmp.write_text('{"new": tr')
             raise RuntimeError("crash mid-write")
-    assert runs.read_config(tmp_path) == {"old": True}
+    assert json.loads(target.read_text()) == {"old": True}
     no_temp_files(tmp_path)
 
 
@@ -301,3 +335,61 @@ def test_second_writer_is_refused_across_processes(tmp_path, data):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pyrovae: error: another pyrovae process is writing")
     assert runs.load_checkpoint(run)["epoch"] == 1
+
+
+# ---------------------------------------------------------------- signals after the last epoch
+
+ANNOUNCED_PICTURES = """
+import sys
+import pyrovae.figures as figures
+real = figures.sample_grid
+def announced(*args, **kwargs):   # the real picture, announced: the test signals while it is drawn
+    print("drawing samples.png", file=sys.stderr, flush=True)
+    return real(*args, **kwargs)
+figures.sample_grid = announced
+from pyrovae.cli.main import main
+sys.argv = ["pyrovae", *sys.argv[1:]]
+main()
+"""
+
+
+def _one_interrupted_line(stderr: str) -> str:
+    lines = [line for line in stderr.replace("\r", "\n").splitlines()
+             if line.startswith("pyrovae:") or "Traceback" in line]
+    assert len(lines) == 1 and lines[0].startswith("pyrovae: interrupted: stopped by signal 2 while "), stderr
+    return lines[0]
+
+
+def test_a_signal_while_the_pictures_are_drawn_keeps_the_checkpoint_and_says_so(tmp_path, interrupt):
+    run = tmp_path / "run"
+    stopped = interrupt([sys.executable, "-c", ANNOUNCED_PICTURES, "fit", "--dataset", "mnist-sample", "--out", run,
+                         "--epochs", 2, *TINY, "--batch-size", 500, "--threads", 1], rb"drawing samples.png")
+    assert stopped.returncode == 130, stopped.stderr
+    assert stopped.seconds < 10, stopped.seconds
+    line = _one_interrupted_line(stopped.stderr)
+    assert "drawing the end-of-training pictures; the checkpoint of epoch 2 is saved" in line
+    assert "saved" in line and "before anything was saved" not in line
+    assert line.endswith(f"Finish it with: pyrovae fit --out {run} --resume --epochs 2")
+    assert runs.load_checkpoint(run)["epoch"] == 2 and not (run / "reconstructions.png").exists()
+    no_temp_files(run)
+    result = invoke(["fit", "--out", run, "--resume", "--epochs", 2, "--quiet"])   # the advice draws them
+    assert result.exit_code == 0, result.output
+    assert (run / "reconstructions.png").exists() and runs.load_checkpoint(run)["epoch"] == 2
+
+
+def test_a_signal_during_the_test_time_fit_of_a_mean_field_run(tmp_path, interrupt):
+    """A guide without an encoder fits q for the test points after training: a signal stops that
+    fit within seconds, and the advice computes the test ELBO."""
+    run = tmp_path / "run"
+    stopped = interrupt([*PYROVAE, "fit", "--dataset", "mnist-sample", "--out", run, "--epochs", 1, *TINY,
+                         "--batch-size", 500, "--guide", "meanfield", "--elbo", "meanfield", "--local-steps", 0,
+                         "--threads", 1], rb"fitting q for 1000 test points")
+    assert stopped.returncode == 130, stopped.stderr
+    assert stopped.seconds < 10, stopped.seconds
+    line = _one_interrupted_line(stopped.stderr)
+    assert "fitting q for the test points" in line and "the checkpoint of epoch 1 is saved" in line
+    assert runs.load_checkpoint(run)["epoch"] == 1
+    result = invoke(["fit", "--out", run, "--resume", "--epochs", 1, "--quiet"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["test_elbo_points"] == 1000 and -600 < out["test_elbo"] < 0

@@ -46,21 +46,6 @@ def files_of(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-@pytest.fixture
-def data(tmp_path) -> Path:
-    rng = np.random.default_rng(0)
-    path = tmp_path / "small.npz"
-    np.savez(path, train=rng.random((150, 8), dtype=np.float32), test=rng.random((40, 8), dtype=np.float32))
-    return path
-
-
-@pytest.fixture
-def run(tmp_path, data) -> Path:
-    out = tmp_path / "run"
-    assert invoke("fit", "--dataset", data, "--out", out, "--epochs", 2, *TINY).exit_code == 0
-    return out
-
-
 # ---------------------------------------------------------------------------- 1. paths
 
 def test_relative_paths_are_recorded_absolute_and_a_moved_file_can_be_pointed_at(tmp_path, data, monkeypatch):
@@ -160,7 +145,8 @@ def test_interrupted_evaluate_resumes_to_the_uninterrupted_numbers(run, tmp_path
     with monkeypatch.context() as patch:
         interrupt_on_call(patch, importance, "importance_batch", 3)
         line = one_line(invoke(*args, "--per-point", tmp_path / "split.npz"), 130, kind="interrupted")
-    assert "stopped after 21 of 150 points" in line and "error" not in line
+    # the third batch, under way at the signal, is dropped at its first chunk of particles
+    assert "stopped after 14 of 150 points" in line and "error" not in line
     assert line.endswith("--resume") and "continue with: pyrovae evaluate" in line
     assert not (tmp_path / "split.npz").exists() and len(list((run / ".partial").iterdir())) == 1
     result = invoke(*args, "--per-point", tmp_path / "split.npz", "--resume")
@@ -249,3 +235,33 @@ def test_heavy_tail_advice_fits_the_proposal_in_use(run):
     assert by_fit["warning"] and "--proposal fit" not in by_fit["warning"] and "--method ais" in by_fit["warning"]
     if compared["warning"]:
         assert "--proposal" not in compared["warning"] and "--log-px ais" in compared["warning"]
+
+
+# ---------------------------------------------------------------------------- 7. every long command stops
+
+STOPS = [   # (command after RUN_DIR, what stderr shows once the work is under way, signal)
+    (["evaluate", "--k", "1000000", "--split", "test", "--limit", "20", "--no-compile"], rb"log p\(x\)",
+     signal.SIGINT),   # the only batch: once swallowed (exit 0 after it finished)
+    (["evaluate", "--method", "ais", "--steps", "100000", "--limit", "20", "--is-k", "0", "--no-compile"],
+     rb"AIS", signal.SIGTERM),
+    (["bdmc", "--n", "10", "--steps", "100000", "--is-k", "0"], rb"BDMC", signal.SIGINT),
+    (["compare", "--limit", "20", "--k", "1000000", "--steps", "50"], rb"compare", signal.SIGTERM),
+]
+
+
+@pytest.mark.parametrize("command, when, sig", STOPS, ids=["is-only-batch", "ais", "bdmc", "compare"])
+def test_every_evaluation_stops_soon_after_a_signal_and_keeps_what_finished(run, interrupt, command, when, sig):
+    """A real process, signalled while it works: exit 130 within seconds (not at the end of the
+    batch), one `interrupted` line with the command that continues, nothing recorded, the
+    finished points (none here) saved for --resume."""
+    before = (run / runs.EVALUATIONS).read_bytes() if (run / runs.EVALUATIONS).exists() else None
+    stopped = interrupt([*PYROVAE, command[0], run, *command[1:], "--threads", "1"], when, sig)
+    assert stopped.returncode == 130, stopped.stderr
+    assert stopped.seconds < 10, stopped.seconds   # about a chunk of particles, an AIS transition, a fit step
+    lines = [line for line in stopped.stderr.replace("\r", "\n").splitlines()
+             if line.startswith("pyrovae:") or "Traceback" in line]
+    assert len(lines) == 1 and lines[0].startswith("pyrovae: interrupted: stopped after 0 of "), stopped.stderr
+    assert lines[0].endswith("--resume") and stopped.stdout == ""
+    assert ((run / runs.EVALUATIONS).read_bytes() if (run / runs.EVALUATIONS).exists() else None) == before
+    (saved,) = (run / runs.PARTIAL).glob(f"{command[0]}-*.npz")
+    assert not np.load(saved)["__done__"].any()

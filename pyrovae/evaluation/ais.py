@@ -48,8 +48,9 @@ from pyro.poutine.messenger import Messenger
 from pyro.distributions.util import is_validation_enabled
 from pyro.poutine.util import site_is_subsample
 
+from .. import interrupts
 from ..errors import UsageError, option
-from ..objectives.traces import PARTICLE_DIM, PARTICLE_PLATE, sample_sites
+from ..objectives.traces import PARTICLE_DIM, PARTICLE_PLATE, sample_sites, unconditioned_observation
 from ..programs import DATA_PLATE, as_batch, can, is_real, num_rows, rows_of
 from ..vae import VAE, frozen
 from . import diagnostics
@@ -400,7 +401,6 @@ def estimate_log_likelihood_ais(vae: VAE, data, steps: int = STEPS, chains: int 
         base = done_before[0]
 
         def step(t: int, steps_total: int) -> None:
-            from .. import interrupts
             report(base + t * len(rows))
             interrupts.check()   # a signal drops this batch at once: the finished ones are kept
 
@@ -468,13 +468,16 @@ class BDMCResult:
 @torch.no_grad()
 def bdmc(vae: VAE, template, steps: int = STEPS, chains: int = CHAINS, leapfrog: int = LEAPFROG, seed: int = 0,
          proposal="guide", batch_size: int | None = None, is_k: int = IS_K,
-         progress: bool = False) -> BDMCResult:
+         progress: bool = False, partial_path: str | Path | None = None, resume: bool = False,
+         options: dict | None = None) -> BDMCResult:
     """The BDMC sandwich on data simulated from the model, one point per row of ``template``
     (whose x values are replaced; other tensors, e.g. labels, condition the model).
 
     For each simulated (z, x): forward AIS from the proposal gives a stochastic lower bound of
     log p(x), reverse AIS from z an upper bound (Grosse et al. 2015); with them come the IS
-    estimate (``is_k`` draws from the proposal) and the ELBO of the same points."""
+    estimate (``is_k`` draws from the proposal) and the ELBO of the same points. The simulation
+    is a function of ``seed``: an interrupted run saves its finished points in ``partial_path``
+    and ``resume`` continues from them, as for :func:`estimate_log_likelihood_ais`."""
     check_ais_options(steps, chains, leapfrog)
     template = tuple(t.to(device=vae.device) for t in as_batch(template))
     n = num_rows(template)
@@ -485,8 +488,7 @@ def bdmc(vae: VAE, template, steps: int = STEPS, chains: int = CHAINS, leapfrog:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         simulated = poutine.trace(poutine.uncondition(model)).get_trace(None, 1.0, *template)
-    observed = next(name for name, site in sample_sites(poutine.trace(model).get_trace(
-        None, 1.0, *rows_of(template, slice(0, 1)))) if site["is_observed"])
+    observed, _ = unconditioned_observation(simulated)
     latents = {name: site["value"] for name, site in sample_sites(simulated) if name != observed}
     data = (simulated.nodes[observed]["value"].detach(), *template[1:])
     guide, proposal_name, _ = proposal_guide(vae, proposal, n)
@@ -499,6 +501,7 @@ def bdmc(vae: VAE, template, steps: int = STEPS, chains: int = CHAINS, leapfrog:
 
         def step(t: int, total: int) -> None:
             report(done[0] + t * len(rows))
+            interrupts.check()   # a signal drops this batch at once: the finished ones are kept
 
         forward = ais_batch(vae, guide, batch, index, rows, steps, chains, leapfrog, seed, progress=step)
         done[0] += len(rows) * steps
@@ -512,10 +515,16 @@ def bdmc(vae: VAE, template, steps: int = STEPS, chains: int = CHAINS, leapfrog:
             values.update({"is": reference["log_px"], "elbo": reference["recon"] - reference["kl"]})
         return values
 
+    options = {"method": "bdmc", "steps": steps, "chains": chains, "leapfrog": leapfrog, "proposal": proposal_name,
+               "seed": seed, "n": n, "is_k": is_k, **(options or {})}
+    path = Path(partial_path) if partial_path else None
+    partial = Partial.load(path, n, options) if resume and path else Partial(n, options, path)
+    done[0] = 2 * int(partial.done.sum()) * steps
     try:
         with vae.param_store():
-            out = run_batches(n, batch_size, evaluate, Partial(n, {}))
+            out = run_batches(n, batch_size, evaluate, partial)
     finally:
         report.close()
+    partial.discard()
     return BDMCResult(steps, chains, leapfrog, proposal_name, seed, out["forward"], out["reverse"], data,
                       out.get("is"), out.get("elbo"), is_k)

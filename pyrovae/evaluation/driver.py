@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 import zlib
 from pathlib import Path
 from typing import Callable
@@ -143,7 +144,8 @@ def fingerprint(options: dict) -> str:
 
 class Partial:
     """Per-point results of an unfinished evaluation: arrays of length n and a mask of done rows,
-    in an .npz file with the options they were computed with."""
+    in an .npz file with the options they were computed with (``options["checkpoint"]``, when
+    given, names the checkpoint the points came from: never resumed with another one)."""
 
     def __init__(self, n: int, options: dict, path: Path | None = None):
         self.n, self.options, self.path = n, options, path
@@ -152,18 +154,32 @@ class Partial:
 
     @classmethod
     def load(cls, path: Path, n: int, options: dict) -> "Partial":
-        """The saved state at ``path``; refuses one made with other options."""
+        """The saved state at ``path``; refuses one made with other options or another checkpoint,
+        and a damaged file."""
+        again = f"run without {option('resume', True)} (the points are computed again)"
         if not path.exists():
             raise UsageError(f"there is no interrupted evaluation with these options to resume ({path} does not "
                              f"exist); run without {option('resume', True)}")
-        with np.load(path, allow_pickle=False) as saved:
-            saved_options = json.loads(str(saved["__options__"]))
-            if saved_options != json.loads(json.dumps(options, sort_keys=True, default=str)) or len(saved["__done__"]) != n:
-                raise UsageError(f"{path} was made with other options ({saved_options}); rerun with those, or "
-                                 f"without {option('resume', True)}")
-            partial = cls(n, options, path)
-            partial.done = saved["__done__"].copy()
-            partial.values = {k: saved[k].copy() for k in saved.files if not k.startswith("__")}
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                saved_options = json.loads(str(saved["__options__"]))
+                done = saved["__done__"].copy()
+                values = {k: saved[k].copy() for k in saved.files if not k.startswith("__")}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:   # JSONDecodeError too
+            raise UsageError(f"{path} is damaged ({str(error).splitlines()[0][:80] or type(error).__name__}); "
+                             f"{again}") from None
+        wanted = json.loads(json.dumps(options, sort_keys=True, default=str))
+        if not isinstance(saved_options, dict) or done.dtype != bool or done.shape != (n,) or \
+                any(array.shape[:1] != (n,) for array in values.values()):
+            raise UsageError(f"{path} is damaged (not the arrays of {n} points an evaluation saves); {again}")
+        if saved_options.get("checkpoint") != wanted.get("checkpoint"):
+            raise UsageError(f"{path} holds points of another checkpoint of this run (it was trained further or "
+                             f"replaced since); {again}")
+        if saved_options != wanted:
+            raise UsageError(f"{path} was made with other options ({saved_options}); rerun with those, or "
+                             f"without {option('resume', True)}")
+        partial = cls(n, options, path)
+        partial.done, partial.values = done, values
         return partial
 
     def record(self, rows: range, values: dict[str, np.ndarray]) -> None:
@@ -192,9 +208,10 @@ def run_batches(n: int, batch_size: int, evaluate: Callable[[range], dict[str, n
 
     In a distributed run (:mod:`pyrovae.training.distributed`) the batches are dealt out
     round-robin and every rank returns the merged results. On SIGINT/SIGTERM (in the main
-    thread) the batch under way finishes, or is dropped if it calls
-    :func:`pyrovae.interrupts.check`; the finished rows are saved to ``partial.path`` (by rank 0)
-    and :class:`EvaluationInterrupted` is raised on every rank.
+    thread) the batch under way is dropped at its next :func:`pyrovae.interrupts.check` (or
+    finishes, if it has none); the finished rows are saved to ``partial.path`` (by rank 0) and
+    :class:`EvaluationInterrupted` is raised on every rank, also when the signal came during the
+    last batch and that batch finished: a signal always stops, with everything kept.
     """
     from ..training.distributed import current
     context = current()
@@ -211,13 +228,11 @@ def run_batches(n: int, batch_size: int, evaluate: Callable[[range], dict[str, n
                     pass
             if progress:
                 progress(min(n, int(partial.done.sum()) * context.world))
-            if context.any(flag.signal is not None) and number < rounds - 1:
-                _merge(partial, context)
-                if context.is_main:
-                    partial.save()
-                raise EvaluationInterrupted(int(partial.done.sum()), n, partial.path)
-    _merge(partial, context)
-    if flag.signal is not None and not partial.done.all():   # the last batch was dropped
+            if context.any(flag.signal is not None):
+                break
+        _merge(partial, context)
+        stopped = context.any(flag.signal is not None)   # every rank asks once more: a signal during the merge
+    if stopped:
         if context.is_main:
             partial.save()
         raise EvaluationInterrupted(int(partial.done.sum()), n, partial.path)

@@ -30,7 +30,7 @@ from pyro import poutine
 from pyro.distributions.util import is_validation_enabled
 from pyro.poutine.util import site_is_subsample
 
-from .. import heap
+from .. import heap, interrupts
 from ..programs import Data
 from ..errors import UsageError, option
 from ..objectives.traces import iwae_bound, log_weights
@@ -187,6 +187,7 @@ def batch_log_weights(model: Callable, guide: Callable, batch: tuple[torch.Tenso
     log_lik_sum = torch.zeros(len(rows), dtype=torch.float64)
     log_ratio_sum = torch.zeros(len(rows), dtype=torch.float64)
     for start in range(0, k, chunk_size):
+        interrupts.check()   # under an evaluation's StopFlag, a signal drops this batch here
         particles = range(start, min(start + chunk_size, k))
         noisy = with_noise(guide, seeded_noise(seed, IS_STREAM, particles, rows, like), unsupported)
         # validation checks (finite logits, binary x) rerun on every [chunk, batch, pixels]
@@ -236,8 +237,9 @@ def grouped_iwae(log_w: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class MeanValues(pyro.poutine.messenger.Messenger):
-    """Each latent guide site takes its distribution's mean where it has one (else a draw); the
-    means are kept by site."""
+    """Each latent guide site takes its distribution's mean where it has one; the means are kept
+    by site (None for a site without one). A site without a closed-form mean takes its centre
+    (:func:`centre`), so neither the value nor the caller's global generator depends on a draw."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -251,6 +253,25 @@ class MeanValues(pyro.poutine.messenger.Messenger):
             self.means[msg["name"]] = msg["value"]
         except NotImplementedError:
             self.means[msg["name"]] = None
+            msg["value"] = centre(msg["fn"])
+
+
+def centre(fn: torch.distributions.Distribution) -> torch.Tensor:
+    """A value that stands for ``fn`` where it has no closed-form mean: for a flow, its base's
+    mean pushed through the transforms; otherwise one draw, seeded apart from the caller's
+    generator (CPU)."""
+    if isinstance(fn, torch.distributions.TransformedDistribution):
+        try:
+            value = fn.base_dist.mean
+        except NotImplementedError:
+            value = None
+        if value is not None:
+            for transform in fn.transforms:   # through each transform's cache: log_prob needs no inverse
+                value = transform(value)
+            return value
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return fn.sample()
 
 
 def guide_means(guide: Callable, index: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor | None]:

@@ -12,9 +12,10 @@ The KL to the model's diagonal Gaussian p(z) = N(m, diag s²) has a closed form,
 
     KL = ½ [ Σ_ij L_ij² / s_i² + Σ_i (μ_i - m_i)² / s_i² - d + 2 Σ_i log s_i - 2 Σ_i log L_ii ],
 
-which torch does not register for (MultivariateNormal, Independent Normal): this module
-registers it (as Pyro registers its own pairs in pyro.distributions.kl), so TraceMeanField_ELBO
-and pyrovae's per-point ELBO use it.
+which torch does not register for (MultivariateNormal, Independent Normal). This module
+registers it for :class:`CholeskyNormal`, the MultivariateNormal of pyrovae's own that these
+guides draw from, so TraceMeanField_ELBO and pyrovae's per-point ELBO use it, while importing
+pyrovae leaves torch's dispatch for torch's and Pyro's classes (and a user's own pairs) as it was.
 
 The test-time fit of ``compare`` uses the same family per point (:class:`PerPointFullCovGuide`:
 its own μ_i and L_i for every row), so the approximation gap is the full-covariance one.
@@ -27,7 +28,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
-from torch.distributions import Independent, MultivariateNormal, Normal, register_kl
+from torch.distributions import Independent, Normal, register_kl
 from torch.distributions.utils import vec_to_tril_matrix
 
 from ..programs import LatentLayer, data_plate
@@ -40,8 +41,13 @@ def scale_tril(diagonal: torch.Tensor, below: torch.Tensor) -> torch.Tensor:
     return vec_to_tril_matrix(below, diag=-1) + torch.diag_embed(diagonal)
 
 
-@register_kl(MultivariateNormal, Independent)
-def _kl_mvn_diagonal_normal(q: MultivariateNormal, p: Independent) -> torch.Tensor:
+class CholeskyNormal(dist.MultivariateNormal):
+    """N(μ, LLᵀ) given L (``scale_tril``): Pyro's MultivariateNormal under a class pyrovae owns,
+    which the closed-form KL below is registered for."""
+
+
+@register_kl(CholeskyNormal, Independent)
+def _kl_mvn_diagonal_normal(q: CholeskyNormal, p: Independent) -> torch.Tensor:
     if not (isinstance(p.base_dist, Normal) and p.reinterpreted_batch_ndims == 1):
         raise NotImplementedError
     s = p.base_dist.scale.expand(q.loc.shape)
@@ -81,7 +87,7 @@ class FullCovarianceGuide(AmortizedGuide):
 
     def site_dist(self, name: str, parent: torch.Tensor) -> dist.Distribution:
         loc, tril = self.encode(name, parent)
-        return dist.MultivariateNormal(loc, scale_tril=tril)
+        return CholeskyNormal(loc, scale_tril=tril)
 
     def local_family(self, batch: Sequence[torch.Tensor], init: str) -> "PerPointFullCovGuide":
         """Per-point full-covariance Gaussians for the rows of ``batch``: from the encoder's q
@@ -136,7 +142,7 @@ class PerPointFullCovGuide(nn.Module):
         rows = torch.arange(x.shape[0], device=x.device) if index is None else index
         with data_plate(x):
             for name in self.sites:
-                pyro.sample(name, dist.MultivariateNormal(self.loc[name][rows], scale_tril=self.scale_tril(name, rows)))
+                pyro.sample(name, CholeskyNormal(self.loc[name][rows], scale_tril=self.scale_tril(name, rows)))
 
 
-__all__ = ["FullCovarianceGuide", "PerPointFullCovGuide", "scale_tril"]
+__all__ = ["CholeskyNormal", "FullCovarianceGuide", "PerPointFullCovGuide", "scale_tril"]

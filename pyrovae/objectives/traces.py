@@ -35,6 +35,13 @@ def sample_sites(trace: poutine.Trace) -> Iterator[tuple[str, dict]]:
             yield name, site
 
 
+def unconditioned_observation(trace: poutine.Trace) -> tuple[str, dict]:
+    """(name, site) of the site the model observes, in a trace of ``poutine.uncondition(model)``,
+    which samples that site instead and marks it ``was_observed`` (pyro-ppl 1.9.2): no second
+    run of the model, whose latent draws would come from the caller's global generator."""
+    return next((name, site) for name, site in sample_sites(trace) if site["infer"].get("was_observed"))
+
+
 def particle_traces(model: Callable, guide: Callable, num_particles: int, *args, **kwargs
                     ) -> tuple[poutine.Trace, poutine.Trace]:
     """The guide's trace with ``num_particles`` draws per datapoint, and the model replayed on it."""

@@ -28,7 +28,7 @@ from ..vae import VAE
 from .callbacks import (Callback, Checkpoint, Curves, DynamicBinarization, KLWarmup, LocalSteps, LRDecay, Metrics,
                         RunImages, TensorBoard, TimeBudget, set_rng_state)
 from . import distributed
-from .loop import NonFiniteLoss, Trainer, TrainingInterrupted
+from .loop import NonFiniteLoss, Trainer, TrainingInterrupted, after_training
 from .optim import make_optimizer
 from .step import LossModule
 
@@ -73,33 +73,49 @@ def fit(config: FitConfig, run_dir: str | Path, resume: bool = False, overwrite:
     config = _for_processes(config.with_absolute_paths(), context, vae).validate()
     run_dir = Path(run_dir)
     # the run directory is rank 0's: it checks it, and every rank raises what it found
-    checked, error = None, None
-    if context.is_main:
-        try:
-            checked = _check_run_dir(config, run_dir, resume, overwrite)
-        except UsageError as found:
-            error = str(found)
-    checked, error = context.broadcast((checked, error))
-    if error:
-        raise UsageError(error)
-    config = checked
+    config = _on_main(context, lambda: _check_run_dir(config, run_dir, resume, overwrite))
     device = distributed_device(runs.resolve_device(config.device), context)
     dataset = data or load_dataset(config.dataset, config.data_dir, config.test_fraction, config.seed)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)   # the initial weights are the seed's
         # every check of the data and the programs happens before anything is written
-        vae, custom, config, prepared = _build(config, dataset, vae, device)
-        if context.is_main:
-            try:
-                run_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise UsageError(f"cannot create {option('out')} {str(run_dir)!r} ({error.strerror}); "
-                                 "choose a writable folder") from None
-        lock = runs.run_lock(run_dir) if context.is_main else contextlib.nullcontext()
-        with lock, vae.param_store():
-            return _fit(config, run_dir, prepared, device, resume, progress, on_epoch, vae, custom,
-                        list(callbacks), typed, context)
+        vae, custom, built, prepared = _build(config, dataset, vae, device)
+        with contextlib.ExitStack() as lock:
+            # checked again under the lock: another fit may have started in RUN_DIR since the first check
+            checked, restore = _on_main(context, lambda: _claim(run_dir, lock, config, resume, overwrite))
+            if checked != config:
+                raise UsageError(f"the run in {str(run_dir)!r} changed while this fit was starting; run it again")
+            with vae.param_store():
+                return _fit(built, run_dir, prepared, device, restore, progress, on_epoch, vae, custom,
+                            list(callbacks), typed, context)
+
+
+def _on_main(context: distributed.Context, work: Callable):
+    """``work()`` on rank 0; its result, or the :class:`UsageError` it raised, on every rank."""
+    result, error = None, None
+    if context.is_main:
+        try:
+            result = work()
+        except UsageError as found:
+            error = str(found)
+    result, error = context.broadcast((result, error))
+    if error:
+        raise UsageError(error)
+    return result
+
+
+def _claim(run_dir: Path, lock: contextlib.ExitStack, config: FitConfig, resume: bool, overwrite: bool
+           ) -> tuple[FitConfig, bool]:
+    """Create RUN_DIR, take its lock (held by ``lock``) and check it again; (the config, whether
+    to restore a checkpoint: a run stopped before its first one starts from the beginning)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create {option('out')} {str(run_dir)!r} ({error.strerror}); "
+                         "choose a writable folder") from None
+    lock.enter_context(runs.run_lock(run_dir))
+    return _check_run_dir(config, run_dir, resume, overwrite), resume and (run_dir / runs.CHECKPOINT).exists()
 
 
 def _build(config: FitConfig, dataset: Dataset, vae: VAE | None, device: torch.device
@@ -133,16 +149,24 @@ def _as_trained(config: FitConfig, train: tuple[torch.Tensor, ...]) -> tuple[tor
     return rows
 
 
+
 def _check_run_dir(config: FitConfig, run_dir: Path, resume: bool, overwrite: bool) -> FitConfig:
     """Refuse what RUN_DIR cannot take; the config to train with (the run's own on resume)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"{option('out')} {str(run_dir)!r} is a file, not a folder; pass a folder path")
-    has_run = (run_dir / runs.CONFIG).exists() or (run_dir / runs.CHECKPOINT).exists()
     if resume and overwrite:
         raise UsageError(f"{option('resume', True)} and {option('overwrite', True)} contradict each other; pass one")
-    if resume and not has_run:
+    has_config, has_checkpoint, others = runs.run_contents(run_dir)
+    if others and not (has_config or has_checkpoint):   # the user's own files: pyrovae writes none of them
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        only = f" ({option('overwrite', True)} replaces only a pyrovae run)" if overwrite else ""
+        raise UsageError(f"{option('out')} {str(run_dir)!r} holds files that are not a pyrovae run ({shown}); "
+                         f"pass a new or empty folder{only}")
+    if resume and not (has_config or has_checkpoint):
         raise UsageError(f"{str(run_dir)!r} holds no run to resume; drop {option('resume', True)} to start one")
-    if has_run and not (resume or overwrite):
+    # a run stopped before its first checkpoint has nothing to lose: it starts again (with its own
+    # options on resume), so the advice of either command works
+    if has_checkpoint and not (resume or overwrite):
         raise UsageError(f"{str(run_dir)!r} already holds a run; pass {option('resume', True)} to continue it, "
                          f"{option('overwrite', True)} to replace it, or another {option('out')}")
     return resumed_config(run_dir, config) if resume else config
@@ -210,6 +234,9 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
         from torch.nn.parallel import DistributedDataParallel
         loss = DistributedDataParallel(loss, device_ids=[device.index] if device.type == "cuda" else None)
     generator = torch.Generator(device=device).manual_seed(config.seed)   # data order and binarization
+    if not resume and context.is_main:   # a new run: what pyrovae wrote here before goes, the user's files stay
+        runs.clear_run(run_dir)
+        _write_config(run_dir, config, data, device, custom, typed, vae)
     callbacks: list[Callback] = [KLWarmup(config.beta, config.kl_warmup), LRDecay(config.lr_decay)]
     if config.binarize == "dynamic":
         callbacks.append(DynamicBinarization())
@@ -228,23 +255,20 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
             callbacks.append(TensorBoard(run_dir, data))
     trainer = Trainer(vae, loss, optimizer, data.train, config.batch_size, config.epochs, generator, callbacks,
                       progress, beta_as_tensor=config.jit, context=context)
-    start = (0, 0, (0.0, 0))
-    if resume:
-        start = _restore(trainer, run_dir, device, context)
-    elif context.is_main:
-        for stale in (runs.METRICS, runs.CHECKPOINT):
-            (run_dir / stale).unlink(missing_ok=True)
-        _write_config(run_dir, config, data, device, custom, typed, vae)
+    start = _restore(trainer, run_dir, device, context) if resume else (0, 0, (0.0, 0))
     if start[0] >= config.epochs and context.is_main:
         print(f"run already has {start[0]} epochs; nothing to do (pass a larger {option('epochs')} to continue)",
               file=sys.stderr)
     started = time.perf_counter()
     try:
         trainer.run(*start)
+        if context.is_main and not vae.can("amortized"):   # no encoder: the test ELBO needs a fit of q
+            test_fit = after_training(lambda: _test_elbo_by_local_fit(vae, data, config.seed, progress),
+                                      "fitting q for the test points (the guide has no encoder)", trainer.epochs_done)
     except TrainingInterrupted as error:
         again = (f"pyrovae fit --out {run_dir} --resume --epochs {config.epochs}" if speaking_cli()
                  else f"fit(config, {str(run_dir)!r}, resume=True)")
-        error.args = (f"{error}. Resume with: {again}",)
+        error.args = (f"{error}. {'Resume' if error.during is None else 'Finish it'} with: {again}",)
         raise
     except NonFiniteLoss as error:
         kept = (f"the last good checkpoint in {run_dir} is intact" if (run_dir / runs.CHECKPOINT).exists()
@@ -263,7 +287,7 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
               "seconds_per_epoch": statistics.median([m["train_seconds"] for m in metrics]) if metrics else None,
               "stopped_by_time_budget": bool(trainer.stop_reason), "processes": context.world}
     if not vae.can("amortized") and metrics:
-        result.update(_test_elbo_by_local_fit(vae, data, config.seed, progress))
+        result.update(test_fit)
     result["seconds"] = round(time.perf_counter() - started, 3)
     result["pictures_seconds"] = round(trainer.fit_end_seconds, 3)   # what the end of training drew
     return result
@@ -322,12 +346,16 @@ def _restore(trainer: Trainer, run_dir: Path, device: torch.device, context: dis
     state = runs.load_checkpoint(run_dir, map_location="cpu") if context.is_main else None
     state = _to_device(context.broadcast(state), device)   # rank 0's checkpoint, on every rank
     load_model_state(trainer.vae, state, run_dir)
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"], trainer.generator)
+    try:
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"], trainer.generator)
+    except (ValueError, KeyError, TypeError, RuntimeError) as error:   # a checkpoint older pyrovae wrote unverified
+        raise UsageError(f"the optimizer or RNG state of the checkpoint in {str(run_dir)!r} does not fit this run "
+                         f"({str(error).splitlines()[0][:100]}); restore the checkpoint, or retrain") from None
     # metrics of epochs after the checkpoint (a crash between the two writes) are dropped
     if context.is_main:
         metrics = runs.read_jsonl(run_dir / runs.METRICS)
-        kept = [m for m in metrics if m["epoch"] <= state["epoch"]]
+        kept = [m for m in metrics if isinstance(m.get("epoch"), int) and m["epoch"] <= state["epoch"]]
         if len(kept) != len(metrics):
             runs.write_jsonl(run_dir / runs.METRICS, kept)
     return state["epoch"], state["step"], (state["partial_loss"], state["partial_seen"])
@@ -360,6 +388,7 @@ class Run:
     data: PreparedData
     run_dir: Path
     epoch: int
+    checkpoint: str | None = None   # SHA-256 of the checkpoint.pt it was loaded from
 
     def points(self, split: str, limit: int | None = None, seed: int = 0
                ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
@@ -413,7 +442,7 @@ def load_run(run_dir: str | Path, device: str = "auto", data_dir: str | None = N
         vae.prepare(_as_trained(config, prepared.train), index)   # adopts pyro.param sites before the load
     load_model_state(vae, state, run_dir)
     vae.eval()
-    return Run(vae, config, prepared, run_dir, state["epoch"])
+    return Run(vae, config, prepared, run_dir, state["epoch"], state["file_sha256"])
 
 
 def _data_file(config: FitConfig, saved: dict, run_dir: Path, moved_to: str | None) -> str:

@@ -5,21 +5,23 @@ batch of rows takes one SVI step (:func:`~pyrovae.training.step.svi_step`). KL w
 learning-rate schedule, dynamic binarization, mean-field local steps, metrics, checkpoints,
 pictures and the time budget are callbacks (:mod:`.callbacks`): new behaviour is a new callback.
 SIGINT/SIGTERM finish the current step; the callbacks save what they must (``on_interrupt``)
-and :class:`TrainingInterrupted` is raised.
+and :class:`TrainingInterrupted` is raised. After the last epoch, a signal stops the pictures
+(``on_fit_end``) between two of them: the checkpoint is already saved.
 """
 from __future__ import annotations
 
 import math
 import sys
 import time
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import pyro
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import Interrupted
-from ..interrupts import StopFlag
+from .. import interrupts
+from ..interrupts import Abandon, StopFlag
 from ..programs import Batch, num_rows, rows_of
 from ..vae import VAE
 from .distributed import Context
@@ -27,11 +29,34 @@ from .step import svi_step
 
 
 class TrainingInterrupted(Interrupted):
-    """Raised after SIGINT/SIGTERM once the callbacks have checkpointed."""
+    """Raised after SIGINT/SIGTERM once the callbacks have checkpointed; or, with ``during``, when
+    a signal stopped what follows the training (the checkpoint of ``epoch`` epochs is saved)."""
 
-    def __init__(self, signum: int, epoch: int, step: int):
-        super().__init__(f"stopped by signal {signum} at epoch {epoch + 1}, step {step}; checkpoint written")
-        self.signum, self.epoch, self.step = signum, epoch, step
+    def __init__(self, signum: int, epoch: int, step: int, during: str | None = None):
+        if during is None:
+            message = f"stopped by signal {signum} at epoch {epoch + 1}, step {step}; checkpoint written"
+        else:
+            message = f"stopped by signal {signum} while {during}; the checkpoint of epoch {epoch} is saved"
+        super().__init__(message)
+        self.signum, self.epoch, self.step, self.during = signum, epoch, step, during
+
+
+T = TypeVar("T")
+
+
+def after_training(work: Callable[[], T], during: str, epochs: int) -> T:
+    """``work()`` (after the last checkpoint) under a :class:`StopFlag`: a signal drops it at its
+    next :func:`pyrovae.interrupts.check` (or, arriving after the last one, once it returns) and
+    raises :class:`TrainingInterrupted` saying what was under way."""
+    with StopFlag():
+        try:
+            result = work()
+        except Abandon:
+            result = None
+        signum = interrupts.received()   # this flag's, or an enclosing one's (e.g. during the last epoch's end)
+        if signum is not None:
+            raise TrainingInterrupted(signum, epochs, 0, during)
+    return result
 
 
 class NonFiniteLoss(Exception):
@@ -67,6 +92,7 @@ class Trainer:
         self.callbacks, self.progress, self.beta_as_tensor = list(callbacks), progress, beta_as_tensor
         self.device = train[0].device
         self.epoch, self.step, self.beta = 0, 0, 1.0
+        self.epochs_done = 0   # in the checkpoint
         self.epoch_data: tuple[torch.Tensor, ...] = self.train
         self.epoch_rng = generator.get_state()
         self.loss_sum, self.seen = 0.0, 0
@@ -87,16 +113,22 @@ class Trainer:
     def run(self, start_epoch: int = 0, start_step: int = 0, partial: tuple[float, int] = (0.0, 0)) -> None:
         for cb in self.callbacks:
             cb.on_fit_start(self)
+        self.epochs_done = start_epoch
         with StopFlag() as flag:
             for epoch in range(start_epoch, self.epochs):
                 resumed = epoch == start_epoch
                 self._epoch(epoch, start_step if resumed else 0, partial if resumed else (0.0, 0), flag)
+                self.epochs_done = epoch + 1
                 if self.stop_reason:
                     break
-        started = time.perf_counter()
-        for cb in self.callbacks:   # pictures, curves, ...
+            started = time.perf_counter()   # inside the flag: a signal at the last epoch's end stops the pictures
+            after_training(self._fit_end, "drawing the end-of-training pictures", self.epochs_done)
+            self.fit_end_seconds = time.perf_counter() - started
+
+    def _fit_end(self) -> None:
+        for cb in self.callbacks:   # pictures, curves, ...: a signal stops them between two
+            interrupts.check()
             cb.on_fit_end(self)
-        self.fit_end_seconds = time.perf_counter() - started
 
     def _epoch(self, epoch: int, start_step: int, partial: tuple[float, int], flag: StopFlag) -> None:
         self.epoch, self.epoch_data = epoch, self.train
