@@ -14,7 +14,7 @@ from .guides import GUIDES
 from .models import LIKELIHOODS, MODELS, parse_sigma
 from .objectives import OBJECTIVES
 from .programs import can
-from .user_programs import absolute_spec, check_spec, load_program
+from .user_programs import absolute_spec, check_spec, load_program, split_spec
 from .vae import VAE
 
 # Named recipes: option values a preset sets unless the command line gives them.
@@ -111,8 +111,9 @@ class FitConfig:
             self.jit = self.elbo in OBJECTIVES and OBJECTIVES[self.elbo].jit is not None and \
                 getattr(GUIDES.get(self.guide), "jit_compatible", True) and self.noise == "global"
 
-    def validate(self) -> "FitConfig":
-        """Raise :class:`UsageError` naming the first bad option and its fix."""
+    def validate(self, check_files: bool = True) -> "FitConfig":
+        """Raise :class:`UsageError` naming the first bad option and its fix (``check_files``:
+        also that a --program file exists; a saved run's is looked for when it is loaded)."""
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise UsageError(message)
@@ -126,7 +127,7 @@ class FitConfig:
         need(self.guide in GUIDES or self.guide == CUSTOM, f"unknown {option('guide')} {self.guide!r}; use {choices(GUIDES)}")
         need(self.elbo in OBJECTIVES, f"unknown {option('elbo')} {self.elbo!r}; use {choices(OBJECTIVES)}")
         if self.program is not None:
-            check_spec(self.program)
+            check_spec(self.program) if check_files else split_spec(self.program)
         need(self.binarize in BINARIZE or (self.binarize is None and self.program is not None),
              f"unknown {option('binarize')} {self.binarize!r}; use dynamic, static or none")
         need(self.likelihood in ("bernoulli", CUSTOM) or self.binarize == "none",
@@ -208,7 +209,7 @@ class FitConfig:
         try:
             check_types(values)
             with cli_audience(False):   # the run's options by their names in config.json, not as flags
-                return cls.from_dict(values).validate()
+                return cls.from_dict(values).validate(check_files=False)
         except (KeyError, TypeError, UsageError) as error:
             raise UsageError(f"{str(path)!r} holds a config pyrovae cannot use ({error}); restore it from a copy, "
                              "or retrain") from None
