@@ -52,10 +52,10 @@ def _decoder_shapes(vae) -> list[tuple[int, int]]:
 
 def throughput_worker(args) -> dict:
     """One setting: AIS over N points, a reference matmul after every batch."""
-    from pyrovae import heap
     from pyrovae.config import FitConfig, build_vae
+    from pyrovae.core import heap
     from pyrovae.evaluation import ais
-    from pyrovae.training import load_run
+    from pyrovae.workflows import load_run
 
     heap.keep_freed_memory()
     torch.manual_seed(0)
@@ -107,12 +107,12 @@ def throughput_worker(args) -> dict:
 
 
 def study(args) -> dict:
-    from pyrovae import heap
+    from pyrovae.core import heap
+    from pyrovae.core.programs import rows_of
     from pyrovae.evaluation.ais import bdmc, estimate_log_likelihood_ais
     from pyrovae.evaluation.importance import estimate_log_likelihood
     from pyrovae.inference.local_fit import fit_local
-    from pyrovae.programs import rows_of
-    from pyrovae.training import load_run
+    from pyrovae.workflows import load_run
 
     heap.keep_freed_memory()
     run = load_run(args.run_dir, device="cpu", data_dir=args.data_dir)

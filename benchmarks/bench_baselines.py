@@ -24,13 +24,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import data_dir as find_data_dir, log, machine, mnist, results_dir, write_results  # noqa: E402
+from common import data_dir as find_data_dir  # noqa: E402
+from common import log, machine, mnist, results_dir, write_results
 
 from pyrovae.config import FitConfig  # noqa: E402
 from pyrovae.evaluation.importance import estimate_log_likelihood  # noqa: E402
 from pyrovae.inference.compare import compare_inference  # noqa: E402
 from pyrovae.inference.local_fit import fit_local  # noqa: E402
-from pyrovae.training import Callback, fit  # noqa: E402
+from pyrovae.training import Callback  # noqa: E402
+from pyrovae.workflows import fit  # noqa: E402
 
 
 class Marks(Callback):
@@ -93,14 +95,15 @@ def main() -> None:
         config = FitConfig(dataset="mnist", data_dir=root, guide=guide, epochs=100_000, seed=args.seed,
                            local_steps=args.local_steps, curves_every=1e9)
         run_dir = Path(args.out) / f"baseline-{guide}"
-        from pyrovae.training import prepare_data
         import torch
+
+        from pyrovae.workflows import prepare_data
         test = prepare_data(config, torch.device("cpu")).test[0][:args.n]
         marks = Marks(args, test, guide)
         started = time.perf_counter()
         result = fit(config, run_dir, overwrite=True, progress=False, callbacks=[marks], data=data)
         wall = time.perf_counter() - started
-        from pyrovae.training import load_run
+        from pyrovae.workflows import load_run
         run = load_run(run_dir, device="cpu", data_dir=root)
         x, _ = run.points("test", args.n)
         table = compare_inference(run, x, k=args.compare_k)

@@ -41,12 +41,14 @@ from pathlib import Path
 import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import data_dir as find_data_dir, log, machine, mnist, write_results  # noqa: E402
+from common import data_dir as find_data_dir  # noqa: E402
+from common import log, machine, mnist, write_results
 
 from pyrovae.config import FitConfig, parse_hidden  # noqa: E402
 from pyrovae.guides import GUIDES  # noqa: E402
 from pyrovae.inference.compare import compare_inference, format_table  # noqa: E402
-from pyrovae.training import Callback, fit, load_run  # noqa: E402
+from pyrovae.training import Callback  # noqa: E402
+from pyrovae.workflows import fit, load_run  # noqa: E402
 
 
 class Budget(Callback):

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import data_dir as find_data_dir, log, machine, write_results  # noqa: E402
+from common import data_dir as find_data_dir  # noqa: E402
+from common import log, machine, write_results
 
 PYROVAE = [sys.executable, "-m", "pyrovae.cli.main"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",

@@ -121,6 +121,7 @@ def write(name: str, results: dict, table: str, folder: str | None = None) -> No
     """common.write_results if it works; else the same two files and the JSON on stdout."""
     try:
         from common import write_results
+
         import pyrovae.runs  # noqa: F401  (write_results writes through it)
     except Exception:   # noqa: BLE001
         pass

@@ -62,7 +62,7 @@ def load_test_images(data_dir: str, n: int) -> torch.Tensor:
 
 def make_vae(run_dir: str | None):
     if run_dir:
-        from pyrovae.training import load_run  # only needed for a trained run
+        from pyrovae.workflows import load_run  # only needed for a trained run
 
         return load_run(run_dir, device="cpu").vae
     from pyrovae.config import FitConfig, build_vae
@@ -100,7 +100,7 @@ def worker(args: argparse.Namespace) -> dict:
     progress, and the matmul reference runs there (outside the evaluator's timed spans), so each
     batch is compared with the machine's matmul rate of the same moment: this 2-vCPU machine's
     rate drifts by a third from one second to the next."""
-    from pyrovae import heap
+    from pyrovae.core import heap
     from pyrovae.evaluation.importance import COMPILE_PAIRS, estimate_log_likelihood
 
     heap_tuned = heap.keep_freed_memory() if args.heap_tuning else False   # as `pyrovae evaluate` does

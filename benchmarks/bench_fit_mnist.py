@@ -38,7 +38,7 @@ from common import log, machine, mnist, require_data_dir, write_results  # noqa:
 
 from pyrovae import runs  # noqa: E402
 from pyrovae.config import FitConfig  # noqa: E402
-from pyrovae.training import fit, prepare_data  # noqa: E402
+from pyrovae.workflows import fit, prepare_data  # noqa: E402
 
 
 def epoch_comparison(root: str, epochs: int, limit: int | None = None, seed: int = 0, jit: bool = True) -> dict:

@@ -47,12 +47,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import log, machine, mnist, require_data_dir, results_dir, write_results  # noqa: E402
 
-from pyrovae import heap, runs  # noqa: E402
+from pyrovae import runs  # noqa: E402
 from pyrovae.config import PRESETS, FitConfig  # noqa: E402
+from pyrovae.core import heap
 from pyrovae.evaluation import diagnostics  # noqa: E402
 from pyrovae.evaluation.ais import estimate_log_likelihood_ais  # noqa: E402
 from pyrovae.evaluation.importance import estimate_log_likelihood  # noqa: E402
-from pyrovae.training import fit, load_run  # noqa: E402
+from pyrovae.workflows import fit, load_run  # noqa: E402
 
 # Burda, Grosse & Salakhutdinov (2016), Table 1 (MNIST, K=5000 test log-likelihood estimates)
 BURDA = {("one", "VAE"): -86.76, ("one", "IWAE k=50"): -84.78, ("two", "VAE"): -85.33, ("two", "IWAE k=50"): -82.90}

@@ -82,7 +82,7 @@ def results_dir(option: str | Path | None = None) -> Path:
 def write_results(name: str, results: dict, table: str, folder: str | Path | None = None) -> None:
     """FOLDER/NAME.json and NAME.md (FOLDER: --results, default benchmarks/results), plus the
     JSON on stdout."""
-    from pyrovae.runs import atomic_path
+    from pyrovae.core.files import atomic_path
 
     folder = results_dir(folder)
     info = results["machine"]

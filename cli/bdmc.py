@@ -5,9 +5,22 @@ from __future__ import annotations
 import time
 
 import click
+
 from pyrovae.cli.evaluate import ais_options
-from pyrovae.cli.options import (DATA_DIR, DEVICE, MOVED_DATASET, MOVED_PROGRAM, NO_RECORD, RESUME, THREADS,
-                                 check_record, emit, partial_path, record, say)
+from pyrovae.cli.options import (
+    DATA_DIR,
+    DEVICE,
+    MOVED_DATASET,
+    MOVED_PROGRAM,
+    NO_RECORD,
+    RESUME,
+    THREADS,
+    check_record,
+    emit,
+    partial_path,
+    record,
+    say,
+)
 
 
 @click.command()
@@ -34,10 +47,10 @@ def bdmc(run_dir: str, n: int, steps: int, chains: int, leapfrog: int, is_k: int
     evaluation needs. Also the IS estimate and ELBO of the same points.
 
     Ctrl-C keeps the finished points; --resume continues from them."""
+    from pyrovae.core.programs import rows_of
     from pyrovae.evaluation.ais import bdmc as sandwich
     from pyrovae.evaluation.ais import check_ais_options
-    from pyrovae.programs import rows_of
-    from pyrovae.training import load_run
+    from pyrovae.workflows import load_run
 
     check_ais_options(steps, chains, leapfrog)
     keeps = check_record(run_dir, no_record)

@@ -5,13 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from pyrovae.cli.options import (DATA_DIR, DEVICE, MOVED_DATASET, MOVED_PROGRAM, NO_RECORD, RESUME, THREADS,
-                                 check_record, emit, partial_path, record, say)
 
+from pyrovae.cli.options import (
+    DATA_DIR,
+    DEVICE,
+    MOVED_DATASET,
+    MOVED_PROGRAM,
+    NO_RECORD,
+    RESUME,
+    THREADS,
+    check_record,
+    emit,
+    partial_path,
+    record,
+    say,
+)
+from pyrovae.core.errors import UsageError
 from pyrovae.evaluation.ais import CHAINS, LEAPFROG
 from pyrovae.evaluation.ais import STEPS as AIS_STEPS
 from pyrovae.inference.compare import BATCH_SIZE, DEFAULT_REFINE_STEPS
-from pyrovae.errors import UsageError
 from pyrovae.runs import PARTIAL
 
 DEFAULTS = {"--limit": 1000, "--k": 5000, "--steps": 3000, "--lr": 0.05, "--batch-size": BATCH_SIZE,
@@ -68,9 +80,9 @@ def compare(run_dir: str, limit: int, k: int, steps: int, lr: float, refine_step
     if refine_steps < 0:
         raise UsageError(f"--refine-steps must be >= 0, got {refine_steps}; pass 0 to skip the refinement")
     keeps = check_record(run_dir, no_record)
-    from pyrovae import heap
+    from pyrovae.core import heap
     from pyrovae.inference.compare import compare_inference, format_table
-    from pyrovae.training import load_run
+    from pyrovae.workflows import load_run
 
     heap.keep_freed_memory()   # the CLI process opts in to the evaluator's heap settings
     run = load_run(run_dir, device, data_dir, dataset=dataset, program=program)

@@ -5,10 +5,24 @@ from __future__ import annotations
 import time
 
 import click
-from pyrovae.cli.options import (DATA_DIR, DEVICE, MOVED_DATASET, MOVED_PROGRAM, NO_RECORD, RESUME, THREADS,
-                                 check_record, emit, output_file, partial_path, progress_bar, record, say)
 
-from pyrovae.errors import UsageError
+from pyrovae.cli.options import (
+    DATA_DIR,
+    DEVICE,
+    MOVED_DATASET,
+    MOVED_PROGRAM,
+    NO_RECORD,
+    RESUME,
+    THREADS,
+    check_record,
+    emit,
+    output_file,
+    partial_path,
+    progress_bar,
+    record,
+    say,
+)
+from pyrovae.core.errors import UsageError
 from pyrovae.evaluation.ais import CHAINS, IS_K, LEAPFROG, PAIRS, STEPS
 from pyrovae.evaluation.importance import BATCH_SIZE, CHUNK_SIZE, COMPILE_PAIRS
 
@@ -80,11 +94,11 @@ def evaluate(run_dir: str, method: str, k: int, split: str, limit: int | None, p
         raise UsageError(f"--limit must be at least 1, got {limit}; omit it to evaluate the whole split")
     per_point_path = output_file(per_point, "--per-point", (".csv", ".npz")) if per_point else None
     keeps = check_record(run_dir, no_record)
-    from pyrovae import heap
+    from pyrovae.core import heap
     from pyrovae.evaluation.importance import estimate_log_likelihood, write_per_point
     from pyrovae.guides.rows import take_rows
     from pyrovae.inference.local_fit import fit_local
-    from pyrovae.training import load_run
+    from pyrovae.workflows import load_run
 
     heap.keep_freed_memory()   # the CLI process opts in to the evaluator's heap settings
     started = time.perf_counter()

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import click
 import torch.distributed as dist
-from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, MOVED_PROGRAM, THREADS, emit, output_file
 
+from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, MOVED_PROGRAM, THREADS, emit, output_file
 from pyrovae.config import PRESETS, RESUMABLE
-from pyrovae.errors import UsageError, cli_audience
+from pyrovae.core.errors import UsageError, cli_audience
 from pyrovae.guides import GUIDES
 from pyrovae.models import LIKELIHOODS, MODELS
 from pyrovae.objectives import OBJECTIVES
@@ -26,7 +26,7 @@ EXIT_INTERRUPTED = 130
 
 
 def fail(message: str, code: int = EXIT_USAGE, kind: str = "error", every_rank: bool = False) -> None:
-    from pyrovae.training.distributed import current
+    from pyrovae.core.distributed import current
     if every_rank or current().is_main:   # a distributed run's processes stop together: rank 0 says why
         click.echo(f"pyrovae: {kind}: {message}", err=True)
     sys.exit(code)
@@ -51,10 +51,10 @@ class PyrovaeGroup(click.Group):
                 signal.signal(signal.SIGTERM, previous)
 
     def _main(self, args, prog_name, complete_var, **extra):
-        from pyrovae.errors import Interrupted
+        from pyrovae.core import distributed
+        from pyrovae.core.errors import Interrupted
         from pyrovae.evaluation.driver import EvaluationInterrupted
         from pyrovae.training import NonFiniteLoss
-        from pyrovae.training import distributed
         argv = list(sys.argv[1:] if args is None else args)
         command = next((arg for arg in argv if arg in self.commands), None)
         smaller = f"rerun with a smaller {SMALLER.get(command, '--batch-size')}"
@@ -235,7 +235,7 @@ def fit(ctx: click.Context, run_dir: str, resume: bool, overwrite: bool, quiet: 
     import dataclasses
 
     from pyrovae.config import FitConfig
-    from pyrovae.training import fit as train
+    from pyrovae.workflows import fit as train
     given = {name: value for name, value in options.items()
              if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
     if given.get("program"):
@@ -269,9 +269,9 @@ def fit(ctx: click.Context, run_dir: str, resume: bool, overwrite: bool, quiet: 
 def sample(run_dir: str, n: int, show: str, seed: int, out: str, device: str, data_dir: str | None,
            dataset: str | None, program: str | None) -> None:
     """Images from the model's prior: z ~ p(z), then E[x | z] (or x ~ p(x | z) with --show draws)."""
-    from pyrovae.figures import sample_grid
-    from pyrovae.plots import prior_samples
-    from pyrovae.programs import rows_of
+    from pyrovae.core.programs import rows_of
+    from pyrovae.pictures.figures import sample_grid
+    from pyrovae.pictures.plots import prior_samples
     path = output_png(out)
     run = _image_run(run_dir, device, data_dir, dataset, program)
     _check_grid(n, run.data.dataset.image_shape)
@@ -296,9 +296,9 @@ def reconstruct(run_dir: str, n: int, out: str, device: str, data_dir: str | Non
     E[x | z] at the guide's mean of z."""
     import torch
 
-    from pyrovae.figures import reconstruction_figure
-    from pyrovae.plots import reconstructions
-    from pyrovae.programs import rows_of
+    from pyrovae.core.programs import rows_of
+    from pyrovae.pictures.figures import reconstruction_figure
+    from pyrovae.pictures.plots import reconstructions
     path = output_png(out)
     run = _image_run(run_dir, device, data_dir, dataset, program)
     amortized = run.vae.can("amortized")
@@ -322,9 +322,9 @@ def reconstruct(run_dir: str, n: int, out: str, device: str, data_dir: str | Non
 @MOVED_PROGRAM
 def latent_map(run_dir: str, n: int, out: str, device: str, data_dir: str | None, dataset: str | None, program: str | None) -> None:
     """Encoder means of test points: the latents for 2-D latents, else a PCA projection."""
-    from pyrovae.plots import latent_map as draw
-    from pyrovae.programs import rows_of
-    from pyrovae.training import load_run
+    from pyrovae.core.programs import rows_of
+    from pyrovae.pictures.plots import latent_map as draw
+    from pyrovae.workflows import load_run
     path = output_png(out)
     run = load_run(run_dir, device, data_dir, dataset=dataset, program=program)
     if not run.vae.can("amortized"):
@@ -336,7 +336,7 @@ def latent_map(run_dir: str, n: int, out: str, device: str, data_dir: str | None
 
 def _check_grid(n: int, image_shape, reconstructions: bool = False) -> None:
     """Refuse, before any work, more images than one picture can hold."""
-    from pyrovae.figures import MAX_PIXELS, grid_capacity
+    from pyrovae.pictures.figures import MAX_PIXELS, grid_capacity
     most = grid_capacity(image_shape, reconstructions=reconstructions)
     if n > most:
         raise UsageError(f"--n {n} is more images than one picture holds (at most {most}: a picture has at most "
@@ -344,7 +344,7 @@ def _check_grid(n: int, image_shape, reconstructions: bool = False) -> None:
 
 
 def _image_run(run_dir: str, device: str, data_dir: str | None, dataset: str | None, program: str | None):
-    from pyrovae.training import load_run
+    from pyrovae.workflows import load_run
     run = load_run(run_dir, device, data_dir, dataset=dataset, program=program)
     if run.data.dataset.image_shape is None:
         raise UsageError(f"{run.data.dataset.name} rows are not images; use latent-map or the metrics instead")

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from pyrovae import runs
-from pyrovae.errors import UsageError
+from pyrovae.core.errors import UsageError
 from pyrovae.runs import check_name, check_writable
 
 DEVICE = click.option("--device", default="auto", show_default=True,
@@ -58,7 +58,7 @@ def check_record(run_dir: str, skip: bool) -> bool:
 def record(run_dir: str, command: str, options: dict, summary: dict, skip: bool, checkpoint: str | None) -> None:
     """One line in RUN_DIR/evaluations.jsonl (rank 0's, unless --no-record), naming the
     checkpoint (its SHA-256) the result came from."""
-    from pyrovae.training.distributed import current
+    from pyrovae.core.distributed import current
     if not skip and current().is_main:
         runs.record_evaluation(Path(run_dir), command, options, summary, checkpoint)
 
@@ -74,14 +74,14 @@ def partial_path(run_dir: str, command: str, options: dict) -> Path:
 
 def say(message: str) -> None:
     """A line on stderr for the user (rank 0's, in a distributed run)."""
-    from pyrovae.training.distributed import current
+    from pyrovae.core.distributed import current
     if current().is_main:
         click.echo(message, err=True)
 
 
 def emit(result: dict | None) -> None:
     """The command's result: one JSON object on stdout (rank 0's, in a distributed run)."""
-    from pyrovae.training.distributed import current
+    from pyrovae.core.distributed import current
     if result is not None and current().is_main:
         click.echo(json.dumps(result, sort_keys=True, default=str))
 

@@ -10,9 +10,10 @@ The public API, for use from Python::
 Your own Pyro model and guide (see :mod:`pyrovae.programs`) go in as ``fit(config, run_dir,
 vae=VAE(model, guide), data=Dataset(...))``.
 """
-__version__ = "0.2.0"
-
 from .config import FitConfig, build_vae
+from .core.programs import DATA_PLATE, data_plate
+from .core.vae import VAE
+from .core.version import __version__
 from .data import Dataset
 from .evaluation.ais import bdmc, estimate_log_likelihood_ais
 from .evaluation.importance import estimate_log_likelihood
@@ -21,11 +22,10 @@ from .inference.compare import compare_inference
 from .inference.local_fit import fit_local
 from .models import MODELS, TwoLayerModel, VAEModel
 from .objectives import IWAE_ELBO, OBJECTIVES, log_weights, make_objective
-from .programs import DATA_PLATE, data_plate
-from .training import Callback, fit, load_run
-from .vae import VAE
+from .training import Callback
+from .workflows import fit, load_run
 
-__all__ = ["VAE", "VAEModel", "TwoLayerModel", "AmortizedGuide", "MeanFieldGuide", "FlowGuide", "SemiAmortizedGuide",
+__all__ = ["__version__", "VAE", "VAEModel", "TwoLayerModel", "AmortizedGuide", "MeanFieldGuide", "FlowGuide", "SemiAmortizedGuide",
            "FullCovarianceGuide",
            "MODELS", "GUIDES", "OBJECTIVES", "FitConfig", "Dataset", "build_vae", "fit", "load_run", "Callback",
            "make_objective", "IWAE_ELBO", "log_weights", "estimate_log_likelihood", "estimate_log_likelihood_ais",

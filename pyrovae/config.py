@@ -8,14 +8,15 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from .core.errors import UsageError, cli_audience, option
+from .core.programs import can
+from .core.vae import VAE
 from .data import BINARIZE, BUILTIN
-from .errors import UsageError, cli_audience, option
 from .guides import GUIDES
 from .models import LIKELIHOODS, MODELS, parse_sigma
 from .objectives import OBJECTIVES
-from .programs import can
+from .runs import CONFIG, read_config
 from .user_programs import absolute_spec, check_spec, load_program, split_spec
-from .vae import VAE
 
 # Named recipes: option values a preset sets unless the command line gives them.
 PRESETS: dict[str, dict] = {
@@ -203,7 +204,6 @@ class FitConfig:
     def from_run(cls, run_dir: str | Path) -> "FitConfig":
         """The config a run in ``run_dir`` was trained with, checked as a new one is (its types
         too: JSON has none of the dataclass's)."""
-        from .runs import CONFIG, read_config
         path = Path(run_dir) / CONFIG
         values = read_config(Path(run_dir))["config"]
         try:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UsageError
+from .core.errors import UsageError
 
 DATA_DIR_ENV = "PYROVAE_DATA_DIR"
 BUILTIN = ("mnist", "mnist-sample", "toy2d")

@@ -20,15 +20,18 @@ import json
 import os
 import pickle
 import platform
-import secrets
 import shutil
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy
+import pyro
 import torch
 
-from .errors import UsageError, option
+from .core.errors import UsageError, option
+from .core.files import atomic_path
+from .core.version import __version__
 
 FORMAT_VERSION = 2   # 2: the model and guide are nn.Modules of their own (pyrovae 0.2)
 CONFIG = "config.json"
@@ -41,32 +44,6 @@ PARTIAL = ".partial"       # per-point results of interrupted evaluations
 RUN_FILES = (CONFIG, CHECKPOINT, METRICS, EVALUATIONS, "curves.png", "samples.png", "reconstructions.png")
 RUN_FOLDERS = (PARTIAL, "tensorboard")
 CHECKPOINT_KEYS = ("epoch", "step", "partial_loss", "partial_seen", "model", "optimizer", "rng")
-TMP_NAME = 200   # bytes of the target's name kept in a temporary file's name (NAME_MAX is 255)
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename,
-    so readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    while True:
-        # created like any file the user's process makes (0666 less the umask; mkstemp would give 0600);
-        # the name is cut so that any name the folder takes has a temporary file too
-        name = os.fsencode(path.name)[:TMP_NAME].decode(errors="ignore")
-        tmp = path.parent / f".{name}.{secrets.token_hex(4)}.tmp"
-        try:
-            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-            break
-        except FileExistsError:
-            continue
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_json(path: Path, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
@@ -162,10 +139,6 @@ class _Probed(Exception):
 
 
 def versions() -> dict[str, str]:
-    import numpy
-    import pyro
-
-    from . import __version__
     return {"pyrovae": __version__, "torch": torch.__version__, "pyro": pyro.__version__,
             "numpy": numpy.__version__, "python": platform.python_version()}
 

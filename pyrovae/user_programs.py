@@ -14,8 +14,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from .errors import UsageError, option
-from .vae import VAE
+from .core.errors import UsageError, option
+from .core.vae import VAE
 
 
 def split_spec(spec: str) -> tuple[str, str]:

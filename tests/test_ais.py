@@ -11,16 +11,16 @@ import pyro.distributions as dist
 import pytest
 import torch
 from click.testing import CliRunner
+from test_evaluate import linear_gaussian
 from torch import nn
 
 from pyrovae.cli.main import cli
 from pyrovae.config import FitConfig, build_vae
-from pyrovae.errors import UsageError
+from pyrovae.core.errors import UsageError
+from pyrovae.core.programs import data_plate
+from pyrovae.core.vae import VAE
 from pyrovae.evaluation.ais import bdmc, estimate_log_likelihood_ais
 from pyrovae.models import VAEModel
-from pyrovae.programs import data_plate
-from pyrovae.vae import VAE
-from test_evaluate import linear_gaussian
 
 
 @pytest.fixture(scope="module")

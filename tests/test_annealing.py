@@ -9,8 +9,15 @@ from functools import lru_cache
 import pytest
 import torch
 
-from pyrovae.evaluation.annealing import (ChainState, adapt_step_size, anneal, evaluate_state,
-                                          hmc_transition, log_mean_exp, sigmoid_schedule)
+from pyrovae.evaluation.annealing import (
+    ChainState,
+    adapt_step_size,
+    anneal,
+    evaluate_state,
+    hmc_transition,
+    log_mean_exp,
+    sigmoid_schedule,
+)
 
 F64 = torch.float64
 LOG_2PI = math.log(2 * math.pi)

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from pyrovae import runs
 from pyrovae.cli.main import cli
 from pyrovae.config import FitConfig
-from pyrovae.training import fit
+from pyrovae.workflows import fit
 
 TINY = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "32", "--quiet", "--device", "cpu"]
 

@@ -9,11 +9,10 @@ import torch
 from click.testing import CliRunner
 
 from pyrovae import runs
-from pyrovae.evaluation import diagnostics
 from pyrovae.cli.main import cli
 from pyrovae.data import load_dataset
-from pyrovae.training import load_run
-
+from pyrovae.evaluation import diagnostics
+from pyrovae.workflows import load_run
 
 SMALL = ["--latent-dim", "2", "--hidden", "16", "--batch-size", "500", "--lr", "0.01", "--quiet",
          "--device", "cpu"]

@@ -5,13 +5,12 @@ import math
 import pytest
 import torch
 from click.testing import CliRunner
+from test_meanfield import SIGMA, B, D, W, exact_elbo, linear_gaussian_vae, optimal_diagonal_q
 
 from pyrovae.cli.main import cli
-from pyrovae.inference.compare import compare_inference
 from pyrovae.config import FitConfig
-from pyrovae.training import fit
-
-from test_meanfield import B, D, SIGMA, W, exact_elbo, linear_gaussian_vae, optimal_diagonal_q
+from pyrovae.inference.compare import compare_inference
+from pyrovae.workflows import fit
 
 ARGS = ["--limit", "20", "--k", "50", "--steps", "150", "--eval-samples", "50"]
 GAPS = ("amortization_gap", "approximation_gap", "inference_gap")

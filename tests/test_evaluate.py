@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
+from pyrovae.core.noise import noise, site_stream
+from pyrovae.core.programs import LatentLayer
+from pyrovae.core.vae import VAE
 from pyrovae.evaluation import diagnostics
-from pyrovae.evaluation.driver import noise, site_stream
 from pyrovae.evaluation.importance import IS_STREAM, estimate_log_likelihood, per_point_columns, write_per_point
 from pyrovae.guides import AmortizedGuide, MeanFieldGuide
 from pyrovae.models import VAEModel
-from pyrovae.programs import LatentLayer
-from pyrovae.vae import VAE
 
 F64 = torch.float64
 D_LATENT, D_DATA = 2, 5

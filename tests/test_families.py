@@ -13,13 +13,13 @@ from torch import nn
 
 from pyrovae import runs
 from pyrovae.config import FitConfig
+from pyrovae.core.programs import LatentLayer, data_plate
+from pyrovae.core.vae import VAE
 from pyrovae.evaluation.importance import estimate_log_likelihood, per_point_columns
 from pyrovae.guides import AmortizedGuide, FlowGuide, FullCovarianceGuide
 from pyrovae.inference.local_fit import fit_local
 from pyrovae.models import TwoLayerModel, VAEModel
-from pyrovae.programs import LatentLayer, data_plate
-from pyrovae.training import fit, load_run
-from pyrovae.vae import VAE
+from pyrovae.workflows import fit, load_run
 
 F64 = torch.float64
 

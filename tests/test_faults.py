@@ -16,10 +16,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import pyrovae.training.fitting as train_module
+import pyrovae.workflows.fitting as train_module
 from pyrovae import runs
 from pyrovae.cli.main import cli
-from pyrovae.training import load_run
+from pyrovae.workflows import load_run
 
 TINY = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "32", "--quiet", "--device", "cpu"]
 STEPS_PER_EPOCH = 7   # 200 rows / batch 32
@@ -341,7 +341,7 @@ def test_second_writer_is_refused_across_processes(tmp_path, data):
 
 ANNOUNCED_PICTURES = """
 import sys
-import pyrovae.figures as figures
+import pyrovae.pictures.figures as figures
 real = figures.sample_grid
 def announced(*args, **kwargs):   # the real picture, announced: the test signals while it is drawn
     print("drawing samples.png", file=sys.stderr, flush=True)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pyrovae import figures
+from pyrovae.pictures import figures
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MNIST = (1, 28, 28)
@@ -199,8 +199,8 @@ def test_grids_do_not_import_matplotlib():
     """The figures a training run writes at its end must not pay for importing matplotlib."""
     code = """
 import sys, tempfile, os
-import pyrovae.figures as figures
-assert "matplotlib" not in sys.modules, "import pyrovae.figures imported matplotlib"
+import pyrovae.pictures.figures as figures
+assert "matplotlib" not in sys.modules, "import pyrovae.pictures.figures imported matplotlib"
 with tempfile.TemporaryDirectory() as d:
     figures.sample_grid([[0.5] * 784] * 3, (1, 28, 28), os.path.join(d, "s.png"), caption="samples −1")
     figures.reconstruction_figure([[0.5] * 784] * 3, [[0.2] * 784] * 3, (1, 28, 28), os.path.join(d, "r.png"),

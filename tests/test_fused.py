@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from pyrovae.config import FitConfig, build_vae
 from pyrovae.evaluation import kernels as fused
 from pyrovae.evaluation.importance import estimate_log_likelihood, per_point_columns
-from pyrovae.config import FitConfig, build_vae
 from pyrovae.models import ReLU
 
 

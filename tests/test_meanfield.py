@@ -8,16 +8,14 @@ import torch
 
 from pyrovae import runs
 from pyrovae.config import FitConfig, build_vae
+from pyrovae.core.programs import LatentLayer
+from pyrovae.core.vae import VAE
 from pyrovae.guides import AmortizedGuide
 from pyrovae.inference.local_fit import elbo_per_point, fit_local
 from pyrovae.models import VAEModel
-from pyrovae.programs import LatentLayer
-from pyrovae.vae import VAE
 from pyrovae.objectives import make_objective
 from pyrovae.training.optim import RowSparseAdam, make_optimizer
-from pyrovae.training import fit
-
-
+from pyrovae.workflows import fit
 
 # ---------------------------------------------------------------------------- RowSparseAdam
 
@@ -301,7 +299,7 @@ def test_semi_amortized_refinement_improves_the_encoders_q_deterministically():
 
 
 def test_semi_amortized_is_refused_where_it_cannot_serve():
-    from pyrovae.errors import UsageError
+    from pyrovae.core.errors import UsageError
     with pytest.raises(UsageError, match="latent layer conditioned on another"):
         build_vae(FitConfig(model="two-layer", guide="semi-amortized"), 20, 10)
     with pytest.raises(UsageError, match="cannot trace"):

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pyrovae.core.errors import UsageError
 from pyrovae.data import DATA_DIR_ENV, load_dataset
-from pyrovae.errors import UsageError
 
 ROOT = os.environ.get(DATA_DIR_ENV)
 needs_mnist = pytest.mark.skipif(not (ROOT and (Path(ROOT) / "MNIST" / "raw").is_dir()),

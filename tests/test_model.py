@@ -10,11 +10,11 @@ from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from pyrovae.config import FitConfig, build_vae
+from pyrovae.core.programs import can
+from pyrovae.core.vae import VAE
 from pyrovae.guides import GUIDES, MeanFieldGuide
 from pyrovae.models import MIN_SIGMA, MODELS, VAEModel, parse_sigma
 from pyrovae.models.likelihoods import Normal
-from pyrovae.programs import can
-from pyrovae.vae import VAE
 
 LATENT, DATA, NUM_DATA, BATCH = 3, 7, 40, 5
 LIKELIHOODS = [("bernoulli", 1.0), ("normal", 0.5), ("normal", "learned"), ("normal", "learned-pixel")]

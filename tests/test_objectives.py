@@ -7,12 +7,11 @@ import torch
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyrovae.config import FitConfig, build_vae
+from pyrovae.core.programs import bind
+from pyrovae.core.vae import VAE
 from pyrovae.guides import GUIDES, MeanFieldGuide
 from pyrovae.models import MODELS
 from pyrovae.objectives import IWAE_ELBO, elbo_terms, iwae_bound, log_weights, make_objective
-from pyrovae.programs import bind
-from pyrovae.vae import VAE
-
 
 LATENT, DATA, NUM_DATA, BATCH = 2, 6, 20, 4
 

@@ -15,16 +15,16 @@ import pyro
 import pytest
 import torch
 
-from pyrovae import heap
 from pyrovae.config import FitConfig
+from pyrovae.core import heap
 from pyrovae.evaluation.ais import bdmc, estimate_log_likelihood_ais
 from pyrovae.evaluation.importance import estimate_log_likelihood
 from pyrovae.guides.rows import take_rows
 from pyrovae.inference.compare import compare_inference
 from pyrovae.inference.local_fit import fit_local
 from pyrovae.objectives._pyro_compat import PYRO_CHECKED, jit_meanfield_retraces, jit_trace_doubles_gradients
-from pyrovae.plots import write_run_images
-from pyrovae.training import fit, load_run
+from pyrovae.pictures.plots import write_run_images
+from pyrovae.workflows import fit, load_run
 
 
 def snapshot() -> dict:

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from pyrovae.config import FitConfig, parse_hidden
+from pyrovae.core.errors import UsageError
 from pyrovae.data import check_for_likelihood, load_dataset
-from pyrovae.errors import UsageError
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

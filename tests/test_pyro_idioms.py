@@ -21,8 +21,8 @@ from pyro import poutine
 
 from pyrovae import VAE, Dataset, FitConfig, bdmc, compare_inference, estimate_log_likelihood, fit, load_run
 from pyrovae.cli.main import cli
+from pyrovae.core.errors import UsageError
 from pyrovae.data import load_dataset
-from pyrovae.errors import UsageError
 from pyrovae.evaluation.ais import estimate_log_likelihood_ais
 from pyrovae.evaluation.diagnostics import mean_and_se
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pyrovae import figures, runs
+from pyrovae import runs
 from pyrovae.cli.main import cli
+from pyrovae.pictures import figures
 
 TINY = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "250", "--quiet", "--device", "cpu"]
 

@@ -21,9 +21,11 @@ import torch
 from click.testing import CliRunner
 
 import pyrovae.evaluation.importance as importance
-from pyrovae import plots, runs
+from pyrovae import runs
 from pyrovae.cli.main import cli
-from pyrovae.training import callbacks, load_run
+from pyrovae.pictures import plots
+from pyrovae.workflows import load_run
+from pyrovae.workflows import run_callbacks as callbacks
 
 TINY = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "50", "--quiet", "--device", "cpu"]
 PYROVAE = [sys.executable, "-m", "pyrovae.cli.main"]
@@ -187,7 +189,7 @@ def test_fit_never_writes_into_a_folder_of_the_users_files(tmp_path, data):
 PAUSED_AFTER_ITS_CHECK = """
 import sys, time
 from pathlib import Path
-import pyrovae.training.fitting as fitting
+import pyrovae.workflows.fitting as fitting
 real, signals = fitting.prepare_data, Path(sys.argv[1])
 def paused(*args, **kwargs):   # the folder is checked; wait here while the other fit runs
     (signals / "checked").touch()

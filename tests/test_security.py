@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from pyrovae import runs
 from pyrovae.cli.main import cli
 from pyrovae.config import FitConfig
-from pyrovae.errors import UsageError
-from pyrovae.training import fit, load_run
+from pyrovae.core.errors import UsageError
+from pyrovae.workflows import fit, load_run
 
 TINY = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "32", "--quiet", "--device", "cpu"]
 

@@ -8,13 +8,12 @@ import pyro
 import pytest
 import torch
 
-import pyrovae.training.fitting as train_module
+import pyrovae.workflows.fitting as train_module
 from pyrovae import runs
 from pyrovae.config import FitConfig
+from pyrovae.core.errors import UsageError
 from pyrovae.data import load_dataset
-from pyrovae.errors import UsageError
-from pyrovae.training import fit, load_run, prepare_data
-
+from pyrovae.workflows import fit, load_run, prepare_data
 
 TIMING = ("train_seconds", "eval_seconds")
 # an untrained Bernoulli decoder has logits near 0: log p(x | z) ≈ -784 log 2 per MNIST digit; the

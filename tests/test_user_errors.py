@@ -23,8 +23,8 @@ import pyrovae.inference.compare as compare_module
 from pyrovae import runs
 from pyrovae.cli.main import cli
 from pyrovae.config import FitConfig
-from pyrovae.errors import UsageError
-from pyrovae.training import fit
+from pyrovae.core.errors import UsageError
+from pyrovae.workflows import fit
 
 TINY = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "50", "--quiet", "--device", "cpu"]
 PYROVAE = [sys.executable, "-m", "pyrovae.cli.main"]

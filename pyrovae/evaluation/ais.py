@@ -43,21 +43,22 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from torch.distributions import biject_to
-from pyro.poutine.messenger import Messenger
 from pyro.distributions.util import is_validation_enabled
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
+from torch.distributions import biject_to
 
-from .. import interrupts
-from ..errors import UsageError, option
-from ..objectives.traces import PARTICLE_DIM, PARTICLE_PLATE, sample_sites, unconditioned_observation
-from ..programs import DATA_PLATE, as_batch, can, is_real, num_rows, rows_of
-from ..vae import VAE, frozen
+from ..core import interrupts
+from ..core.errors import UsageError, option
+from ..core.noise import noise, reparameterize, site_stream, tile_seed
+from ..core.programs import DATA_PLATE, as_batch, can, is_real, num_rows, rows_of
+from ..core.traces import PARTICLE_DIM, PARTICLE_PLATE, sample_sites, unconditioned_observation
+from ..core.vae import VAE, frozen
 from . import diagnostics
 from .annealing import anneal, log_mean_exp, sigmoid_schedule
-from .kernels import FusedDensities
-from .driver import Partial, noise, reparameterize, run_batches, site_stream, tile_seed
+from .driver import Partial, run_batches
 from .importance import COMPILE_PAIRS, _progress, importance_batch, proposal_guide
+from .kernels import FusedDensities
 
 STEPS, CHAINS, LEAPFROG = 1000, 16, 5      # Wu et al. (2017) use up to 10,000 steps and 16 chains
 STEP_SIZE = 0.01                           # the first step size where the start's scale is unknown

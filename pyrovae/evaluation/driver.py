@@ -1,14 +1,5 @@
-"""What every estimator of log p(x) shares: seeded noise per (site, particle, row), batches of
-points, and per-point results that survive an interrupt.
-
-Reproducibility. The standard-normal noise of latent site s, particle (or chain) k and row i
-comes from a tile of ``RNG_TILE`` (particles x rows) drawn by a generator seeded by
-(seed, stream, s, tile), so every draw is a pure function of (seed, s, k, i): results do not
-depend on the batch size, the chunk size, a point's batchmates, an interrupted-and-resumed run,
-or which process of a distributed run evaluates the point. :class:`FixedNoise` makes a guide's
-draws from that noise by reparameterization, for every site whose distribution is a Normal, a
-MultivariateNormal, or a transformed one of these (flows); a site it cannot reparameterize is
-drawn from torch's global generator, and the estimator says its results depend on batching.
+"""What every estimator of log p(x) shares: batches of points, and per-point results that
+survive an interrupt (the draws are seeded per site, particle and row: :mod:`pyrovae.core.noise`).
 
 Batches. :func:`run_batches` evaluates contiguous batches of rows with a function that returns
 per-point arrays, skips rows already done (a resumed run), and on SIGINT/SIGTERM after a batch
@@ -20,109 +11,16 @@ import hashlib
 import json
 import os
 import zipfile
-import zlib
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pyro.distributions as dist
 import torch
-from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import site_is_subsample
 
-from ..errors import Interrupted, UsageError, option
-from ..interrupts import Abandon, StopFlag
-from ..runs import atomic_path
-
-RNG_TILE = (50, 25)         # particles x rows drawn from one seeded generator
-
-
-def tile_seed(*ints: int) -> int:
-    """A 63-bit seed from integers (splitmix64 folding), so neighbouring tiles are unrelated."""
-    h = 0x9E3779B97F4A7C15
-    for value in ints:
-        h = (h ^ (value & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-    return (h ^ (h >> 29)) >> 1
-
-
-def site_stream(name: str) -> int:
-    """A stable integer for a site name (crc32: the same in every process and Python version)."""
-    return zlib.crc32(name.encode())
-
-
-def noise(seed: int, stream: int, particles: range, rows: range, shape: tuple[int, ...],
-          like: torch.Tensor, kind: str = "normal", tile: tuple[int, int] = RNG_TILE) -> torch.Tensor:
-    """Standard-normal (or uniform, ``kind="uniform"``) noise [len(particles), len(rows), *shape],
-    a pure function of (seed, stream, particle, row), assembled from ``tile``-sized tiles."""
-    tp, tr = tile
-    p0, r0 = particles.start // tp, rows.start // tr
-    draw = torch.randn if kind == "normal" else torch.rand
-    generator = torch.Generator(device=like.device)
-    tiles = [[draw(tp, tr, *shape, generator=generator.manual_seed(tile_seed(seed, stream, p, r)),
-                   device=like.device, dtype=like.dtype)
-              for r in range(r0, (rows.stop - 1) // tr + 1)]
-             for p in range(p0, (particles.stop - 1) // tp + 1)]
-    eps = torch.cat([torch.cat(row, dim=1) for row in tiles], dim=0)
-    return eps[particles.start - p0 * tp: particles.stop - p0 * tp, rows.start - r0 * tr: rows.stop - r0 * tr]
-
-
-def reparameterize(fn: dist.Distribution, eps: torch.Tensor) -> torch.Tensor | None:
-    """A draw of ``fn`` from standard-normal ``eps`` [..., *event_shape], or None when ``fn`` is
-    not a (transformed, independent) Normal or MultivariateNormal."""
-    if isinstance(fn, torch.distributions.Independent):
-        return reparameterize(fn.base_dist, eps)
-    if isinstance(fn, torch.distributions.Normal):
-        return fn.loc + fn.scale * eps
-    if isinstance(fn, torch.distributions.MultivariateNormal):
-        return fn.loc + (fn.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
-    if isinstance(fn, torch.distributions.TransformedDistribution):
-        value = reparameterize(fn.base_dist, eps)
-        if value is not None:
-            for transform in fn.transforms:   # through each transform's own cache: log_prob needs no inverse
-                value = transform(value)
-        return value
-    return None
-
-
-class FixedNoise(Messenger):
-    """Sets each latent guide site to its reparameterized draw from ``eps_for(name, event_shape)``
-    ([particles, rows, *event_shape]); records the sites it could not reparameterize. Enter it
-    inside the particle plate: the value is set before that plate broadcasts the distribution."""
-
-    def __init__(self, eps_for: Callable[[str, torch.Size], torch.Tensor]):
-        super().__init__()
-        self.eps_for = eps_for
-        self.unsupported: set[str] = set()
-
-    def _pyro_sample(self, msg) -> None:
-        if msg["is_observed"] or msg["value"] is not None or site_is_subsample(msg):
-            return
-        value = reparameterize(msg["fn"], self.eps_for(msg["name"], msg["fn"].event_shape))
-        if value is None:
-            self.unsupported.add(msg["name"])
-        else:
-            msg["value"] = value
-
-
-def with_noise(guide: Callable, eps_for: Callable[[str, torch.Size], torch.Tensor],
-               unsupported: set[str] | None = None) -> Callable:
-    """``guide`` drawing from :class:`FixedNoise`; names of sites it could not fix go to ``unsupported``."""
-    def noisy_guide(*args, **kwargs):
-        messenger = FixedNoise(eps_for)
-        with messenger:
-            result = guide(*args, **kwargs)
-        if unsupported is not None:
-            unsupported.update(messenger.unsupported)
-        return result
-    return noisy_guide
-
-
-def seeded_noise(seed: int, stream: int, particles: range, rows: range, like: torch.Tensor
-                 ) -> Callable[[str, torch.Size], torch.Tensor]:
-    """eps_for(site, event_shape) for one chunk of particles and rows."""
-    return lambda name, shape: noise(seed, stream ^ site_stream(name), particles, rows, tuple(shape), like)
-
+from ..core.distributed import current
+from ..core.errors import Interrupted, UsageError, option
+from ..core.files import atomic_path
+from ..core.interrupts import Abandon, StopFlag
 
 # ---------------------------------------------------------------------------- resumable batches
 
@@ -206,14 +104,13 @@ def run_batches(n: int, batch_size: int, evaluate: Callable[[range], dict[str, n
                 partial: Partial, progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
     """``evaluate(rows)`` for every batch of rows not yet done; per-point arrays of length n.
 
-    In a distributed run (:mod:`pyrovae.training.distributed`) the batches are dealt out
+    In a distributed run (:mod:`pyrovae.core.distributed`) the batches are dealt out
     round-robin and every rank returns the merged results. On SIGINT/SIGTERM (in the main
     thread) the batch under way is dropped at its next :func:`pyrovae.interrupts.check` (or
     finishes, if it has none); the finished rows are saved to ``partial.path`` (by rank 0) and
     :class:`EvaluationInterrupted` is raised on every rank, also when the signal came during the
     last batch and that batch finished: a signal always stops, with everything kept.
     """
-    from ..training.distributed import current
     context = current()
     todo = [range(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
     todo = [rows for rows in todo if not partial.done[rows.start:rows.stop].all()]

@@ -11,7 +11,7 @@ shrinks like Var(w) / (2 K E[w]²). From the same draws we report L_k for smalle
 (k = 1 is the ELBO), the ESS fraction and the PSIS Pareto k-hat of the weights (Yao et al.
 2018; Vehtari et al. 2024): with k-hat > 0.7 the estimate is unreliable at any practical K.
 
-The log weights come from Pyro traces (:func:`pyrovae.objectives.traces.log_weights`: the model
+The log weights come from Pyro traces (:func:`pyrovae.core.traces.log_weights`: the model
 replayed on the proposal's draws, summed over every latent site), chunked over particles so the
 decoder's buffers stay flat in K; only the [K, batch] log weights of one batch of points are
 kept. Draws are seeded per (site, particle, row) (:mod:`.driver`), so the results do not depend
@@ -29,15 +29,19 @@ import torch
 from pyro import poutine
 from pyro.distributions.util import is_validation_enabled
 from pyro.poutine.util import site_is_subsample
+from tqdm import tqdm
 
-from .. import heap, interrupts
-from ..programs import Data
-from ..errors import UsageError, option
-from ..objectives.traces import iwae_bound, log_weights
-from ..programs import as_batch, bind, can, num_rows, rows_of
-from ..vae import VAE
+from ..core import heap, interrupts
+from ..core.distributed import current
+from ..core.errors import UsageError, option
+from ..core.files import atomic_path
+from ..core.noise import seeded_noise, with_noise
+from ..core.programs import Data, as_batch, bind, can, num_rows, rows_of
+from ..core.traces import iwae_bound, log_weights
+from ..core.vae import VAE
+from ..guides.meanfield import MeanFieldGuide
 from . import diagnostics
-from .driver import Partial, available_memory, check_memory, run_batches, seeded_noise, with_noise
+from .driver import Partial, available_memory, check_memory, run_batches
 from .kernels import FusedDensities
 
 BATCH_SIZE, CHUNK_SIZE = 200, 50   # datapoints x particles per decoder pass (benchmarks/bench_evaluate.py)
@@ -133,7 +137,6 @@ def _finite(value) -> float | None:
 
 def table_guide(loc: torch.Tensor, scale: torch.Tensor, site: str = "z") -> Callable:
     """q(site | x_i) = N(loc[i], diag(scale[i]²)) for a fixed [N, D] table, indexed by ``index``."""
-    from ..guides.meanfield import MeanFieldGuide
     return MeanFieldGuide.from_moments({site: (loc, scale)}).requires_grad_(False)
 
 
@@ -357,11 +360,9 @@ class _progress:
 
     def __init__(self, progress: bool | Callable[[int, int], None], total: int, desc: str = "log p(x)",
                  unit: str = "pt"):
-        from ..training.distributed import current
         self.callback = progress if callable(progress) else None
         self.total, self.bar = total, None
         if progress is True and current().is_main:   # one bar for a distributed run: rank 0's
-            from tqdm import tqdm
             self.bar = tqdm(total=total, unit=unit, desc=desc, leave=False, unit_scale=unit != "pt")
 
     def __call__(self, done: int) -> None:
@@ -387,7 +388,6 @@ def per_point_columns(result: LogLikelihoodResult) -> dict[str, np.ndarray]:
 
 def write_per_point(result, path: str | Path) -> Path:
     """Write ``result``'s per-datapoint columns to ``path`` (.csv or .npz), atomically."""
-    from ..runs import atomic_path
     path = Path(path)
     columns = result.columns() if hasattr(result, "columns") else per_point_columns(result)
     suffix = path.suffix.lower()

@@ -13,8 +13,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ..models.nets import mlp
-from ..programs import LatentLayer, data_plate
+from ..core.nets import mlp
+from ..core.programs import LatentLayer, data_plate
 
 MIN_SCALE = 1e-4
 

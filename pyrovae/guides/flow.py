@@ -28,8 +28,8 @@ from pyro.distributions.transforms import AffineAutoregressive, ConditionalAffin
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
-from ..models.nets import mlp
-from ..programs import LatentLayer, data_plate
+from ..core.nets import mlp
+from ..core.programs import LatentLayer, data_plate
 from .amortized import MIN_SCALE
 
 MADE_LR_SCALE = 0.1   # per-point fits step the MADE weights 10x more gently than the base Gaussian

@@ -31,7 +31,7 @@ from torch import nn
 from torch.distributions import Independent, Normal, register_kl
 from torch.distributions.utils import vec_to_tril_matrix
 
-from ..programs import LatentLayer, data_plate
+from ..core.programs import LatentLayer, data_plate
 from .amortized import MIN_SCALE, AmortizedGuide
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.distributions import biject_to
 
-from ..programs import data_plate, is_real
+from ..core.programs import data_plate, is_real
 
 
 def _key(site: str) -> str:

@@ -21,8 +21,8 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from ..objectives.traces import sample_sites
-from ..programs import LatentLayer, bind, data_plate
+from ..core.programs import LatentLayer, bind, data_plate
+from ..core.traces import sample_sites
 from .amortized import AmortizedGuide
 
 REFINE_SEED = 20180118   # the fixed noise of the refinement steps

@@ -33,15 +33,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import interrupts
-from ..errors import option
-from ..evaluation.ais import CHAINS, LEAPFROG, STEPS as AIS_STEPS, ais_batch
+from ..core import interrupts
+from ..core.errors import option
+from ..core.noise import tile_seed
+from ..core.programs import Data, as_batch, bind, num_rows, rows_of
+from ..core.vae import VAE
 from ..evaluation import diagnostics
-from ..evaluation.driver import Partial, run_batches, tile_seed
+from ..evaluation.ais import CHAINS, LEAPFROG, ais_batch
+from ..evaluation.ais import STEPS as AIS_STEPS
+from ..evaluation.driver import Partial, run_batches
 from ..evaluation.importance import CHUNK_SIZE, _progress, importance_batch, result_from_values
 from ..guides.rows import select_rows
-from ..programs import Data, as_batch, bind, num_rows, rows_of
-from ..vae import VAE
 from .local_fit import elbo_per_point, fit_local
 
 DEFAULT_REFINE_STEPS = 20   # Kim et al. (2018) refine the encoder's q with ~20 SVI steps

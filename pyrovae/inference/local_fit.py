@@ -30,13 +30,13 @@ from pyro.infer.util import is_validation_enabled
 from torch import nn
 from torch.distributions import biject_to
 
-from .. import interrupts
+from ..core import interrupts
+from ..core.programs import Data, as_batch, bind, is_real, num_rows, rows_of
+from ..core.traces import elbo_terms, latent_shapes, particle_traces, sample_sites
+from ..core.vae import VAE, frozen
 from ..guides.meanfield import MeanFieldGuide
 from ..guides.rows import concat_rows
 from ..objectives import make_objective
-from ..objectives.traces import elbo_terms, latent_shapes, particle_traces, sample_sites
-from ..programs import Data, as_batch, bind, is_real, num_rows, rows_of
-from ..vae import VAE, frozen
 
 Init = Union[str, tuple[torch.Tensor, torch.Tensor]]   # "prior", "q" ("encoder"), or a (loc, scale) table
 EVAL_ELEMENTS = 20_000   # rows x samples through the decoder at once when estimating the ELBO

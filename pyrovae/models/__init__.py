@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..core.nets import ReLU, mlp
 from .likelihoods import LIKELIHOODS, MIN_SIGMA, parse_sigma
-from .nets import ReLU, mlp
 from .two_layer import TwoLayerModel
 from .vae import VAEModel
 

@@ -18,9 +18,9 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ..programs import LatentLayer, data_plate
+from ..core.nets import mlp
+from ..core.programs import LatentLayer, data_plate
 from .likelihoods import LIKELIHOODS
-from .nets import mlp
 
 MIN_SCALE = 1e-4
 

@@ -16,9 +16,9 @@ from typing import Callable
 
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
+from ..core.traces import ElboTerms, LogWeights, elbo_terms, iwae_bound, log_weights, particle_traces
 from ._pyro_compat import FixedJitTrace_ELBO, FixedJitTraceMeanField_ELBO, ShapeKeyedJit
 from .iwae import IWAE_ELBO
-from .traces import ElboTerms, LogWeights, elbo_terms, iwae_bound, log_weights, particle_traces
 
 
 @dataclass(frozen=True)

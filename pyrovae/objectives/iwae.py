@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from pyro.infer import ELBO
 
-from .traces import iwae_bound, log_weights
+from ..core.traces import iwae_bound, log_weights
 
 
 class IWAE_ELBO(ELBO):

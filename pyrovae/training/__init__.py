@@ -1,5 +1,5 @@
-"""Training by SVI: the step, the loop and its callbacks, the optimizers, and ``fit``."""
-from .fitting import Run, fit, load_run, prepare_data
+"""Training by SVI: the step, the loop and its callbacks, and the optimizers (``fit``, which writes
+a run folder around them, is :mod:`pyrovae.workflows`)."""
 from .loop import Callback, NonFiniteLoss, Trainer, TrainingInterrupted
 
-__all__ = ["fit", "load_run", "Run", "prepare_data", "Trainer", "Callback", "TrainingInterrupted", "NonFiniteLoss"]
+__all__ = ["Trainer", "Callback", "TrainingInterrupted", "NonFiniteLoss"]

@@ -1,24 +1,16 @@
 """What happens around the SVI steps of :class:`~pyrovae.training.loop.Trainer`, one callback each."""
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
-from typing import Callable
 
 import pyro
 import torch
 
-from .. import runs
-from ..objectives.traces import elbo_terms
-from ..programs import Batch, num_rows, rows_of
-from ..vae import VAE
+from ..core.programs import Batch, num_rows, rows_of
+from ..core.traces import elbo_terms
+from ..core.vae import VAE
 from .loop import Callback, Trainer
 from .step import LossModule, svi_step
-
-
-CURVES_PNG = "curves.png"
-TENSORBOARD_DIR = "tensorboard"
 
 
 class KLWarmup(Callback):
@@ -121,32 +113,6 @@ def evaluate_elbo(vae: VAE, data: Batch, batch_size: int = 5000, indexed: bool =
     return {"elbo": (recon_sum - kl_sum) / n, "reconstruction": recon_sum / n, "kl": kl_sum / n}
 
 
-class Metrics(Callback):
-    """After each epoch: the train ELBO on the first ``train_points`` rows (as this epoch saw
-    them) and the test ELBO (for a guide that can encode new points), appended to metrics.jsonl."""
-
-    def __init__(self, run_dir: Path, test: Batch | None, train_points: int = 10_000,
-                 log: Callable[[str], None] | None = None):
-        self.run_dir, self.test, self.train_points = run_dir, test, train_points
-        self.log = log or (lambda line: print(line, file=sys.stderr))
-
-    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
-        started = time.perf_counter()
-        vae = trainer.vae
-        train = evaluate_elbo(vae, rows_of(trainer.epoch_data, slice(0, self.train_points)),
-                              indexed=vae.can("per_datapoint"))
-        record.update({"train_elbo": train["elbo"], "train_reconstruction": train["reconstruction"],
-                       "train_kl": train["kl"]})
-        if self.test is not None and vae.can("amortized"):
-            test = evaluate_elbo(vae, self.test)
-            record.update({f"test_{key}": value for key, value in test.items()})
-        record["eval_seconds"] = round(time.perf_counter() - started, 4)
-        runs.append_jsonl(self.run_dir / runs.METRICS, record)
-        test_text = f", test ELBO {record['test_elbo']:.3f}" if "test_elbo" in record else ""
-        self.log(f"epoch {record['epoch']}: train ELBO {record['train_elbo']:.3f}{test_text} nats "
-                 f"({record['train_seconds']:.1f} s)")
-
-
 def rng_state(generator: torch.Generator) -> dict:
     return {"torch": torch.get_rng_state(), "data": generator.get_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -158,29 +124,6 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
     generator.set_state(state["data"].cpu())
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-class Checkpoint(Callback):
-    """checkpoint.pt after every epoch and on an interrupt (mid-epoch: the epoch's starting RNG
-    state, its step and running loss, so a resumed run replays the epoch's draws and skips the
-    steps it took). Written atomically: a crash leaves the previous checkpoint."""
-
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
-
-    def save(self, trainer: Trainer, epoch: int, step: int, partial: tuple[float, int],
-             data_rng: torch.Tensor) -> None:
-        rng = rng_state(trainer.generator)
-        rng["data"] = data_rng
-        runs.save_checkpoint(self.run_dir, {
-            "epoch": epoch, "step": step, "partial_loss": partial[0], "partial_seen": partial[1],
-            "model": trainer.vae.state_dict(), "optimizer": trainer.optimizer.state_dict(), "rng": rng})
-
-    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
-        self.save(trainer, trainer.epoch + 1, 0, (0.0, 0), trainer.generator.get_state())
-
-    def on_interrupt(self, trainer: Trainer) -> None:
-        self.save(trainer, trainer.epoch, trainer.step, (trainer.loss_sum, trainer.seen), trainer.epoch_rng)
 
 
 class TimeBudget(Callback):
@@ -199,98 +142,3 @@ class TimeBudget(Callback):
             trainer.stop(f"time budget of {self.minutes} minutes used after epoch {trainer.epoch + 1}")
 
 
-def caption(run_dir: Path, description: str, record: dict | None) -> str:
-    """'RUN · epoch E · DESCRIPTION · test ELBO X nats': what a picture of the run shows."""
-    parts = [run_dir.name]
-    if record:
-        parts.append(f"epoch {record['epoch']}")
-    parts.append(description)
-    if record and record.get("test_elbo") is not None:
-        parts.append(f"test ELBO {record['test_elbo']:.1f} nats")
-    elif record and record.get("train_elbo") is not None:
-        parts.append(f"train ELBO {record['train_elbo']:.1f} nats")
-    return " · ".join(parts)
-
-
-class RunImages(Callback):
-    """samples.png and reconstructions.png in RUN_DIR when training ends, captioned with the run,
-    its last epoch, ``description`` (model and likelihood) and its ELBO."""
-
-    def __init__(self, run_dir: Path, data, description: str = ""):
-        self.run_dir, self.data, self.description = run_dir, data, description
-        self.last: dict | None = None
-
-    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
-        self.last = record
-
-    def on_fit_end(self, trainer: Trainer) -> None:
-        from ..plots import write_run_images
-        last = self.last or (runs.read_jsonl(self.run_dir / runs.METRICS) or [None])[-1]
-        write_run_images(trainer.vae, self.data, self.run_dir, caption=caption(self.run_dir, self.description, last))
-
-
-class Curves(Callback):
-    """curves.png in RUN_DIR (ELBO, reconstruction and KL against epochs and minutes, the KL
-    warm-up and learning rate marked): redrawn after an epoch once ``every`` seconds have passed
-    since the last drawing (0: every epoch; a drawing costs about a second), and when training ends."""
-
-    def __init__(self, run_dir: Path, description: str = "", every: float = 30.0):
-        self.run_dir, self.description, self.every = run_dir, description, every
-        self.drawn_at: float | None = None
-
-    def draw(self) -> int:
-        from ..figures import training_curves
-        records = runs.read_jsonl(self.run_dir / runs.METRICS)
-        self.drawn_at = time.perf_counter()
-        if not records:
-            return 0
-        return training_curves(records, self.run_dir / CURVES_PNG,
-                               caption=caption(self.run_dir, self.description, records[-1]))
-
-    def on_fit_start(self, trainer: Trainer) -> None:
-        self.drawn_at = time.perf_counter()
-
-    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
-        if time.perf_counter() - self.drawn_at >= self.every:
-            self.draw()
-
-    def on_fit_end(self, trainer: Trainer) -> None:
-        self.draw()
-
-
-class TensorBoard(Callback):
-    """TensorBoard event files in RUN_DIR/tensorboard (torch.utils.tensorboard): every number of
-    an epoch's record as a scalar (train/elbo, test/kl, ...), and the sample and reconstruction
-    grids when training ends."""
-
-    def __init__(self, run_dir: Path, data):
-        from torch.utils.tensorboard import SummaryWriter   # an optional extra: pyrovae[tensorboard]
-        self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
-        self.data = data
-
-    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
-        step = record["epoch"]
-        for key, value in record.items():
-            if key == "epoch" or not isinstance(value, (int, float)):
-                continue
-            split, _, name = key.partition("_")
-            tag = f"{split}/{name}" if split in ("train", "test") and name else f"run/{key}"
-            self.writer.add_scalar(tag, value, step)
-        self.writer.flush()
-
-    def on_fit_end(self, trainer: Trainer) -> None:
-        from ..plots import prior_samples, reconstructions
-        shape = self.data.dataset.image_shape
-        if shape is not None:
-            vae, test = trainer.vae, self.data.test
-            batch = rows_of(test if vae.can("amortized") else self.data.train, slice(0, 16))
-            index = None if vae.can("amortized") else torch.arange(num_rows(batch), device=batch[0].device)
-            step = trainer.epoch + 1
-            self.writer.add_images("samples", prior_samples(vae, rows_of(test, slice(0, 64)), mean=True)
-                                   .reshape(-1, *shape).clamp(0, 1).cpu(), step)
-            pairs = torch.cat([batch[0], reconstructions(vae, batch, index)]).reshape(-1, *shape).clamp(0, 1).cpu()
-            self.writer.add_images("reconstructions", pairs, step)
-        self.writer.close()
-
-    def on_interrupt(self, trainer: Trainer) -> None:
-        self.writer.close()

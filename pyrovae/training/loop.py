@@ -19,12 +19,12 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import Interrupted
-from .. import interrupts
-from ..interrupts import Abandon, StopFlag
-from ..programs import Batch, num_rows, rows_of
-from ..vae import VAE
-from .distributed import Context
+from ..core import interrupts
+from ..core.distributed import Context
+from ..core.errors import Interrupted
+from ..core.interrupts import Abandon, StopFlag
+from ..core.programs import Batch, num_rows, rows_of
+from ..core.vae import VAE
 from .step import svi_step
 
 

@@ -21,7 +21,7 @@ from typing import Iterable
 
 import torch
 
-from ..vae import VAE
+from ..core.vae import VAE
 
 
 class RowSparseAdam(torch.optim.Optimizer):

@@ -15,8 +15,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..evaluation.driver import noise, site_stream, tile_seed, with_noise
-from ..vae import VAE
+from ..core.noise import noise, site_stream, tile_seed, with_noise
+from ..core.vae import VAE
 
 TRAINING_STREAM = 4
 NOISE_TILE_ROWS = 32   # positions per seeded generator when the noise is seeded per row

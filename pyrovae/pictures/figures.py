@@ -2,7 +2,7 @@
 
 Pure drawing functions: they take tensors, arrays or lists of dicts and write one PNG. The image grids
 (``sample_grid``, ``reconstruction_figure``) are painted with Pillow and never import matplotlib, so
-``import pyrovae.figures`` and the grids a training run writes at its end stay cheap; only
+``import pyrovae.pictures.figures`` and the grids a training run writes at its end stay cheap; only
 ``training_curves`` and ``scatter`` import matplotlib, when called. Library-safe: no
 ``matplotlib.pyplot``, no ``matplotlib.use``, no global rcParams / logging / RNG changes (a fixed style
 is applied inside ``matplotlib.rc_context``). Every PNG is written atomically: rendered into a

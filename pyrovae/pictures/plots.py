@@ -9,10 +9,13 @@ from typing import Sequence
 import torch
 from pyro import poutine
 
-from . import interrupts
-from .objectives.traces import sample_sites, unconditioned_observation
-from .programs import num_rows, rows_of
-from .vae import VAE
+from ..core import interrupts
+from ..core.programs import num_rows, rows_of
+from ..core.traces import sample_sites, unconditioned_observation
+from ..core.vae import VAE
+from ..evaluation.importance import MeanValues
+from ..inference.local_fit import guide_moments
+from .figures import reconstruction_figure, sample_grid, scatter
 
 SAMPLES_PNG = "samples.png"
 RECONSTRUCTIONS_PNG = "reconstructions.png"
@@ -39,7 +42,6 @@ def prior_samples(vae: VAE, template: Sequence[torch.Tensor], mean: bool = False
 @torch.no_grad()
 def reconstructions(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor | None = None) -> torch.Tensor:
     """E[x | z] at the guide's mean of z (its centre for a site without a closed-form mean, e.g. a flow)."""
-    from .evaluation.importance import MeanValues
     model, guide = vae.bound()
     with MeanValues():
         guide_trace = poutine.trace(guide).get_trace(index, 1.0, *batch)
@@ -47,24 +49,9 @@ def reconstructions(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor
     return _observed(trace)["fn"].mean
 
 
-def reconstruction_pairs(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor | None = None) -> torch.Tensor:
-    """Rows of x interleaved with their reconstructions: x_0, x̂_0, x_1, x̂_1, ..."""
-    x = batch[0]
-    return torch.stack([x, reconstructions(vae, batch, index)], dim=1).reshape(-1, x.shape[-1])
-
-
-def save_grid(images: torch.Tensor, image_shape: tuple[int, ...], path: Path, nrow: int = 8) -> None:
-    from torchvision.utils import save_image
-
-    from .runs import atomic_path
-    with atomic_path(Path(path)) as tmp:
-        save_image(images.reshape(-1, *image_shape).clamp(0, 1).cpu(), tmp, nrow=nrow, format="png")
-
-
 def save_scatter(points: dict[str, torch.Tensor], path: Path, title: str = "", xlabel: str = "",
                  ylabel: str = "") -> None:
     """2-D points (e.g. data vs samples, or latent means by class) as a scatter plot."""
-    from .figures import scatter
     scatter({label: xy.detach().cpu().numpy() for label, xy in points.items()}, Path(path), title, xlabel, ylabel)
 
 
@@ -78,7 +65,6 @@ def write_run_images(vae: VAE, data, run_dir: Path, n: int = 64, caption: str = 
     batch = rows_of(test if vae.can("amortized") else train, slice(0, n // 2))
     index = None if vae.can("amortized") else torch.arange(num_rows(batch), device=batch[0].device)
     if shape is not None:
-        from .figures import reconstruction_figure, sample_grid
         template = rows_of(test, slice(0, n)) if num_rows(test) >= n else rows_of(train, slice(0, n))
         sample_grid(prior_samples(vae, template, mean=True).cpu(), shape, run_dir / SAMPLES_PNG,
                     caption=f"prior samples (decoder means){caption}")
@@ -100,7 +86,6 @@ def latent_map(vae: VAE, batch: Sequence[torch.Tensor], labels: torch.Tensor | N
                site: str | None = None) -> dict:
     """The guide's means of a latent site (the first by default) for the rows of ``batch``, in
     2-D: the latents themselves when the site has 2 dims, else their first two principal components."""
-    from .inference.local_fit import guide_moments
     moments = guide_moments(vae, batch, None)
     site = site or next(iter(moments))
     loc = moments[site][0].reshape(num_rows(batch), -1)

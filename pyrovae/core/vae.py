@@ -18,8 +18,23 @@ import pyro
 import torch
 from torch import nn
 
-from .programs import (CHECK_ROWS, Batch, ParamState, Program, ProgramInfo, as_program, bind, can, check_programs,
-                       describe, first_rows, param_scope, param_sites, refuse_discrete)
+from .programs import (
+    CHECK_ROWS,
+    Batch,
+    ParamState,
+    Program,
+    ProgramInfo,
+    as_program,
+    bind,
+    can,
+    check_programs,
+    describe,
+    first_rows,
+    param_scope,
+    param_sites,
+    refuse_discrete,
+)
+
 
 def _key(name: str) -> str:
     """A param-store name as a ParameterDict key (which may hold no dots)."""

@@ -16,22 +16,23 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from .. import runs, user_programs
 from ..config import CUSTOM, RESUMABLE, FitConfig, build_vae
+from ..core import distributed
+from ..core.errors import UsageError, option, speaking_cli
+from ..core.programs import CHECK_ROWS, as_batch, num_rows, observed_is_binary, rows_of
+from ..core.vae import VAE
+from ..data import BUILTIN, Dataset, binarize, check_for_likelihood, load_dataset
 from ..guides import GUIDES
-from ..data import Dataset, binarize, check_for_likelihood, load_dataset
-from ..errors import UsageError, option, speaking_cli
+from ..inference.local_fit import fit_local
 from ..objectives import make_objective
-from ..programs import CHECK_ROWS, as_batch, num_rows, observed_is_binary, rows_of
-from ..vae import VAE
-from .callbacks import (Callback, Checkpoint, Curves, DynamicBinarization, KLWarmup, LocalSteps, LRDecay, Metrics,
-                        RunImages, TensorBoard, TimeBudget, set_rng_state)
-from . import distributed
-from .loop import NonFiniteLoss, Trainer, TrainingInterrupted, after_training
-from .optim import make_optimizer
-from .step import LossModule
-
+from ..training.callbacks import DynamicBinarization, KLWarmup, LocalSteps, LRDecay, TimeBudget, set_rng_state
+from ..training.loop import Callback, NonFiniteLoss, Trainer, TrainingInterrupted, after_training
+from ..training.optim import make_optimizer
+from ..training.step import LossModule
+from .run_callbacks import Checkpoint, Curves, Metrics, RunImages, TensorBoard
 
 
 @dataclass
@@ -231,7 +232,6 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
                              register=config.jit, noise_seed=config.seed if config.noise == "per-row" else None)
     loss = loss_module
     if context.active:   # gradients averaged over the processes, each with its share of every batch
-        from torch.nn.parallel import DistributedDataParallel
         loss = DistributedDataParallel(loss, device_ids=[device.index] if device.type == "cuda" else None)
     generator = torch.Generator(device=device).manual_seed(config.seed)   # data order and binarization
     if not resume and context.is_main:   # a new run: what pyrovae wrote here before goes, the user's files stay
@@ -321,7 +321,6 @@ def _test_elbo_by_local_fit(vae: VAE, data: PreparedData, seed: int, progress: b
                             max_steps: int = 500) -> dict:
     """A guide without an encoder has no q for test points: fit one for the first ``points`` of
     them with the model frozen (:mod:`pyrovae.inference.local_fit`) and report that ELBO."""
-    from ..inference.local_fit import fit_local
     print(f"fitting q for {min(points, num_rows(data.test))} test points (the guide has no encoder)", file=sys.stderr)
     fitted = fit_local(vae, rows_of(data.test, slice(0, points)), init="prior", max_steps=max_steps, seed=seed)
     return {"test_elbo": float(fitted.elbo.mean()), "test_elbo_points": len(fitted.elbo),
@@ -448,7 +447,6 @@ def load_run(run_dir: str | Path, device: str = "auto", data_dir: str | None = N
 def _data_file(config: FitConfig, saved: dict, run_dir: Path, moved_to: str | None) -> str:
     """The run's dataset: its recorded file, or where ``moved_to`` says it is now (checked
     against the run's number of rows and features)."""
-    from ..data import BUILTIN
     if config.dataset in BUILTIN:
         if moved_to is not None:
             raise UsageError(f"{str(run_dir)!r} trained on {config.dataset!r}, not a data file; "

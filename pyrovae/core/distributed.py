@@ -28,6 +28,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .errors import UsageError
+
 TIMEOUT = timedelta(minutes=30)   # a rank waiting longer than this at a collective gives up
 
 
@@ -122,7 +124,6 @@ def setup(device: str = "auto") -> Context:
     if not launched_by_torchrun() or (dist.is_available() and dist.is_initialized()):
         return current()
     if not dist.is_available():
-        from ..errors import UsageError
         raise UsageError("this PyTorch build has no torch.distributed; run without torchrun")
     cuda = torch.cuda.is_available() and device != "cpu"
     if cuda:

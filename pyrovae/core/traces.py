@@ -25,7 +25,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from ..programs import DATA_PLATE, PARTICLE_DIM, PARTICLE_PLATE, can
+from .programs import DATA_PLATE, PARTICLE_DIM, PARTICLE_PLATE, can
 
 
 def sample_sites(trace: poutine.Trace) -> Iterator[tuple[str, dict]]:
