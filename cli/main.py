@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, MOVED_PROGRAM, THREADS, emit, output_file
 from pyrovae.config import PRESETS, RESUMABLE
+from pyrovae.core.contract import declared
 from pyrovae.core.errors import UsageError, cli_audience
 from pyrovae.guides import GUIDES
 from pyrovae.models import LIKELIHOODS, MODELS
@@ -121,9 +122,9 @@ def cli() -> None:
     """pyrovae: a VAE written as a Pyro program; amortized vs mean-field VI; honest log p(x)."""
 
 
-def _registry_help(registry: dict) -> str:
+def _registry_help(registry: dict, role: str) -> str:
     """'name: what it is; ...' from each registered family's ``cli_help``."""
-    return "; ".join(f"{name}: {getattr(family, 'cli_help', name)}" for name, family in registry.items()) + "."
+    return "; ".join(f"{name}: {declared(family, role, 'cli_help') or name}" for name, family in registry.items()) + "."
 
 
 def _hidden(ctx, param, value: str):
@@ -155,7 +156,7 @@ def output_png(path: str) -> Path:
 @click.option("--binarize", type=click.Choice(["dynamic", "static", "none"]), default=None,
               help="Bernoulli data: resample every epoch (default), fix once by the seed, or keep intensities.")
 @click.option("--model", type=click.Choice(list(MODELS)), default="vae", show_default=True,
-              help=_registry_help(MODELS))
+              help=_registry_help(MODELS, "model"))
 @click.option("--latent-dim", default=50, show_default=True,
               help="Dimensions of the latent z (of the top layer z2 for --model two-layer).")
 @click.option("--hidden", default="400", show_default=True, callback=_hidden,
@@ -165,7 +166,7 @@ def output_png(path: str) -> Path:
 @click.option("--z1-hidden", default="100,100", show_default=True, callback=_hidden,
               help="--model two-layer: hidden widths between z1 and z2.")
 @click.option("--guide", type=click.Choice(list(GUIDES)), default="amortized", show_default=True,
-              help=_registry_help(GUIDES))
+              help=_registry_help(GUIDES, "guide"))
 @click.option("--flows", default=2, show_default=True, help="--guide flow: IAF steps per latent layer.")
 @click.option("--refine-steps", default=5, show_default=True,
               help="--guide semi-amortized: gradient steps on each datapoint's q, in training and evaluation.")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core.errors import UsageError, cli_audience, option
-from .core.programs import can
+from .core.contract import can, declared
 from .core.vae import VAE
 from .data import BINARIZE, BUILTIN
 from .guides import GUIDES
@@ -110,7 +110,7 @@ class FitConfig:
             # the compiled loss is the fast path (benchmarks/bench_speed.py); Pyro has none for IWAE,
             # and a guide that differentiates inside itself cannot be traced
             self.jit = self.elbo in OBJECTIVES and OBJECTIVES[self.elbo].jit is not None and \
-                getattr(GUIDES.get(self.guide), "jit_compatible", True) and self.noise == "global"
+                can(GUIDES.get(self.guide), "jit_compatible") and self.noise == "global"
 
     def validate(self, check_files: bool = True) -> "FitConfig":
         """Raise :class:`UsageError` naming the first bad option and its fix (``check_files``:
@@ -172,7 +172,7 @@ class FitConfig:
         need(0 <= self.refine_steps <= 1000, f"{option('refine-steps')} must lie in [0, 1000], got {self.refine_steps}")
         need(math.isfinite(self.refine_lr) and self.refine_lr > 0,
              f"{option('refine-lr')} must be a positive number, got {self.refine_lr}")
-        need(not (self.jit and not getattr(GUIDES.get(self.guide), "jit_compatible", True)),
+        need(not (self.jit and not can(GUIDES.get(self.guide), "jit_compatible")),
              f"{option('jit', True)} cannot trace {option('guide', self.guide)} (it differentiates inside the guide); "
              f"drop {option('jit', True)}")
         need(1 <= self.flows <= 100, f"{option('flows')} must lie in [1, 100], got {self.flows}")

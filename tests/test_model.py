@@ -10,7 +10,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from pyrovae.config import FitConfig, build_vae
-from pyrovae.core.programs import can
+from pyrovae.core.contract import can
 from pyrovae.core.vae import VAE
 from pyrovae.guides import GUIDES, MeanFieldGuide
 from pyrovae.models import MIN_SIGMA, MODELS, VAEModel, parse_sigma

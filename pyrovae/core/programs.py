@@ -22,8 +22,8 @@ that Pyro's objectives (and their JIT) take: tensors positional, numbers as keyw
   reads them wherever it runs and a call leaves the caller's store as it found it,
 
 so user programs need none of them. What a model or guide can do (per-datapoint tables,
-mean-field structure, an encoder for new data) is read from attributes with :func:`can`, never
-from its type. :func:`check_programs` runs both programs once on a few rows and refuses, before
+mean-field structure, an encoder for new data) is read from the hooks it declares
+(:mod:`pyrovae.core.contract`), never from its type. :func:`check_programs` runs both programs once on a few rows and refuses, before
 any work, what pyrovae cannot serve, naming the site, the program and the fix.
 """
 from __future__ import annotations
@@ -41,20 +41,13 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
+from .contract import can, declared
 from .errors import UsageError, option
 
 DATA_PLATE = "data"
 PARTICLE_PLATE, PARTICLE_DIM = "particles", -2   # where estimators vectorize draws: left of the data plate
 Batch = Sequence[torch.Tensor]
 Data = Union[torch.Tensor, Sequence[torch.Tensor]]
-
-# What a model or guide may declare, and what pyrovae assumes when it does not.
-CAPABILITIES = {
-    "amortized": True,       # q(z | x) for any x, from shared parameters (an encoder)
-    "per_datapoint": False,  # parameters per training row: needs ``index``; stepped row-sparse
-    "mean_field": False,     # latent sites independent given x: closed-form KL where registered
-}
-
 
 class LatentLayer(NamedTuple):
     """A latent site as the built-in guides see it: q(name | parent) from an MLP with ``hidden``
@@ -64,11 +57,6 @@ class LatentLayer(NamedTuple):
     dim: int
     parent: str
     hidden: tuple[int, ...]
-
-
-def can(program: object, capability: str) -> bool:
-    """``program``'s declared ``capability`` (a class or instance attribute), else the default."""
-    return bool(getattr(program, capability, CAPABILITIES[capability]))
 
 
 def data_plate(x: torch.Tensor) -> pyro.plate:
@@ -203,7 +191,7 @@ Registered = Callable[[torch.Tensor | None, tuple[torch.Tensor, ...]], Sequence[
 
 
 def bind(program: Callable, state: Callable[[], ParamState] | None = None,
-         registered: Registered | None = None) -> Callable:
+         registered: Registered | None = None) -> "BoundProgram":
     """``program(*batch[, index=])`` as ``f(index, beta, *batch, num_data=None)``.
 
     ``state()``: the adopted ``pyro.param`` values the program must read (see :func:`param_scope`;
@@ -212,28 +200,39 @@ def bind(program: Callable, state: Callable[[], ParamState] | None = None,
     the parameters of a traced loss there, pass them in as inputs. Bind once and reuse the
     result: the JIT keys its compiled loss on the id of the function.
     """
-    wants_index = accepts_index(program)
+    return BoundProgram(program, state, registered)
 
-    def bound(index: torch.Tensor | None, beta: float | torch.Tensor, *batch: torch.Tensor,
-              num_data: int | None = None):
-        if registered is None and not in_param_scope():
-            scope = param_scope(*(state() if state else ({}, {})))
+
+class BoundProgram:
+    """``program`` in the calling form of Pyro's objectives, ``f(index, beta, *batch, num_data=N)``
+    (see :func:`bind`); ``program`` is what its capabilities are read from."""
+
+    def __init__(self, program: Callable, state: Callable[[], ParamState] | None, registered: Registered | None):
+        self.program, self.state, self.registered = program, state, registered
+        self.wants_index = accepts_index(program)
+
+    def __call__(self, index: torch.Tensor | None, beta: float | torch.Tensor, *batch: torch.Tensor,
+                 num_data: int | None = None):
+        if self.registered is None and not in_param_scope():
+            scope = param_scope(*(self.state() if self.state else ({}, {})))
         else:
             # inside an open scope (a training run's, an estimator's), or for Pyro's JIT, which looks
             # parameters up in the store outside the program: they go in the store that is open
             scope = contextlib.nullcontext()
-            if state is not None:
-                put_in_store(*state())
-            for name, param in registered(index, batch) if registered is not None else ():
+            if self.state is not None:
+                put_in_store(*self.state())
+            for name, param in self.registered(index, batch) if self.registered is not None else ():
                 if param.requires_grad:   # registering would switch a frozen parameter's gradient on
                     pyro.param(name, param)
         with scope:
             scale = 1.0 if num_data is None else num_data / batch[0].shape[0]
             with poutine.scale(scale=scale), ScaleLatents(beta):
-                return program(*batch, index=index) if wants_index else program(*batch)
+                return self.program(*batch, index=index) if self.wants_index else self.program(*batch)
 
-    bound.program = program
-    return bound
+
+def program_of(fn: Callable) -> object:
+    """The program behind a bound program (or ``fn`` itself): what capabilities are read from."""
+    return fn.program if isinstance(fn, BoundProgram) else fn
 
 
 # ---------------------------------------------------------------------------- the check before any work

@@ -25,7 +25,8 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from .programs import DATA_PLATE, PARTICLE_DIM, PARTICLE_PLATE, can
+from .contract import can
+from .programs import DATA_PLATE, PARTICLE_DIM, PARTICLE_PLATE, program_of
 
 
 def sample_sites(trace: poutine.Trace) -> Iterator[tuple[str, dict]]:
@@ -112,7 +113,7 @@ class ElboTerms(NamedTuple):
 
 def closed_form_kl(guide: Callable, latent_sites: int) -> bool:
     """Whether site-wise closed-form KLs are exact for ``guide``: it is mean-field, or has one site."""
-    return latent_sites == 1 or can(getattr(guide, "program", guide), "mean_field")
+    return latent_sites == 1 or can(program_of(guide), "mean_field")
 
 
 def elbo_terms(model: Callable, guide: Callable, *args, num_samples: int = 1, **kwargs) -> ElboTerms:

@@ -18,6 +18,7 @@ import pyro
 import torch
 from torch import nn
 
+from .contract import can, declared
 from .programs import (
     CHECK_ROWS,
     Batch,
@@ -149,12 +150,12 @@ class VAE(nn.Module):
     # -------------------------------------------------------------------- what it can do
 
     def can(self, capability: str) -> bool:
-        """What the guide can do (:data:`pyrovae.programs.CAPABILITIES`)."""
+        """What the guide can do (:mod:`pyrovae.core.contract`)."""
         return can(self.guide, capability)
 
     def row_parameters(self) -> list[nn.Parameter]:
         """Parameters whose first dimension indexes training rows (a per-datapoint guide's tables)."""
-        rows = getattr(self.guide, "row_parameters", None)
+        rows = declared(self.guide, "guide", "row_parameters")
         return list(rows()) if rows is not None else []
 
     @property

@@ -51,7 +51,8 @@ from torch.distributions import biject_to
 from ..core import interrupts
 from ..core.errors import UsageError, option
 from ..core.noise import noise, reparameterize, site_stream, tile_seed
-from ..core.programs import DATA_PLATE, as_batch, can, is_real, num_rows, rows_of
+from ..core.contract import can
+from ..core.programs import DATA_PLATE, as_batch, is_real, num_rows, program_of, rows_of
 from ..core.traces import PARTICLE_DIM, PARTICLE_PLATE, sample_sites, unconditioned_observation
 from ..core.vae import VAE, frozen
 from . import diagnostics
@@ -266,7 +267,7 @@ def ais_batch(vae: VAE, guide: Callable, batch: tuple[torch.Tensor, ...], index:
     log weights, acceptance, step sizes, and the chains' ESS."""
     model = vae.bound()[0]
     like = batch[0]
-    reuse = can(getattr(guide, "program", guide), "mean_field")
+    reuse = can(program_of(guide), "mean_field")
     target = _Target(model, guide, batch, index, chains, reuse, compile)
     betas = sigmoid_schedule(steps)
     stream = AIS_STREAM

@@ -36,7 +36,8 @@ from ..core.distributed import current
 from ..core.errors import UsageError, option
 from ..core.files import atomic_path
 from ..core.noise import seeded_noise, with_noise
-from ..core.programs import Data, as_batch, bind, can, num_rows, rows_of
+from ..core.contract import can
+from ..core.programs import Data, as_batch, bind, num_rows, rows_of
 from ..core.traces import iwae_bound, log_weights
 from ..core.vae import VAE
 from ..guides.meanfield import MeanFieldGuide
@@ -170,8 +171,8 @@ def proposal_guide(vae: VAE, proposal: Proposal, n: int) -> tuple[Callable, str,
 
 
 def latent_site_names(vae: VAE) -> list[str]:
-    layers = getattr(vae.model, "latent_layers", None)
-    return [layer.name for layer in layers()] if layers else ["z"]
+    """The model's latent sites, as the check of the programs found them (estimators check first)."""
+    return list(vae.info.latent) if vae.info is not None else ["z"]
 
 
 # ---------------------------------------------------------------------------- estimator

@@ -7,7 +7,7 @@
 - ``full-covariance``: an encoder gives a Gaussian with a Cholesky factor per point.
 
 A guide class has ``from_config(config, model, num_data)`` and declares what it can do as
-attributes (see :data:`pyrovae.programs.CAPABILITIES`); a guide that has its own family of
+attributes (see :mod:`pyrovae.core.contract`); a guide that has its own family of
 per-point fits offers ``local_family(batch, init)``. Adding a family is one file and one line here.
 """
 from __future__ import annotations

@@ -31,6 +31,7 @@ from torch import nn
 from torch.distributions import biject_to
 
 from ..core import interrupts
+from ..core.contract import declared
 from ..core.programs import Data, as_batch, bind, is_real, num_rows, rows_of
 from ..core.traces import elbo_terms, latent_shapes, particle_traces, sample_sites
 from ..core.vae import VAE, frozen
@@ -127,7 +128,7 @@ def initial_guide(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor |
     if init == "q" and not vae.can("amortized") and index is None:
         raise ValueError("init='q' needs the guide's q for these points: this guide has per-datapoint parameters, "
                          "so pass the rows' index (or init='prior')")
-    family = getattr(vae.guide, "local_family", None)
+    family = declared(vae.guide, "guide", "local_family")
     if family is not None:
         return family(batch, init)
     if init == "q":
@@ -185,9 +186,9 @@ def fit_local(vae: VAE, data: Data, init: Init = "prior", index: torch.Tensor | 
 
 def _fit_batch(vae: VAE, local: nn.Module, batch: tuple[torch.Tensor, ...], objective, max_steps: int,
                lr: float, plateau: Plateau) -> int:
-    groups = getattr(local, "param_groups", None)   # a family may step some parameters more gently
+    groups = declared(local, "local_family", "param_groups")   # a family may step some parameters more gently
     optimizer = torch.optim.Adam(groups(lr) if groups else local.parameters(), lr=lr)
-    warmup = getattr(local, "lr_warmup", 0)
+    warmup = declared(local, "local_family", "lr_warmup")
     for group in optimizer.param_groups:
         group["target_lr"] = group["lr"]
     model, guide = vae.bound()[0], bind(local)

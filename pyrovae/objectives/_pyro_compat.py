@@ -54,6 +54,7 @@ class ShapeKeyedJit:
     def __init__(self, cls: type, options: dict):
         self.cls, self.options = cls, {**options, "ignore_jit_warnings": True}
         self.compiled: dict[tuple, ELBO] = {}
+        self.num_particles = options.get("num_particles", 1)
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:
         like = next(a for a in args if isinstance(a, torch.Tensor) and a.dim() > 0)

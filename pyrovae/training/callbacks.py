@@ -73,12 +73,11 @@ class LocalSteps(Callback):
     def before_step(self, trainer: Trainer, index: torch.Tensor, batch: Batch) -> None:
         self.batches += 1
         window, previous = [], None
-        beta = getattr(trainer, "step_beta", trainer.beta)   # the joint step's β (a tensor under the JIT)
-        key = getattr(self.loss, "noise_key", None)   # (epoch, step, positions) of the joint step
+        beta = trainer.step_beta   # the joint step's β (a tensor under the JIT)
+        key = self.loss.noise_key   # (epoch, step, positions) of the joint step
         try:
             for k in range(self.steps):
-                if key is not None:   # seeded noise: each local step draws its own
-                    self.loss.noise_key = (*key, k + 1)
+                self.loss.noise_key = (*key, k + 1)   # seeded noise: each local step draws its own
                 window.append(svi_step(self.loss, trainer.optimizer, index, beta, *batch, inputs=self.rows)
                               / self.num_data)
                 self.taken += 1
@@ -88,8 +87,7 @@ class LocalSteps(Callback):
                         break
                     window, previous = [], mean
         finally:
-            if key is not None:
-                self.loss.noise_key = key
+            self.loss.noise_key = key
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         record["local_steps_per_batch"] = round(self.taken / max(1, self.batches), 3)

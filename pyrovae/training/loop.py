@@ -25,7 +25,7 @@ from ..core.errors import Interrupted
 from ..core.interrupts import Abandon, StopFlag
 from ..core.programs import Batch, num_rows, rows_of
 from ..core.vae import VAE
-from .step import svi_step
+from .step import LossModule, svi_step
 
 
 class TrainingInterrupted(Interrupted):
@@ -82,16 +82,20 @@ class Trainer:
     them), ``loss_sum``/``seen`` (the epoch's running objective), ``stop_reason``.
     """
 
-    def __init__(self, vae: VAE, loss: torch.nn.Module, optimizer: torch.optim.Optimizer, train: Batch,
-                 batch_size: int, epochs: int, generator: torch.Generator,
-                 callbacks: Sequence[Callback] = (), progress: bool = True, beta_as_tensor: bool = False,
-                 context: Context | None = None):
-        self.vae, self.loss, self.optimizer, self.train = vae, loss, optimizer, tuple(train)
+    def __init__(self, vae: VAE, loss: LossModule, optimizer: torch.optim.Optimizer, train: Batch, *,
+                 batch_size: int, epochs: int, generator: torch.Generator, callbacks: Sequence[Callback] = (),
+                 progress: bool = True, beta_as_tensor: bool = False, context: Context | None = None,
+                 step_loss: torch.nn.Module | None = None):
+        """``loss`` is the run's :class:`~pyrovae.training.step.LossModule`; ``step_loss`` what a step
+        calls, if not ``loss`` itself (DistributedDataParallel around it)."""
+        self.vae, self.loss_module, self.optimizer, self.train = vae, loss, optimizer, tuple(train)
+        self.loss = loss if step_loss is None else step_loss
         self.context = context or Context()
         self.batch_size, self.epochs, self.generator = batch_size, epochs, generator
         self.callbacks, self.progress, self.beta_as_tensor = list(callbacks), progress, beta_as_tensor
         self.device = train[0].device
         self.epoch, self.step, self.beta = 0, 0, 1.0
+        self.step_beta: float | torch.Tensor = 1.0   # the epoch's β as a step passes it (a tensor under the JIT)
         self.epochs_done = 0   # in the checkpoint
         self.epoch_data: tuple[torch.Tensor, ...] = self.train
         self.epoch_rng = generator.get_state()
@@ -100,7 +104,6 @@ class Trainer:
         self.stop_reason: str | None = None
         self.validated = False
         self._agreed_signal: int | None = None
-        self._before_step = [cb for cb in self.callbacks if type(cb).before_step is not Callback.before_step]
 
     @property
     def num_data(self) -> int:
@@ -146,7 +149,6 @@ class Trainer:
         bar = tqdm(total=len(batches), initial=start_step, desc=f"epoch {epoch + 1}/{self.epochs}",
                    disable=not (self.progress and context.is_main), file=sys.stderr, leave=False)
         agree = self._agree(flag) if context.active else None
-        noise_key = hasattr(self._loss_module, "noise_key")
         for step, start in enumerate(batches):
             if step < start_step:
                 continue
@@ -154,12 +156,11 @@ class Trainer:
             index = order[start + positions.start:start + positions.stop]   # this rank's share of the batch
             batch = rows_of(self.epoch_data, index)
             self.step = step
-            if noise_key:
-                self._loss_module.noise_key = (epoch, step, positions)
+            self.loss_module.noise_key = (epoch, step, positions)
             try:
                 # Pyro's validation checks supports and shapes on the first step; then it only costs time
                 with pyro.validation_enabled(not self.validated):
-                    for cb in self._before_step:
+                    for cb in self.callbacks:
                         cb.before_step(self, index, batch)
                     loss = svi_step(self.loss, self.optimizer, index, beta, *batch, agree=agree)
                 self.validated = True
@@ -189,10 +190,6 @@ class Trainer:
             cb.on_epoch_end(self, record)
         if context.active and context.any(self.stop_reason is not None) and not self.stop_reason:
             self.stop_reason = "another process stopped"   # e.g. its time budget: all stop together
-
-    @property
-    def _loss_module(self) -> torch.nn.Module:
-        return getattr(self.loss, "module", self.loss)   # inside DistributedDataParallel
 
     def _agree(self, flag: StopFlag):
         """Between each step's loss and its gradient: every rank learns whether any rank's loss is

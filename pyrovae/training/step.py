@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..core.contract import declared
 from ..core.noise import noise, site_stream, tile_seed, with_noise
 from ..core.vae import VAE
 
@@ -36,7 +37,7 @@ class LossModule(nn.Module):
         guide = self.guide_fn
         if self.noise_seed is not None:
             epoch, step, positions, *local_step = self.noise_key
-            particles = range(getattr(self.objective, "num_particles", 1))
+            particles = range(declared(self.objective, "objective", "num_particles"))
             stream = tile_seed(TRAINING_STREAM, epoch, step, *local_step)
             guide = with_noise(guide, lambda name, shape: noise(
                 self.noise_seed, stream ^ site_stream(name), particles, positions, tuple(shape), batch[0],

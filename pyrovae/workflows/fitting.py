@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import runs, user_programs
 from ..config import CUSTOM, RESUMABLE, FitConfig, build_vae
 from ..core import distributed
+from ..core.contract import can
 from ..core.errors import UsageError, option, speaking_cli
 from ..core.programs import CHECK_ROWS, as_batch, num_rows, observed_is_binary, rows_of
 from ..core.vae import VAE
@@ -180,7 +181,7 @@ def _for_processes(config: FitConfig, context: distributed.Context, vae: VAE | N
     if not context.active:
         return config
     per_datapoint = vae.can("per_datapoint") if vae is not None else \
-        getattr(GUIDES.get(config.guide), "per_datapoint", False)
+        can(GUIDES.get(config.guide), "per_datapoint")
     if per_datapoint:
         raise UsageError(f"{option('guide', config.guide)} keeps parameters per training row, which a "
                          "distributed run does not shard; train it in one process (without torchrun)")
@@ -253,8 +254,9 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
         callbacks += [RunImages(run_dir, data, description), Curves(run_dir, description, config.curves_every)]
         if config.tensorboard:
             callbacks.append(TensorBoard(run_dir, data))
-    trainer = Trainer(vae, loss, optimizer, data.train, config.batch_size, config.epochs, generator, callbacks,
-                      progress, beta_as_tensor=config.jit, context=context)
+    trainer = Trainer(vae, loss_module, optimizer, data.train, batch_size=config.batch_size, epochs=config.epochs,
+                      generator=generator, callbacks=callbacks, progress=progress, beta_as_tensor=config.jit,
+                      context=context, step_loss=loss)
     start = _restore(trainer, run_dir, device, context) if resume else (0, 0, (0.0, 0))
     if start[0] >= config.epochs and context.is_main:
         print(f"run already has {start[0]} epochs; nothing to do (pass a larger {option('epochs')} to continue)",

@@ -1,0 +1,110 @@
+"""What a model, a guide, a per-point family and an objective may declare, in one place: every
+hook pyrovae reads, and what it assumes when a program does not declare it.
+
+A program declares a hook as an attribute or a method (of its class, of the instance, or of a
+plain function: ``guide.per_datapoint = True``). pyrovae never tests a program's type: it asks
+:func:`declared` (or :func:`can`, for the yes/no capabilities), which reads only the hooks listed
+here, with their defaults; asking for anything else is a programming error. The ``Protocol``
+classes spell out the same hooks with their signatures, for readers and type checkers.
+
+A new family is one file that sets the hooks it needs, and one registry line.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A hook of a role: its name, the value assumed where it is not declared, and what it means."""
+
+    name: str
+    default: Any
+    means: str
+
+
+def _table(*hooks: Hook) -> dict[str, Hook]:
+    return {hook.name: hook for hook in hooks}
+
+
+GUIDE = _table(
+    Hook("amortized", True, "q(z | x) for any x from shared parameters (an encoder): it can encode test points"),
+    Hook("per_datapoint", False, "parameters per training row: it takes index= and is stepped row-sparse"),
+    Hook("mean_field", False, "its latent sites are independent given x: closed-form KL per site is exact"),
+    Hook("jit_compatible", True, "its Python can be traced by Pyro's JIT (it does not differentiate inside itself)"),
+    Hook("row_parameters", None, "method () -> the parameters whose first dimension indexes training rows"),
+    Hook("local_family", None, "method (batch, init) -> its own per-point family for q* (else Gaussian tables)"),
+    Hook("cli_help", "", "one line for the CLI's --guide help"),
+)
+MODEL = _table(
+    Hook("latent_layers", None, "method () -> [LatentLayer]: its latent sites in sampling order, for the built-in guides"),
+    Hook("data_dim", None, "numbers per datapoint of the observed site (built-in models)"),
+    Hook("cli_help", "", "one line for the CLI's --model help"),
+)
+LOCAL_FAMILY = _table(   # a per-point guide fitted with the model frozen (compare's q*); also a GUIDE
+    Hook("param_groups", None, "method (lr) -> Adam parameter groups, to step some parameters more gently"),
+    Hook("lr_warmup", 0, "steps of a linear learning-rate ramp at the start of a per-point fit"),
+)
+OBJECTIVE = _table(
+    Hook("num_particles", 1, "draws of z per datapoint in each step"),
+)
+ROLES = {"guide": GUIDE, "model": MODEL, "local_family": LOCAL_FAMILY, "objective": OBJECTIVE}
+
+
+def declared(program: object, role: str, name: str) -> Any:
+    """``program``'s ``name`` hook of ``role`` as it declares it, else the default listed here."""
+    hooks = ROLES[role]
+    if name not in hooks:
+        raise KeyError(f"{name!r} is not a hook of a {role} (pyrovae.core.contract.{role.upper()})")
+    return getattr(program, name, hooks[name].default)
+
+
+def can(program: object, capability: str) -> bool:
+    """A yes/no capability of a guide (``amortized``, ``per_datapoint``, ``mean_field``, ``jit_compatible``)."""
+    return bool(declared(program, "guide", capability))
+
+
+# ---------------------------------------------------------------------------- the same, as Protocols
+
+class Guide(Protocol):
+    """A Pyro program ``guide(*batch[, index=])`` sampling the model's latent sites in the data plate."""
+
+    amortized: bool
+    per_datapoint: bool
+    mean_field: bool
+    jit_compatible: bool
+    cli_help: str
+
+    def __call__(self, *batch: torch.Tensor, index: torch.Tensor | None = None) -> None: ...
+    def row_parameters(self) -> list[nn.Parameter]: ...
+    def local_family(self, batch: Sequence[torch.Tensor], init: str) -> nn.Module: ...
+
+
+class Model(Protocol):
+    """A Pyro program ``model(*batch)``: p(z) and p(x | z), every sample site in the data plate."""
+
+    data_dim: int
+    cli_help: str
+
+    def __call__(self, *batch: torch.Tensor) -> None: ...
+    def latent_layers(self) -> list: ...
+
+
+class LocalFamily(Guide, Protocol):
+    """A per-point guide over the rows of the data it is fitted to."""
+
+    lr_warmup: int
+
+    def param_groups(self, lr: float) -> list[dict]: ...
+
+
+class Objective(Protocol):
+    """A Pyro ELBO: ``differentiable_loss(model, guide, *args, **kwargs)``."""
+
+    num_particles: int
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor: ...
