@@ -1,13 +1,20 @@
-"""What the commands share: common options, the JSON result, and output-path checks."""
+"""What the commands share: common options, the JSON result, output-path checks, and the flags
+built from the library's options dataclasses (:func:`options_from`), whose defaults, help and
+checks are stated once, in the library."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import types
+import typing
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import click
 
 from pyrovae import runs
+from pyrovae.core import options as library_options
 from pyrovae.core.errors import UsageError
 from pyrovae.runs import check_name, check_writable
 
@@ -114,3 +121,77 @@ def progress_bar(desc: str):
         if done >= total:
             state.pop("bar").close()
     return update
+
+
+# ---------------------------------------------------------------------------- flags from options dataclasses
+
+Owner = "type | tuple[type, str]"   # an options dataclass, or (dataclass, what it belongs to, e.g. '--guide flow')
+
+
+def options_from(*owners, skip: Sequence[str] = (), show_default: bool = True) -> Callable:
+    """A decorator adding one click option per field of the options dataclasses ``owners``
+    (:func:`pyrovae.core.options.option`): ``--name`` (``--name/--no-name`` for a flag), its
+    default, help and choices from the field, a parser for values such as comma lists. A field
+    that several owners share (by inheritance) becomes one option; one that only some have says
+    whose it is in its help (``(dataclass, '--guide flow')``)."""
+    found: dict[str, tuple[dataclasses.Field, Any, list[str]]] = {}
+    for owner in owners:
+        cls, label = owner if isinstance(owner, tuple) else (owner, "")
+        hints = typing.get_type_hints(cls)
+        for f in library_options.fields(cls):
+            if f.name in skip or not f.metadata["cli"]:
+                continue
+            if f.name not in found:
+                found[f.name] = (f, hints[f.name], [])
+            if label:
+                found[f.name][2].append(label)
+    labelled = sum(isinstance(owner, tuple) for owner in owners)
+    # a field of every labelled owner is everyone's: no label
+    decorators = [_click_option(f, hint, labels if len(labels) < labelled else [], show_default)
+                  for f, hint, labels in found.values()]
+
+    def decorate(command):
+        for add in reversed(decorators):
+            command = add(command)
+        return command
+    return decorate
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def _click_option(f: dataclasses.Field, hint: Any, labels: list[str], show_default: bool) -> Callable:
+    name, meta = f.name.replace("_", "-"), f.metadata
+    help_text = (f"{' / '.join(labels)}: " if labels else "") + meta["help"]
+    default = _default(f)
+    if meta["flag"]:
+        off = meta["secondary"] or f"no-{name}"
+        return click.option(f"--{name}/--{off}", f.name, default=default, show_default=show_default and default is not None,
+                            help=help_text)
+    choices = library_options.choices_of(f)
+    if choices is not None:
+        return click.option(f"--{name}", f.name, type=click.Choice(list(choices)), default=default,
+                            show_default=show_default and default is not None, help=help_text)
+    if meta["parse"] is not None:
+        parse = meta["parse"]
+        shown = ",".join(map(str, default)) if isinstance(default, (tuple, list)) else default
+        return click.option(f"--{name}", f.name, default=shown, show_default=show_default,
+                            callback=lambda ctx, param, value: parse(value) if isinstance(value, str) else value,
+                            help=help_text)
+    kind = _scalar(hint)
+    return click.option(f"--{name}", f.name, type=kind, default=default,
+                        show_default=show_default and default is not None, help=help_text)
+
+
+def _scalar(hint: Any) -> type:
+    """int, float or str from a field's type (``X | None`` is X)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint if hint in (int, float, str) else str
+
+
+def given(ctx: click.Context, names: Sequence[str]) -> dict[str, Any]:
+    """The options among ``names`` that the command line gave (not left at their defaults)."""
+    return {name: ctx.params[name] for name in names
+            if name in ctx.params and ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}

@@ -8,8 +8,8 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from .core.contract import can
 from .core.errors import UsageError, cli_audience, option
-from .core.contract import can, declared
 from .core.vae import VAE
 from .data import BINARIZE, BUILTIN
 from .guides import GUIDES

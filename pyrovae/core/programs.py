@@ -41,7 +41,6 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
-from .contract import can, declared
 from .errors import UsageError, option
 
 DATA_PLATE = "data"

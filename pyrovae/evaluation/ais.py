@@ -49,9 +49,9 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
 from ..core import interrupts
+from ..core.contract import can
 from ..core.errors import UsageError, option
 from ..core.noise import noise, reparameterize, site_stream, tile_seed
-from ..core.contract import can
 from ..core.programs import DATA_PLATE, as_batch, is_real, num_rows, program_of, rows_of
 from ..core.traces import PARTICLE_DIM, PARTICLE_PLATE, sample_sites, unconditioned_observation
 from ..core.vae import VAE, frozen

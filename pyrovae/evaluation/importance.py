@@ -32,11 +32,11 @@ from pyro.poutine.util import site_is_subsample
 from tqdm import tqdm
 
 from ..core import heap, interrupts
+from ..core.contract import can
 from ..core.distributed import current
 from ..core.errors import UsageError, option
 from ..core.files import atomic_path
 from ..core.noise import seeded_noise, with_noise
-from ..core.contract import can
 from ..core.programs import Data, as_batch, bind, num_rows, rows_of
 from ..core.traces import iwae_bound, log_weights
 from ..core.vae import VAE

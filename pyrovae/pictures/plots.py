@@ -15,7 +15,7 @@ from ..core.traces import sample_sites, unconditioned_observation
 from ..core.vae import VAE
 from ..evaluation.importance import MeanValues
 from ..inference.local_fit import guide_moments
-from .figures import reconstruction_figure, sample_grid, scatter
+from . import figures
 
 SAMPLES_PNG = "samples.png"
 RECONSTRUCTIONS_PNG = "reconstructions.png"
@@ -52,7 +52,7 @@ def reconstructions(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor
 def save_scatter(points: dict[str, torch.Tensor], path: Path, title: str = "", xlabel: str = "",
                  ylabel: str = "") -> None:
     """2-D points (e.g. data vs samples, or latent means by class) as a scatter plot."""
-    scatter({label: xy.detach().cpu().numpy() for label, xy in points.items()}, Path(path), title, xlabel, ylabel)
+    figures.scatter({label: xy.detach().cpu().numpy() for label, xy in points.items()}, Path(path), title, xlabel, ylabel)
 
 
 def write_run_images(vae: VAE, data, run_dir: Path, n: int = 64, caption: str = "") -> None:
@@ -66,11 +66,11 @@ def write_run_images(vae: VAE, data, run_dir: Path, n: int = 64, caption: str = 
     index = None if vae.can("amortized") else torch.arange(num_rows(batch), device=batch[0].device)
     if shape is not None:
         template = rows_of(test, slice(0, n)) if num_rows(test) >= n else rows_of(train, slice(0, n))
-        sample_grid(prior_samples(vae, template, mean=True).cpu(), shape, run_dir / SAMPLES_PNG,
+        figures.sample_grid(prior_samples(vae, template, mean=True).cpu(), shape, run_dir / SAMPLES_PNG,
                     caption=f"prior samples (decoder means){caption}")
         interrupts.check()   # under fit's StopFlag, a signal stops the pictures here
         split = "test" if vae.can("amortized") else "training"
-        reconstruction_figure(batch[0].cpu(), reconstructions(vae, batch, index).cpu(), shape,
+        figures.reconstruction_figure(batch[0].cpu(), reconstructions(vae, batch, index).cpu(), shape,
                               run_dir / RECONSTRUCTIONS_PNG, caption=f"{split} images and reconstructions{caption}")
     elif data.dataset.data_dim == 2:
         template = rows_of(test, slice(0, 2000))

@@ -1,0 +1,97 @@
+"""Options stated once: each is a field of a dataclass that owns it (a family's, the data's, the
+training's, an estimator's), carrying its default, its help and its check. The library validates
+with :func:`validate`; the CLI builds its flags from the same fields (``pyrovae.cli.options``),
+so a default lives in exactly one place.
+
+    @dataclass
+    class FlowOptions:
+        flows: int = option(2, "IAF steps per latent layer.", check=between(1, 100))
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Iterator, Sequence
+
+from .errors import UsageError
+from .errors import option as named
+
+Check = Callable[[Any], "str | None"]   # the value -> what is wrong with it ("must be ..."), or None
+MAX_SIZE = 100_000   # widths, latent dims and particles beyond this are typos, not models that fit in memory
+
+
+def option(default: Any, help: str, *, check: Check | None = None, parse: Callable[[str], Any] | None = None,
+           choices: Sequence[str] | Callable[[], Sequence[str]] | None = None, cli: bool = True,
+           flag: bool = False, secondary: str | None = None) -> Any:
+    """A dataclass field that is an option. ``help``: one sentence for ``--help`` (say what 0 or
+    none means); ``check(value)``: what is wrong with a value, or None; ``parse``: the command
+    line's text to a value (e.g. a comma list); ``choices``: the allowed names (or a function
+    giving them, from a registry); ``flag``: a boolean ``--name/--no-name`` (``secondary``: the
+    off name, when not ``no-name``); ``cli=False``: Python only."""
+    metadata = {"help": help, "check": check, "parse": parse, "choices": choices, "cli": cli, "flag": flag,
+                "secondary": secondary}
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def fields(options: Any) -> Iterator[dataclasses.Field]:
+    """The option fields of an options dataclass (or class)."""
+    return (f for f in dataclasses.fields(options) if "help" in f.metadata)
+
+
+def choices_of(f: dataclasses.Field) -> Sequence[str] | None:
+    found = f.metadata.get("choices")
+    return found() if callable(found) else found
+
+
+def validate(options: Any) -> Any:
+    """Raise :class:`UsageError` naming the first option of ``options`` whose value its check
+    refuses (or that is not among its choices); return ``options``."""
+    for f in fields(options):
+        value = getattr(options, f.name)
+        allowed = choices_of(f)
+        if allowed is not None and value is not None and value not in allowed:
+            raise UsageError(f"unknown {named(f.name)} {value!r}; use {', '.join(map(str, allowed))}")
+        check = f.metadata.get("check")
+        problem = check(value) if check is not None else None
+        if problem:
+            raise UsageError(f"{named(f.name)} {problem}, got {value}")
+    return options
+
+
+# ---------------------------------------------------------------------------- checks
+
+def at_least(low: int | float) -> Check:
+    return lambda value: None if _number(value) and value >= low else f"must be at least {low}"
+
+
+def between(low: float, high: float, what: str = "") -> Check:
+    return lambda value: None if _number(value) and low <= value <= high else f"must lie in [{low}, {high}]{what}"
+
+
+def size(value: Any) -> str | None:
+    """A count of units or draws: at least 1, at most ``MAX_SIZE``."""
+    if not _number(value) or value < 1:
+        return "must be at least 1"
+    if value > MAX_SIZE:
+        return f"is too large (at most {MAX_SIZE})"
+    return None
+
+
+def positive(value: Any) -> str | None:
+    return None if _number(value) and math.isfinite(value) and value > 0 else "must be a positive number"
+
+
+def non_negative(unit: str = "", zero: str = "") -> Check:
+    """>= 0 (``unit``: e.g. 'epochs'; ``zero``: what 0 means)."""
+    text = f"must be >= 0{' ' + unit if unit else ''}{f' ({zero})' if zero else ''}"
+    return lambda value: None if _number(value) and math.isfinite(value) and value >= 0 else text
+
+
+def open_interval(low: float, high: float) -> Check:
+    return lambda value: None if _number(value) and low < value < high else f"must lie in ({low}, {high})"
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
