@@ -7,20 +7,8 @@ import time
 import click
 
 from pyrovae.cli.evaluate import ais_options
-from pyrovae.cli.options import (
-    DATA_DIR,
-    DEVICE,
-    MOVED_DATASET,
-    MOVED_PROGRAM,
-    NO_RECORD,
-    RESUME,
-    THREADS,
-    check_record,
-    emit,
-    partial_path,
-    record,
-    say,
-)
+from pyrovae.cli.options import (DATA_DIR, DEVICE, MOVED_DATASET, MOVED_PROGRAM, NO_RECORD, RESUME, THREADS,
+                                 check_record, emit, partial_path, record, say)
 
 
 @click.command()

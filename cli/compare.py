@@ -6,20 +6,8 @@ from pathlib import Path
 
 import click
 
-from pyrovae.cli.options import (
-    DATA_DIR,
-    DEVICE,
-    MOVED_DATASET,
-    MOVED_PROGRAM,
-    NO_RECORD,
-    RESUME,
-    THREADS,
-    check_record,
-    emit,
-    partial_path,
-    record,
-    say,
-)
+from pyrovae.cli.options import (DATA_DIR, DEVICE, MOVED_DATASET, MOVED_PROGRAM, NO_RECORD, RESUME, THREADS,
+                                 check_record, emit, partial_path, record, say)
 from pyrovae.core.errors import UsageError
 from pyrovae.evaluation.ais import CHAINS, LEAPFROG
 from pyrovae.evaluation.ais import STEPS as AIS_STEPS

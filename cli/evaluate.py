@@ -6,22 +6,8 @@ import time
 
 import click
 
-from pyrovae.cli.options import (
-    DATA_DIR,
-    DEVICE,
-    MOVED_DATASET,
-    MOVED_PROGRAM,
-    NO_RECORD,
-    RESUME,
-    THREADS,
-    check_record,
-    emit,
-    output_file,
-    partial_path,
-    progress_bar,
-    record,
-    say,
-)
+from pyrovae.cli.options import (DATA_DIR, DEVICE, MOVED_DATASET, MOVED_PROGRAM, NO_RECORD, RESUME, THREADS,
+                                 check_record, emit, output_file, partial_path, progress_bar, record, say)
 from pyrovae.core.errors import UsageError
 from pyrovae.evaluation.ais import CHAINS, IS_K, LEAPFROG, PAIRS, STEPS
 from pyrovae.evaluation.importance import BATCH_SIZE, CHUNK_SIZE, COMPILE_PAIRS

@@ -19,22 +19,8 @@ import torch
 from torch import nn
 
 from .contract import can, declared
-from .programs import (
-    CHECK_ROWS,
-    Batch,
-    ParamState,
-    Program,
-    ProgramInfo,
-    as_program,
-    bind,
-    can,
-    check_programs,
-    describe,
-    first_rows,
-    param_scope,
-    param_sites,
-    refuse_discrete,
-)
+from .programs import (CHECK_ROWS, Batch, ParamState, Program, ProgramInfo, as_program, bind, check_programs, describe,
+                       first_rows, param_scope, param_sites, refuse_discrete)
 
 
 def _key(name: str) -> str:
