@@ -44,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import data_dir as find_data_dir  # noqa: E402
 from common import log, machine, mnist, write_results
 
-from pyrovae.config import FitConfig, parse_hidden  # noqa: E402
+from pyrovae.config import FitConfig  # noqa: E402
+from pyrovae.core.options import parse_widths  # noqa: E402
 from pyrovae.guides import GUIDES  # noqa: E402
 from pyrovae.inference.compare import compare_inference, format_table  # noqa: E402
 from pyrovae.training import Callback  # noqa: E402
@@ -104,7 +105,7 @@ def main(data_dir, guides, minutes, limit, k, steps, latent_dim, hidden, flows, 
     if unknown or not names:
         raise click.BadParameter(f"unknown guide(s) {unknown}; use a comma list of {', '.join(GUIDES)}",
                                  param_hint="--guides")
-    hidden_widths = parse_hidden(hidden)
+    hidden_widths = parse_widths(hidden)
     dataset = mnist(data_dir, train_limit)
     rows = {}
     for guide in names:

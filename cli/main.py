@@ -14,8 +14,12 @@ from pathlib import Path
 import click
 import torch.distributed as dist
 
-from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, MOVED_PROGRAM, THREADS, emit, output_file
-from pyrovae.config import PRESETS, RESUMABLE
+from pyrovae.cli.options import (DATA_DIR, DEVICE, MOVED_DATASET, MOVED_PROGRAM, THREADS, emit, given, options_from,
+                                 output_file)
+from pyrovae.config import PRESETS, RESUMABLE, guide_options, model_options
+from pyrovae.data import DataOptions
+from pyrovae.objectives import ObjectiveOptions
+from pyrovae.training.options import TrainingOptions
 from pyrovae.core.contract import declared
 from pyrovae.core.errors import UsageError, cli_audience
 from pyrovae.guides import GUIDES
@@ -127,90 +131,26 @@ def _registry_help(registry: dict, role: str) -> str:
     return "; ".join(f"{name}: {declared(family, role, 'cli_help') or name}" for name, family in registry.items()) + "."
 
 
-def _hidden(ctx, param, value: str):
-    from pyrovae.config import parse_hidden
-    return parse_hidden(value)
-
-
-# options that pick or shape the built-in families: a --program replaces them all
-PROGRAM_REPLACES = ("likelihood", "sigma", "model", "latent_dim", "hidden", "z1_dim", "z1_hidden", "guide", "flows",
-                    "refine_steps", "refine_lr", "flow_hidden", "local_lr", "local_steps", "local_tol", "local_lr_decay")
-
-
 def output_png(path: str) -> Path:
     return output_file(path, "--out", (".png",))
 
 
 @cli.command()
-@click.option("--dataset", default="mnist-sample", show_default=True,
-              help="mnist (60,000 digits, from --data-dir), mnist-sample (5,000 digits that ship with pyrovae), "
-                   "toy2d (a 2-D mixture of 8 Gaussians), or a .npz (arrays train, test) / .npy file.")
-@DATA_DIR
-@click.option("--test-fraction", default=0.1, show_default=True,
-              help="Share of the rows of an .npy file held out as the test split.")
-@click.option("--likelihood", type=click.Choice(list(LIKELIHOODS)), default="bernoulli", show_default=True,
-              help="p(x | z): bernoulli for binary images (pixels in [0, 1]), normal for real-valued data.")
-@click.option("--sigma", default="1.0",
-              help="--likelihood normal only: a fixed sigma (0.7071 makes -log p(x|z) the squared error), "
-                   "'learned' (one scalar) or 'learned-pixel' (one per dimension) [default: 1.0].")
-@click.option("--binarize", type=click.Choice(["dynamic", "static", "none"]), default=None,
-              help="Bernoulli data: resample every epoch (default), fix once by the seed, or keep intensities.")
 @click.option("--model", type=click.Choice(list(MODELS)), default="vae", show_default=True,
               help=_registry_help(MODELS, "model"))
-@click.option("--latent-dim", default=50, show_default=True,
-              help="Dimensions of the latent z (of the top layer z2 for --model two-layer).")
-@click.option("--hidden", default="400", show_default=True, callback=_hidden,
-              help="Comma list of hidden widths between x and the first latent layer (encoder and decoder); "
-                   "'' for linear.")
-@click.option("--z1-dim", default=100, show_default=True, help="--model two-layer: units of the bottom layer z1.")
-@click.option("--z1-hidden", default="100,100", show_default=True, callback=_hidden,
-              help="--model two-layer: hidden widths between z1 and z2.")
 @click.option("--guide", type=click.Choice(list(GUIDES)), default="amortized", show_default=True,
               help=_registry_help(GUIDES, "guide"))
-@click.option("--flows", default=2, show_default=True, help="--guide flow: IAF steps per latent layer.")
-@click.option("--refine-steps", default=5, show_default=True,
-              help="--guide semi-amortized: gradient steps on each datapoint's q, in training and evaluation.")
-@click.option("--refine-lr", default=0.2, show_default=True,
-              help="--guide semi-amortized: their step size (each row's gradient clipped to norm 5).")
-@click.option("--flow-hidden", default=0, show_default=True,
-              help="--guide flow: hidden units of each MADE (0: twice the latent layer's size).")
-@click.option("--local-lr", default=0.2, show_default=True, help="--guide meanfield: learning rate of the q_i.")
-@click.option("--local-steps", default=4, show_default=True,
-              help="--guide meanfield: at most this many steps on a batch's own q_i before each joint step.")
-@click.option("--local-tol", default=0.0, show_default=True,
-              help="--guide meanfield: stop a batch's local steps once one gains less than this (nats per point); "
-                   "0 takes all --local-steps.")
-@click.option("--local-lr-decay", default=0.0, show_default=True,
-              help="--guide meanfield: a row's learning rate is --local-lr x (1 + t)^-DECAY after its t-th step "
-                   "(Robbins-Monro, Hoffman et al. 2013); 0 keeps it constant.")
-@click.option("--elbo", type=click.Choice(list(OBJECTIVES)), default="trace", show_default=True,
-              help="Trace_ELBO, TraceMeanField_ELBO (analytic KL), or the IWAE bound.")
-@click.option("--particles", default=1, show_default=True,
-              help="Samples of z per datapoint in each step (the K of --elbo iwae).")
-@click.option("--noise", type=click.Choice(["global", "per-row"]), default="global", show_default=True,
-              help="Where training draws its reparameterization noise: torch's generator, or seeded per (epoch, "
-                   "step, row of the batch), so that a run gives the same numbers in any number of processes "
-                   "(what torchrun runs use).")
-@click.option("--jit/--no-jit", default=None,
-              help="Pyro's JIT ELBOs: the compiled loss [default: on for trace and meanfield, off for iwae].")
-@click.option("--beta", default=1.0, show_default=True,
-              help="Coefficient of the KL term: loss = -(reconstruction - beta KL); 1 is the true ELBO.")
-@click.option("--kl-warmup", default=0, show_default=True,
-              help="Ramp beta linearly from 0 over this many epochs (0: no warm-up).")
-@click.option("--epochs", default=10, show_default=True, help="Epochs in total (with --resume: the new total).")
-@click.option("--batch-size", default=128, show_default=True,
-              help="Datapoints per SVI step (the global batch of a torchrun run, shared by its processes).")
-@click.option("--lr", default=1e-3, show_default=True, help="Adam's learning rate for the model and the encoder.")
-@click.option("--lr-decay", default=1.0, show_default=True,
-              help="Multiply the learning rate by this after every epoch (1: constant).")
-@click.option("--minutes", default=0.0, show_default=True,
-              help="Stop after the epoch that passes this many minutes of wall time (0: no limit).")
-@click.option("--seed", default=0, show_default=True, help="Seeds the weights, the data order and every draw.")
-@DEVICE
 @click.option("--program", default=None,
               help="Your own Pyro model and guide: FILE.py:FACTORY or module:FACTORY, where FACTORY() returns a "
                    "pyrovae.VAE or a (model, guide) pair (every sample site in pyro.plate('data', len(x))). The run "
-                   "records where it is; --model, --guide, --likelihood and their options do not apply.")
+                   "records where it is; --model, --guide and their options do not apply.")
+@options_from(DataOptions)
+@DATA_DIR
+@options_from(*((model_options(name), f"--model {name}") for name in MODELS))
+@options_from(*((guide_options(name), f"--guide {name}") for name in GUIDES))
+@options_from(ObjectiveOptions)
+@options_from(TrainingOptions)
+@DEVICE
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
               help="A named recipe; options given on the command line override it.")
 @click.option("--out", "run_dir", default="runs/latest", show_default=True, type=click.Path(),
@@ -222,36 +162,23 @@ def output_png(path: str) -> Path:
                    f"when the data file has moved). Any other option given must match the run's.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar (the epoch lines and the JSON stay).")
-@click.option("--tensorboard", is_flag=True,
-              help="Also write TensorBoard event files to RUN_DIR/tensorboard (scalars every epoch, image grids at "
-                   "the end); needs pip install 'pyrovae[tensorboard]'.")
-@click.option("--curves-every", default=30.0, show_default=True,
-              help="Redraw RUN_DIR/curves.png after an epoch once this many seconds have passed since the last "
-                   "drawing (a drawing takes about a second); 0: after every epoch. Always drawn at the end.")
 @THREADS
 @click.pass_context
 def fit(ctx: click.Context, run_dir: str, resume: bool, overwrite: bool, quiet: bool, preset: str | None,
         **options) -> None:
     """Train a VAE by SVI and write RUN_DIR (config, checkpoint, metrics, images)."""
-    import dataclasses
-
     from pyrovae.config import FitConfig
     from pyrovae.workflows import fit as train
-    given = {name: value for name, value in options.items()
-             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
-    if given.get("program"):
-        families = [name for name in given if name in PROGRAM_REPLACES]
-        if families or preset:
-            flags = ", ".join("--" + name.replace("_", "-") for name in families) or f"--preset {preset}"
-            raise UsageError(f"--program brings its own model and guide, so {flags} would not apply; drop "
-                             f"{'it' if len(families) <= 1 else 'them'}")
-    for name, value in PRESETS.get(preset, {}).items():
-        given.setdefault(name, value)
+    chosen = given(ctx, list(options))   # the defaults are the library's: only what the command line says
+    if chosen.get("program") and preset:
+        raise UsageError(f"--program brings its own model and guide, so --preset {preset} would not apply; drop it")
+    config_values = {**PRESETS.get(preset, {}), **chosen}
     if resume and (Path(run_dir) / "config.json").exists():
         # the run's own options, and what this command line says: the library refuses what may not change
-        config = dataclasses.replace(FitConfig.from_run(run_dir), **given)
+        config = FitConfig.from_run(run_dir).replace(**config_values)
     else:
-        config = FitConfig(**{**options, **given})
+        config = FitConfig(**config_values)
+    config.refuse_unused()
     emit(train(config, run_dir, resume=resume, overwrite=overwrite, progress=not quiet))
 
 

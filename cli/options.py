@@ -177,7 +177,8 @@ def _click_option(f: dataclasses.Field, hint: Any, labels: list[str], show_defau
         parse = meta["parse"]
         shown = ",".join(map(str, default)) if isinstance(default, (tuple, list)) else default
         return click.option(f"--{name}", f.name, default=shown, show_default=show_default,
-                            callback=lambda ctx, param, value: parse(value) if isinstance(value, str) else value,
+                            callback=lambda ctx, param, value: parse(value, f"--{name}") if isinstance(value, str)
+                            else value,
                             help=help_text)
     kind = _scalar(hint)
     return click.option(f"--{name}", f.name, type=kind, default=default,

@@ -1,21 +1,33 @@
-"""Every option of a run, checked in one place, and the VAE it builds."""
+"""Every option of a run, composed of the parts that own them, and the VAE it builds.
+
+A run's options come from five owners, each an options dataclass (:mod:`pyrovae.core.options`)
+that states its defaults, help and checks once: the data (:class:`~pyrovae.data.DataOptions`),
+the model family's (``MODELS[name].Options``), the guide family's (``GUIDES[name].Options``), the
+objective (:class:`~pyrovae.objectives.ObjectiveOptions`) and the training
+(:class:`~pyrovae.training.options.TrainingOptions`). :class:`FitConfig` holds them and speaks
+their options by name (``FitConfig(model="two-layer", z1_dim=100, epochs=5)``,
+``config.latent_dim``), as ``config.json`` records them: one flat object of the options that apply
+to the run's families. Configs of older runs, which recorded every family's options, load as
+they are (what does not apply is dropped: :meth:`FitConfig.from_dict`).
+"""
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
-from .core.contract import can
+from .core.contract import can, declared
 from .core.errors import UsageError, cli_audience, option
+from .core.options import NoOptions, Options
 from .core.vae import VAE
-from .data import BINARIZE, BUILTIN
+from .data import BUILTIN, DataOptions
 from .guides import GUIDES
-from .models import LIKELIHOODS, MODELS, parse_sigma
-from .objectives import OBJECTIVES
+from .models import MODELS
+from .objectives import OBJECTIVES, ObjectiveOptions
 from .runs import CONFIG, read_config
+from .training.options import TrainingOptions
 from .user_programs import absolute_spec, check_spec, load_program, split_spec
 
 # Named recipes: option values a preset sets unless the command line gives them.
@@ -38,163 +50,161 @@ PRESETS: dict[str, dict] = {
 CUSTOM = "custom"       # model / guide / likelihood of a run trained on the caller's own programs
 # what may differ from a run's own options when it is resumed: how long, where, and where the data lives
 RESUMABLE = ("epochs", "minutes", "device", "data_dir", "tensorboard", "curves_every")
-NOISE = ("global", "per-row")   # where training draws its reparameterization noise
-MAX_SIZE = 100_000      # widths, latent dims and particles beyond this are typos, not models that fit in memory
+CHOICES = ("model", "guide", "program")   # what picks the families (not an option of any part)
 
 
-def parse_hidden(text: str) -> tuple[int, ...]:
-    """``--hidden``: a comma list of layer widths, e.g. ``400`` or ``500,500``; empty means linear."""
-    text = text.strip()
-    if text in ("", "none", "linear"):
-        return ()
-    try:
-        widths = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise UsageError(f"--hidden {text!r} is not a comma list of integers; write e.g. --hidden 400 or "
-                         "--hidden 500,500 (or --hidden '' for a linear decoder)") from None
-    if any(width <= 0 for width in widths):
-        raise UsageError(f"--hidden {text!r} has a width <= 0; every layer needs at least one unit")
-    return widths
+def model_options(name: str) -> type[Options]:
+    return declared(MODELS[name], "model", "Options") if name in MODELS else NoOptions
 
 
-@dataclass
+def guide_options(name: str) -> type[Options]:
+    return declared(GUIDES[name], "guide", "Options") if name in GUIDES else NoOptions
+
+
+def _names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
 class FitConfig:
-    dataset: str = "mnist-sample"
-    data_dir: str | None = None
-    test_fraction: float = 0.1
-    likelihood: str = "bernoulli"
-    sigma: str = "1.0"
-    binarize: str | None = None         # default: dynamic for bernoulli, none for normal
-    model: str = "vae"                  # a name in pyrovae.models.MODELS
-    latent_dim: int = 50                # z (the top layer of a two-layer model)
-    hidden: tuple[int, ...] = (400,)    # MLP widths between x and the first latent layer
-    z1_dim: int = 100                   # --model two-layer: the bottom latent layer z1
-    z1_hidden: tuple[int, ...] = (100, 100)   # --model two-layer: MLP widths between z1 and z2
-    guide: str = "amortized"            # a name in pyrovae.guides.GUIDES
-    flows: int = 2                      # --guide flow: IAF steps per latent layer
-    flow_hidden: int = 0                # --guide flow: MADE hidden units (0: twice the layer's size)
-    refine_steps: int = 5               # --guide semi-amortized: gradient steps on each q per call
-    refine_lr: float = 0.2              # --guide semi-amortized: their step size (per-row gradients clipped to norm 5)
-    elbo: str = "trace"
-    particles: int = 1
-    jit: bool | None = None             # None: Pyro's JIT for trace and meanfield, eager for iwae
-    noise: str = "global"               # per-row: draws seeded per (epoch, step, row of the batch)
-    beta: float = 1.0
-    kl_warmup: int = 0
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    lr_decay: float = 1.0               # lr of epoch e is lr * lr_decay ** e
-    # --guide meanfield: each row of the tables is stepped only when its batch comes up, so it gets
-    # its own learning rate and extra steps on its batch first (classical SVI, Hoffman et al. 2013).
-    # 0.2 and 4 took mnist-sample's train ELBO from -205 (0.05, 0) to -135 in 15 epochs.
-    local_lr: float = 0.2
-    local_steps: int = 4
-    local_tol: float = 0.0              # stop a batch's local steps once one gains less (nats/point); 0: all
-    local_lr_decay: float = 0.0         # a row's lr is local_lr (1 + t)^-decay after its t-th step
-    minutes: float = 0.0                # stop after the epoch that passes this budget (0: no budget)
-    seed: int = 0
-    device: str = "auto"
-    eval_train_points: int = 2_000      # train ELBO each epoch on this many training points
-    tensorboard: bool = False           # event files in RUN_DIR/tensorboard (pip install 'pyrovae[tensorboard]')
-    curves_every: float = 30.0          # redraw curves.png after an epoch once this many seconds have passed
-    program: str | None = None          # FILE.py:FACTORY or module:FACTORY: your own model and guide
+    """The options of a run: ``model`` and ``guide`` (registry names, or ``custom``), ``program``
+    (FILE.py:FACTORY of your own), and the parts :attr:`data`, :attr:`model_options`,
+    :attr:`guide_options`, :attr:`objective`, :attr:`training`. Construct it with options by name;
+    read and set them by name too (each lives in exactly one part)."""
 
-    def __post_init__(self) -> None:
-        self.hidden, self.z1_hidden = tuple(self.hidden), tuple(self.z1_hidden)
-        if self.program is not None:   # the program's own model decides: resolved by fit from its observed site
-            self.model = self.guide = self.likelihood = CUSTOM
-        elif self.binarize is None:
-            self.binarize = "dynamic" if self.likelihood == "bernoulli" else "none"
-        if self.jit is None:
+    def __init__(self, model: str = "vae", guide: str = "amortized", program: str | None = None, **options: Any):
+        if program is not None:   # the program's own model decides: resolved by fit from its observed site
+            model = guide = CUSTOM
+        parts = {"data": DataOptions, "model_options": model_options(model), "guide_options": guide_options(guide),
+                 "objective": ObjectiveOptions, "training": TrainingOptions}
+        given: dict[str, dict[str, Any]] = {part: {} for part in parts}
+        owner = {name: part for part, cls in parts.items() for name in _names(cls)}
+        unused = {}
+        for name, value in options.items():
+            if name in owner:
+                given[owner[name]][name] = value
+            elif name in ALL_OPTIONS:
+                unused[name] = value   # an option of another family: ignored (see refuse_unused)
+            else:
+                raise TypeError(f"FitConfig got an unknown option {name!r}")
+        object.__setattr__(self, "_values", {"model": model, "guide": guide, "program": program})
+        object.__setattr__(self, "_unused", unused)
+        for part, cls in parts.items():
+            object.__setattr__(self, part, cls(**given[part]))
+        self._resolve()
+
+    def _resolve(self) -> None:
+        """Defaults that follow from other options: the binarization from the likelihood, the JIT
+        from the objective, guide and noise."""
+        if self.data.binarize is None and self.program is None:
+            self.data.binarize = "dynamic" if self.likelihood in ("bernoulli", CUSTOM) else "none"
+        if self.objective.jit is None:
             # the compiled loss is the fast path (benchmarks/bench_speed.py); Pyro has none for IWAE,
             # and a guide that differentiates inside itself cannot be traced
-            self.jit = self.elbo in OBJECTIVES and OBJECTIVES[self.elbo].jit is not None and \
-                can(GUIDES.get(self.guide), "jit_compatible") and self.noise == "global"
+            self.objective.jit = self.elbo in OBJECTIVES and OBJECTIVES[self.elbo].jit is not None and \
+                can(GUIDES.get(self.guide), "jit_compatible") and self.training.noise == "global"
+
+    # -------------------------------------------------------------------- options by name
+
+    @property
+    def likelihood(self) -> str:
+        """The model family's likelihood option, or ``custom`` for programs of your own."""
+        part = self._part_of("likelihood")
+        return CUSTOM if part is None else part.likelihood
+
+    @property
+    def parts(self) -> tuple[Options, ...]:
+        return self.data, self.model_options, self.guide_options, self.objective, self.training
+
+    def _part_of(self, name: str) -> Options | None:
+        return next((part for part in self.parts if name in _names(type(part))), None)
+
+    def __getattr__(self, name: str) -> Any:
+        values = self.__dict__.get("_values", {})
+        if name in values:
+            return values[name]
+        part = self._part_of(name) if "_values" in self.__dict__ else None
+        if part is None:
+            raise AttributeError(f"FitConfig has no option {name!r} for --model {values.get('model')} and "
+                                 f"--guide {values.get('guide')}")
+        return getattr(part, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "program" and self.program is not None and value is not None:
+            self._values["program"] = value   # where a program run's file is now: the families stay
+            return
+        if name in CHOICES:
+            raise AttributeError(f"{name} picks the families; make a new config with replace({name}=...)")
+        part = self._part_of(name)
+        if part is None:
+            raise AttributeError(f"FitConfig has no option {name!r} for --model {self.model} and --guide {self.guide}")
+        setattr(part, name, value)
+
+    def options(self) -> Iterator[tuple[str, Any]]:
+        """(name, value) of every option that applies: the choices first, then each part's."""
+        yield from self._values.items()
+        for part in self.parts:
+            for name in _names(type(part)):
+                yield name, getattr(part, name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as config.json records them: one flat object."""
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in self.options()}
+
+    def replace(self, **changes: Any) -> "FitConfig":
+        """A new config with ``changes``; a new ``model`` or ``guide`` takes its own family's options."""
+        values = {**self._unused, **dict(self.options()), **changes}
+        return FitConfig(**values)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FitConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"FitConfig({', '.join(f'{k}={v!r}' for k, v in self.options())})"
+
+    # -------------------------------------------------------------------- checks
 
     def validate(self, check_files: bool = True) -> "FitConfig":
         """Raise :class:`UsageError` naming the first bad option and its fix (``check_files``:
         also that a --program file exists; a saved run's is looked for when it is loaded)."""
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise UsageError(message)
-
-        def choices(registry) -> str:
-            return ", ".join(registry)
-
-        need(self.likelihood in LIKELIHOODS or self.likelihood == CUSTOM,
-             f"unknown {option('likelihood')} {self.likelihood!r}; use {choices(LIKELIHOODS)}")
-        need(self.model in MODELS or self.model == CUSTOM, f"unknown {option('model')} {self.model!r}; use {choices(MODELS)}")
-        need(self.guide in GUIDES or self.guide == CUSTOM, f"unknown {option('guide')} {self.guide!r}; use {choices(GUIDES)}")
-        need(self.elbo in OBJECTIVES, f"unknown {option('elbo')} {self.elbo!r}; use {choices(OBJECTIVES)}")
+        if self.model not in MODELS and self.model != CUSTOM:
+            raise UsageError(f"unknown {option('model')} {self.model!r}; use {', '.join(MODELS)}")
+        if self.guide not in GUIDES and self.guide != CUSTOM:
+            raise UsageError(f"unknown {option('guide')} {self.guide!r}; use {', '.join(GUIDES)}")
         if self.program is not None:
             check_spec(self.program) if check_files else split_spec(self.program)
-        need(self.binarize in BINARIZE or (self.binarize is None and self.program is not None),
-             f"unknown {option('binarize')} {self.binarize!r}; use dynamic, static or none")
-        need(self.likelihood in ("bernoulli", CUSTOM) or self.binarize == "none",
-             f"{option('binarize', self.binarize)} only makes sense with {option('likelihood', 'bernoulli')}; drop it or use {option('binarize', 'none')}")
-        need(self.epochs >= 1, f"{option('epochs')} must be at least 1, got {self.epochs}")
-        need(self.batch_size >= 1, f"{option('batch-size')} must be at least 1, got {self.batch_size}")
-        need(self.latent_dim >= 1, f"{option('latent-dim')} must be at least 1, got {self.latent_dim}")
-        need(self.particles >= 1, f"{option('particles')} must be at least 1, got {self.particles}")
-        need(self.latent_dim <= MAX_SIZE and self.particles <= MAX_SIZE,
-             f"{option('latent-dim', self.latent_dim)} / {option('particles', self.particles)} is too large (at most {MAX_SIZE})")
-        need(0 <= self.seed < 2**32, f"{option('seed')} must lie in [0, 2**32 - 1], got {self.seed}")
-        need(math.isfinite(self.lr) and self.lr > 0, f"{option('lr')} must be a positive number, got {self.lr}")
-        need(0 < self.lr_decay <= 1, f"{option('lr-decay')} must lie in (0, 1], got {self.lr_decay}")
-        need(0 <= self.local_steps <= 1000, f"{option('local-steps')} must lie in [0, 1000], got {self.local_steps}")
-        need(math.isfinite(self.local_lr) and self.local_lr > 0, f"{option('local-lr')} must be a positive number, got {self.local_lr}")
-        need(math.isfinite(self.local_tol) and self.local_tol >= 0,
-             f"{option('local-tol')} must be >= 0 nats per point (0: take every local step), got {self.local_tol}")
-        need(math.isfinite(self.local_lr_decay) and 0 <= self.local_lr_decay <= 1,
-             f"{option('local-lr-decay')} must lie in [0, 1] (0: constant), got {self.local_lr_decay}")
-        need(math.isfinite(self.minutes) and self.minutes >= 0, f"{option('minutes')} must be >= 0 (0: no budget), got {self.minutes}")
-        need(math.isfinite(self.beta) and self.beta > 0,
-             f"{option('beta')} must be a number > 0 (Pyro cannot scale a site by 0), got {self.beta}")
-        need(self.kl_warmup >= 0, f"{option('kl-warmup')} must be >= 0 epochs, got {self.kl_warmup}")
-        need(0 < self.test_fraction < 1, f"{option('test-fraction')} must lie in (0, 1), got {self.test_fraction}")
-        need(math.isfinite(self.curves_every) and self.curves_every >= 0,
-             f"{option('curves-every')} must be >= 0 seconds (0: every epoch), got {self.curves_every}")
-        need(self.eval_train_points >= 1, f"eval_train_points must be at least 1, got {self.eval_train_points}")
-        need(not self.jit or OBJECTIVES[self.elbo].jit is not None,
-             f"{option('jit', True)} is not available for {option('elbo', self.elbo)} (Pyro has no JIT version of it); drop {option('jit', True)}")
-        need(all(isinstance(width, int) and width > 0 for width in self.hidden),
-             f"{option('hidden')} widths must be positive integers, got {self.hidden}")
-        need(all(width <= MAX_SIZE for width in self.hidden),
-             f"{option('hidden')} widths must be at most {MAX_SIZE}, got {self.hidden}")
-        need(1 <= self.z1_dim <= MAX_SIZE, f"{option('z1-dim')} must lie in [1, {MAX_SIZE}], got {self.z1_dim}")
-        need(all(isinstance(width, int) and 0 < width <= MAX_SIZE for width in self.z1_hidden),
-             f"{option('z1-hidden')} widths must be positive integers up to {MAX_SIZE}, got {self.z1_hidden}")
-        need(self.noise in NOISE, f"unknown {option('noise')} {self.noise!r}; use {', '.join(NOISE)}")
-        need(not (self.jit and self.noise == "per-row"),
-             f"{option('jit', True)} cannot trace {option('noise', 'per-row')} (the noise is drawn outside the "
-             f"traced loss); drop {option('jit', True)}")
-        need(0 <= self.refine_steps <= 1000, f"{option('refine-steps')} must lie in [0, 1000], got {self.refine_steps}")
-        need(math.isfinite(self.refine_lr) and self.refine_lr > 0,
-             f"{option('refine-lr')} must be a positive number, got {self.refine_lr}")
-        need(not (self.jit and not can(GUIDES.get(self.guide), "jit_compatible")),
-             f"{option('jit', True)} cannot trace {option('guide', self.guide)} (it differentiates inside the guide); "
-             f"drop {option('jit', True)}")
-        need(1 <= self.flows <= 100, f"{option('flows')} must lie in [1, 100], got {self.flows}")
-        need(self.flow_hidden == 0 or 2 <= self.flow_hidden <= MAX_SIZE,
-             f"{option('flow-hidden')} must be 0 (twice the latent size) or in [2, {MAX_SIZE}], got {self.flow_hidden}")
-        if self.likelihood == "normal" and self.model != CUSTOM:
-            try:
-                parse_sigma(self.sigma)
-            except ValueError:
-                raise UsageError(f"{option('sigma', self.sigma)} is not a positive number, 'learned' or 'learned-pixel'") from None
+        for part in self.parts:
+            part.validate()
+        if self.binarize not in ("none", None) and self.likelihood not in ("bernoulli", CUSTOM):
+            raise UsageError(f"{option('binarize', self.binarize)} only makes sense with "
+                             f"{option('likelihood', 'bernoulli')}; drop it or use {option('binarize', 'none')}")
+        if self.jit and self.noise == "per-row":
+            raise UsageError(f"{option('jit', True)} cannot trace {option('noise', 'per-row')} (the noise is drawn "
+                             f"outside the traced loss); drop {option('jit', True)}")
+        if self.jit and not can(GUIDES.get(self.guide), "jit_compatible"):
+            raise UsageError(f"{option('jit', True)} cannot trace {option('guide', self.guide)} (it differentiates "
+                             f"inside the guide); drop {option('jit', True)}")
         return self
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def refuse_unused(self) -> None:
+        """Refuse options of families other than the chosen ones. ``FitConfig`` itself ignores
+        them (one config may serve several families); the CLI, where they are a typo or a missing
+        --model / --guide, calls this."""
+        for name in self._unused:
+            owners = ([option("model", m) for m in MODELS if name in _names(model_options(m))] +
+                      [option("guide", g) for g in GUIDES if name in _names(guide_options(g))])
+            chosen = option("program") if self.program else f"{option('model', self.model)} and {option('guide', self.guide)}"
+            raise UsageError(f"{option(name)} is an option of {' or '.join(owners)}, not of {chosen}; drop it "
+                             f"or choose that family")
+
+    # -------------------------------------------------------------------- paths and runs
 
     def with_absolute_paths(self) -> "FitConfig":
-        """The same config with a data file and ``data_dir`` as absolute paths, so the run can be
-        loaded from any working directory."""
+        """The same config with a data file, ``data_dir`` and a program's file as absolute paths,
+        so the run can be loaded from any working directory."""
         dataset = self.dataset if self.dataset in BUILTIN else str(Path(self.dataset).expanduser().resolve())
         data_dir = None if self.data_dir is None else str(Path(self.data_dir).expanduser().resolve())
         program = None if self.program is None else absolute_spec(self.program)
-        return dataclasses.replace(self, dataset=dataset, data_dir=data_dir, program=program)
+        return self.replace(dataset=dataset, data_dir=data_dir, program=program)
 
     def typed_paths(self) -> dict[str, str | None]:
         typed = {"dataset": self.dataset, "data_dir": self.data_dir}
@@ -203,7 +213,7 @@ class FitConfig:
     @classmethod
     def from_run(cls, run_dir: str | Path) -> "FitConfig":
         """The config a run in ``run_dir`` was trained with, checked as a new one is (its types
-        too: JSON has none of the dataclass's)."""
+        too: JSON has none of the dataclasses')."""
         path = Path(run_dir) / CONFIG
         values = read_config(Path(run_dir))["config"]
         try:
@@ -214,45 +224,65 @@ class FitConfig:
             raise UsageError(f"{str(path)!r} holds a config pyrovae cannot use ({error}); restore it from a copy, "
                              "or retrain") from None
 
+    @classmethod
+    def from_dict(cls, values: dict) -> "FitConfig":
+        """A config from config.json's object. Runs written before the options were composed
+        (pyrovae 0.2) recorded every family's options: those of other families are dropped."""
+        model = values.get("model", "vae")
+        guide = values.get("guide", "amortized")
+        program = values.get("program")
+        applies = set(_names(DataOptions)) | set(_names(ObjectiveOptions)) | set(_names(TrainingOptions))
+        if program is None:
+            applies |= set(_names(model_options(model))) | set(_names(guide_options(guide)))
+        return cls(model=model, guide=guide, program=program,
+                   **{name: value for name, value in values.items() if name in applies})
+
     def resumed_from(self, saved: "FitConfig") -> tuple["FitConfig", list[str]]:
         """The run's ``saved`` config with what this one sets: options left at their defaults take
         the run's values, ``RESUMABLE`` ones take this config's. Also the options this config sets
         to another value than the run's, which may not change on resume (a data file may move if
         the old one is gone)."""
-        defaults = FitConfig()
-        merged, conflicts = {}, []
-        for field in dataclasses.fields(self):
-            mine, theirs = getattr(self, field.name), getattr(saved, field.name)
-            if field.name in RESUMABLE:
-                merged[field.name] = mine
+        defaults, theirs_all = dict(FitConfig().options()), dict(saved.options())
+        merged, conflicts = dict(theirs_all), []
+        for name, mine in self.options():
+            theirs = theirs_all.get(name)
+            if name in RESUMABLE:
+                merged[name] = mine
                 continue
-            merged[field.name] = theirs
-            if mine == theirs or mine == getattr(defaults, field.name):
+            if mine == theirs or name in defaults and mine == defaults[name]:
                 continue
-            if field.name == "dataset" and theirs not in BUILTIN and not Path(theirs).exists() \
+            if name == "dataset" and theirs not in BUILTIN and not Path(theirs).exists() \
                     and mine not in BUILTIN and Path(mine).exists():
-                merged[field.name] = mine   # the data file moved: this is where it is now
+                merged[name] = mine   # the data file moved: this is where it is now
                 continue
-            if field.name == "program" and mine is not None and theirs is not None \
+            if name == "program" and mine is not None and theirs is not None \
                     and not Path(theirs.rpartition(":")[0]).exists():
-                merged[field.name] = mine   # the program's file moved
+                merged[name] = mine   # the program's file moved
                 continue
-            conflicts.append(field.name)
-        return dataclasses.replace(saved, **merged), conflicts
+            conflicts.append(name)
+        return FitConfig(**merged), conflicts
 
-    @classmethod
-    def from_dict(cls, values: dict) -> "FitConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in names})
+
+def option_classes() -> list[type[Options]]:
+    """Every options dataclass a run's config may hold: the data's, the objective's, the
+    training's, and each registered family's."""
+    classes = [DataOptions, ObjectiveOptions, TrainingOptions,
+               *(model_options(name) for name in MODELS), *(guide_options(name) for name in GUIDES)]
+    return list(dict.fromkeys(classes))
+
+
+ALL_OPTIONS = {name for cls in option_classes() for name in _names(cls)}
 
 
 def check_types(values: dict) -> None:
     """Raise TypeError naming the first entry of a saved config whose type is not its field's
     (an int where an int is due, a list of ints for widths, ...)."""
-    hints = typing.get_type_hints(FitConfig)
-    for field in dataclasses.fields(FitConfig):
-        if field.name in values and not _has_type(values[field.name], hints[field.name]):
-            raise TypeError(f"{field.name} is {values[field.name]!r}, not {_type_name(hints[field.name])}")
+    checked = {"model": str, "guide": str, "program": str | None}
+    for cls in option_classes():
+        checked.update(typing.get_type_hints(cls))
+    for name, hint in checked.items():
+        if name in values and not _has_type(values[name], hint):
+            raise TypeError(f"{name} is {values[name]!r}, not {_type_name(hint)}")
 
 
 def _has_type(value, hint) -> bool:
@@ -286,16 +316,12 @@ def build_vae(config: FitConfig, data_dim: int, num_train: int) -> VAE:
         return load_program(config.program)
     if CUSTOM in (config.model, config.guide):
         raise UsageError("this run was trained on your own model and guide; pass them again: vae=VAE(model, guide)")
-    model = MODELS[config.model].from_config(config, data_dim)
+    model = MODELS[config.model].from_options(config.model_options, data_dim)
     try:
-        guide = GUIDES[config.guide].from_config(config, model, num_train)
+        guide = GUIDES[config.guide].from_options(config.guide_options, model, num_train)
     except ValueError as error:   # a family that cannot serve this model says why
         raise UsageError(f"{option('guide', config.guide)} with {option('model', config.model)}: {error}") from None
     if OBJECTIVES[config.elbo].needs_mean_field_guide and not can(guide, "mean_field"):
         raise UsageError(f"--elbo {config.elbo} (closed-form KL) needs a mean-field guide, but --guide {config.guide} "
                          f"of --model {config.model} makes latent sites depend on each other; use --elbo trace or iwae")
-    if config.guide == "flow" and config.flow_hidden and any(config.flow_hidden < layer.dim
-                                                             for layer in model.latent_layers()):
-        raise UsageError(f"--flow-hidden {config.flow_hidden} is smaller than a latent layer "
-                         f"({max(layer.dim for layer in model.latent_layers())} units); a MADE needs at least as many")
     return VAE(model, guide)

@@ -22,10 +22,26 @@ import numpy as np
 import torch
 
 from .core.errors import UsageError
+from .core.options import Options, open_interval, option
 
 DATA_DIR_ENV = "PYROVAE_DATA_DIR"
 BUILTIN = ("mnist", "mnist-sample", "toy2d")
 BINARIZE = ("dynamic", "static", "none")
+
+
+@dataclass
+class DataOptions(Options):
+    """Where a run's data comes from and how it is prepared."""
+
+    dataset: str = option("mnist-sample", "mnist (60,000 digits, from --data-dir), mnist-sample (5,000 digits that "
+                          "ship with pyrovae), toy2d (a 2-D mixture of 8 Gaussians), or a .npz (arrays train, test) / "
+                          ".npy file.")
+    data_dir: str | None = option(None, "Folder holding MNIST/raw (else $PYROVAE_DATA_DIR); for a run, where MNIST "
+                                  "is now.", cli=False)   # the CLI's --data-dir is shared by every command
+    test_fraction: float = option(0.1, "Share of the rows of an .npy file held out as the test split.",
+                                  check=open_interval(0, 1))
+    binarize: str | None = option(None, "Bernoulli data: resample every epoch (default), fix once by the seed, or "
+                                  "keep intensities.", choices=BINARIZE)
 
 
 @dataclass

@@ -20,7 +20,6 @@ from pyrovae.core.errors import UsageError
 from pyrovae.core.programs import data_plate
 from pyrovae.core.vae import VAE
 from pyrovae.evaluation.ais import bdmc, estimate_log_likelihood_ais
-from pyrovae.models import VAEModel
 
 
 @pytest.fixture(scope="module")

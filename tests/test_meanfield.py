@@ -265,7 +265,7 @@ def test_local_steps_to_a_tolerance_reach_the_closed_form_q_star():
                           tol=1e-4)
 
     class Trainer:   # what LocalSteps reads
-        beta = 1.0
+        beta = step_beta = 1.0
 
     Trainer.optimizer = optimizer
     pyro.set_rng_seed(0)

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pyrovae.config import FitConfig, parse_hidden
+from pyrovae.config import FitConfig
+from pyrovae.core.options import parse_widths as parse_hidden
 from pyrovae.core.errors import UsageError
 from pyrovae.data import check_for_likelihood, load_dataset
 

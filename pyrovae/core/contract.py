@@ -17,6 +17,8 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 from torch import nn
 
+from .options import NoOptions
+
 
 @dataclass(frozen=True)
 class Hook:
@@ -39,11 +41,13 @@ GUIDE = _table(
     Hook("row_parameters", None, "method () -> the parameters whose first dimension indexes training rows"),
     Hook("local_family", None, "method (batch, init) -> its own per-point family for q* (else Gaussian tables)"),
     Hook("cli_help", "", "one line for the CLI's --guide help"),
+    Hook("Options", NoOptions, "the dataclass of its options (pyrovae.core.options); from_options(options, model, num_data) builds it"),
 )
 MODEL = _table(
     Hook("latent_layers", None, "method () -> [LatentLayer]: its latent sites in sampling order, for the built-in guides"),
     Hook("data_dim", None, "numbers per datapoint of the observed site (built-in models)"),
     Hook("cli_help", "", "one line for the CLI's --model help"),
+    Hook("Options", NoOptions, "the dataclass of its options (pyrovae.core.options); from_options(options, data_dim) builds it"),
 )
 LOCAL_FAMILY = _table(   # a per-point guide fitted with the model frozen (compare's q*); also a GUIDE
     Hook("param_groups", None, "method (lr) -> Adam parameter groups, to step some parameters more gently"),

@@ -20,6 +20,24 @@ Check = Callable[[Any], "str | None"]   # the value -> what is wrong with it ("m
 MAX_SIZE = 100_000   # widths, latent dims and particles beyond this are typos, not models that fit in memory
 
 
+class Options:
+    """The base of an options dataclass: :meth:`validate` runs every field's check, then
+    :meth:`check`, where a subclass states rules across its fields."""
+
+    def validate(self) -> "Options":
+        validate(self)
+        self.check()
+        return self
+
+    def check(self) -> None:
+        """Rules across fields (raise :class:`UsageError`); none by default."""
+
+
+@dataclasses.dataclass
+class NoOptions(Options):
+    """The options of a family that has none."""
+
+
 def option(default: Any, help: str, *, check: Check | None = None, parse: Callable[[str], Any] | None = None,
            choices: Sequence[str] | Callable[[], Sequence[str]] | None = None, cli: bool = True,
            flag: bool = False, secondary: str | None = None) -> Any:
@@ -50,6 +68,9 @@ def validate(options: Any) -> Any:
     refuses (or that is not among its choices); return ``options``."""
     for f in fields(options):
         value = getattr(options, f.name)
+        if isinstance(value, list) and f.metadata.get("parse") is not None:
+            value = tuple(value)   # from JSON
+            setattr(options, f.name, value)
         allowed = choices_of(f)
         if allowed is not None and value is not None and value not in allowed:
             raise UsageError(f"unknown {named(f.name)} {value!r}; use {', '.join(map(str, allowed))}")
@@ -95,3 +116,30 @@ def open_interval(low: float, high: float) -> Check:
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def widths(value: Any) -> str | None:
+    """Layer widths: positive whole numbers up to ``MAX_SIZE`` ('' or () is linear)."""
+    if not isinstance(value, tuple) or not all(isinstance(w, int) and not isinstance(w, bool) for w in value):
+        return "must be positive whole numbers"
+    if any(w <= 0 for w in value):
+        return "has a width <= 0; every layer needs at least one unit"
+    if any(w > MAX_SIZE for w in value):
+        return f"widths must be at most {MAX_SIZE}"
+    return None
+
+
+def parse_widths(text: str, flag: str = "--hidden") -> tuple[int, ...]:
+    """A comma list of layer widths as typed on the command line (``400``, ``500,500``; empty is linear)."""
+    text = text.strip()
+    if text in ("", "none", "linear"):
+        return ()
+    try:
+        parsed = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UsageError(f"{flag} {text!r} is not a comma list of integers; write e.g. {flag} 400 or "
+                         f"{flag} 500,500 (or {flag} '' for a linear decoder)") from None
+    problem = widths(parsed)
+    if problem:
+        raise UsageError(f"{flag} {text!r} {problem}")
+    return parsed

@@ -38,7 +38,7 @@ class AmortizedGuide(nn.Module):
         self.mean_field = all(layer.parent == "x" for layer in self.layers)
 
     @classmethod
-    def from_config(cls, config, model: nn.Module, num_data: int) -> "AmortizedGuide":
+    def from_options(cls, options, model: nn.Module, num_data: int) -> "AmortizedGuide":
         return cls(model.latent_layers(), model.data_dim)
 
     @staticmethod

@@ -19,6 +19,7 @@ encoder's q(z | x_i) exactly.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import pyro
@@ -29,6 +30,7 @@ from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
 from ..core.nets import mlp
+from ..core.options import MAX_SIZE, Options, between, option
 from ..core.programs import LatentLayer, data_plate
 from .amortized import MIN_SCALE
 
@@ -44,10 +46,19 @@ def _flow_steps(dim: int, context: int, hidden: int, flows: int) -> nn.ModuleLis
     return nn.ModuleList(steps)
 
 
+@dataclass
+class FlowOptions(Options):
+    flows: int = option(2, "IAF steps per latent layer.", check=between(1, 100))
+    flow_hidden: int = option(0, "Hidden units of each MADE (0: twice the latent layer's size).",
+                              check=lambda h: None if h == 0 or isinstance(h, int) and 2 <= h <= MAX_SIZE else
+                              f"must be 0 (twice the latent size) or in [2, {MAX_SIZE}]")
+
+
 class FlowGuide(nn.Module):
     """q_φ(z | x): K conditional IAF steps on a diagonal Gaussian, per latent layer."""
 
     cli_help = "--flows inverse autoregressive flows on the encoder's Gaussian"
+    Options = FlowOptions
     amortized = True
     per_datapoint = False
 
@@ -66,8 +77,12 @@ class FlowGuide(nn.Module):
         self.mean_field = all(layer.parent == "x" for layer in self.layers)
 
     @classmethod
-    def from_config(cls, config, model: nn.Module, num_data: int) -> "FlowGuide":
-        return cls(model.latent_layers(), model.data_dim, config.flows, config.flow_hidden or None)
+    def from_options(cls, options: FlowOptions, model: nn.Module, num_data: int) -> "FlowGuide":
+        layers = model.latent_layers()
+        if options.flow_hidden and any(options.flow_hidden < layer.dim for layer in layers):
+            raise ValueError(f"--flow-hidden {options.flow_hidden} is smaller than a latent layer "
+                             f"({max(layer.dim for layer in layers)} units); a MADE needs at least as many")
+        return cls(layers, model.data_dim, options.flows, options.flow_hidden or None)
 
     def encode(self, name: str, parent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(μ, σ, h) of the layer ``name`` given its parent's value."""

@@ -13,6 +13,7 @@ Hessian-vector products.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import pyro
@@ -21,12 +22,20 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from ..core.options import Options, between, option, positive
 from ..core.programs import LatentLayer, bind, data_plate
 from ..core.traces import sample_sites
 from .amortized import AmortizedGuide
 
 REFINE_SEED = 20180118   # the fixed noise of the refinement steps
 CLIP = 5.0               # the largest gradient norm per row a refinement step follows
+
+
+@dataclass
+class SemiAmortizedOptions(Options):
+    refine_steps: int = option(5, "Gradient steps on each datapoint's q, in training and evaluation.",
+                               check=between(0, 1000))
+    refine_lr: float = option(0.2, "Their step size (each row's gradient clipped to norm 5).", check=positive)
 
 
 class SemiAmortizedGuide(nn.Module):
@@ -37,6 +46,7 @@ class SemiAmortizedGuide(nn.Module):
     per_datapoint = False
     mean_field = True
     jit_compatible = False   # the refinement differentiates inside the guide: not traceable
+    Options = SemiAmortizedOptions
 
     def __init__(self, layers: Sequence[LatentLayer], data_dim: int, model: nn.Module, steps: int = 5,
                  lr: float = 0.2):
@@ -49,8 +59,8 @@ class SemiAmortizedGuide(nn.Module):
         object.__setattr__(self, "_model", bind(model))   # not a submodule: its parameters are the model's
 
     @classmethod
-    def from_config(cls, config, model: nn.Module, num_data: int) -> "SemiAmortizedGuide":
-        return cls(model.latent_layers(), model.data_dim, model, config.refine_steps, config.refine_lr)
+    def from_options(cls, options: SemiAmortizedOptions, model: nn.Module, num_data: int) -> "SemiAmortizedGuide":
+        return cls(model.latent_layers(), model.data_dim, model, options.refine_steps, options.refine_lr)
 
     def encode(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loc, scale) of q_0, the encoder's."""

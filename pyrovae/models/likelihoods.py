@@ -16,6 +16,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from ..core.errors import UsageError, option
+
 MIN_SIGMA = 1e-3
 
 
@@ -27,6 +29,14 @@ def parse_sigma(sigma: str | float) -> float | str:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"sigma must be a positive number, 'learned' or 'learned-pixel', got {sigma!r}")
     return value
+
+
+def check_sigma(sigma: str | float) -> None:
+    """Refuse a ``sigma`` option that is not a positive number, 'learned' or 'learned-pixel'."""
+    try:
+        parse_sigma(sigma)
+    except ValueError:
+        raise UsageError(f"{option('sigma', sigma)} is not a positive number, 'learned' or 'learned-pixel'") from None
 
 
 class Bernoulli(nn.Module):

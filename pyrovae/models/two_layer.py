@@ -11,6 +11,7 @@ used tanh). The prior of z1 depends on z2, so no closed-form KL: the ELBO is Mon
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import pyro
@@ -20,16 +21,27 @@ from torch import nn
 
 from ..core.nets import mlp
 from ..core.programs import LatentLayer, data_plate
+from ..core.options import option, parse_widths, size, widths
 from .likelihoods import LIKELIHOODS
+from .vae import VAEOptions
 
 MIN_SCALE = 1e-4
+
+
+@dataclass
+class TwoLayerOptions(VAEOptions):
+    """The decoder's options and the bottom layer z1's."""
+
+    z1_dim: int = option(100, "Units of the bottom layer z1.", check=size)
+    z1_hidden: tuple[int, ...] = option((100, 100), "Hidden widths between z1 and z2.", parse=parse_widths,
+                                        check=widths)
 
 
 class TwoLayerModel(nn.Module):
     """p(z2) p(z1 | z2) p(x | z1); ``decoder`` is z1 -> x, ``prior_net`` is z2 -> (μ, σ) of z1."""
 
     cli_help = "z2 -> z1 -> x (Burda et al. 2016)"
-    mean_field = False   # p(z1 | z2)
+    Options = TwoLayerOptions
 
     def __init__(self, latent_dim: int, data_dim: int, hidden: Sequence[int] = (200, 200),
                  z1_dim: int = 100, z1_hidden: Sequence[int] = (100, 100),
@@ -42,9 +54,9 @@ class TwoLayerModel(nn.Module):
         self.likelihood = LIKELIHOODS[likelihood](data_dim, sigma)
 
     @classmethod
-    def from_config(cls, config, data_dim: int) -> "TwoLayerModel":
-        return cls(config.latent_dim, data_dim, config.hidden, config.z1_dim, config.z1_hidden,
-                   config.likelihood, config.sigma)
+    def from_options(cls, options: TwoLayerOptions, data_dim: int) -> "TwoLayerModel":
+        return cls(options.latent_dim, data_dim, options.hidden, options.z1_dim, options.z1_hidden,
+                   options.likelihood, options.sigma)
 
     def latent_layers(self) -> list[LatentLayer]:
         """The guide's order: z1 from x, then z2 from z1."""

@@ -11,6 +11,7 @@ Kingma & Welling (2014), "Auto-Encoding Variational Bayes".
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import pyro
@@ -19,15 +20,33 @@ import torch
 from torch import nn
 
 from ..core.nets import mlp
+from ..core.options import Options, option, parse_widths, size, widths
 from ..core.programs import LatentLayer, data_plate
-from .likelihoods import LIKELIHOODS
+from .likelihoods import LIKELIHOODS, check_sigma
+
+
+@dataclass
+class VAEOptions(Options):
+    """The decoder's options: the options of every built-in model (a model with more extends them)."""
+
+    latent_dim: int = option(50, "Dimensions of the latent z (of the top layer z2 for --model two-layer).", check=size)
+    hidden: tuple[int, ...] = option((400,), "Comma list of hidden widths between x and the first latent layer "
+                                     "(encoder and decoder); '' for linear.", parse=parse_widths, check=widths)
+    likelihood: str = option("bernoulli", "p(x | z): bernoulli for binary images (pixels in [0, 1]), normal for "
+                             "real-valued data.", choices=lambda: list(LIKELIHOODS))
+    sigma: str = option("1.0", "--likelihood normal only: a fixed sigma (0.7071 makes -log p(x|z) the squared "
+                        "error), 'learned' (one scalar) or 'learned-pixel' (one per dimension).")
+
+    def check(self) -> None:
+        if self.likelihood == "normal":
+            check_sigma(self.sigma)
 
 
 class VAEModel(nn.Module):
     """p(z) p_θ(x | z) with one latent site ``z``; ``decoder`` is f_θ and ``likelihood`` its head."""
 
     cli_help = "z -> x"
-    mean_field = True   # p(z) depends on no other latent site
+    Options = VAEOptions
 
     def __init__(self, latent_dim: int, data_dim: int, hidden: Sequence[int] = (400,),
                  likelihood: str = "bernoulli", sigma: str | float = 1.0):
@@ -37,8 +56,8 @@ class VAEModel(nn.Module):
         self.likelihood = LIKELIHOODS[likelihood](data_dim, sigma)
 
     @classmethod
-    def from_config(cls, config, data_dim: int) -> "VAEModel":
-        return cls(config.latent_dim, data_dim, config.hidden, config.likelihood, config.sigma)
+    def from_options(cls, options: VAEOptions, data_dim: int) -> "VAEModel":
+        return cls(options.latent_dim, data_dim, options.hidden, options.likelihood, options.sigma)
 
     def latent_layers(self) -> list[LatentLayer]:
         """The guide's order: z from x."""

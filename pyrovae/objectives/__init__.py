@@ -11,6 +11,7 @@ Particles are always vectorized. With ``jit``, Pyro's JIT versions (repaired in
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -18,6 +19,9 @@ from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from ..core.traces import ElboTerms, LogWeights, elbo_terms, iwae_bound, log_weights, particle_traces
 from ._pyro_compat import FixedJitTrace_ELBO, FixedJitTraceMeanField_ELBO, ShapeKeyedJit
+from ..core.errors import UsageError
+from ..core.errors import option as named
+from ..core.options import Options, non_negative, option, size
 from .iwae import IWAE_ELBO
 
 
@@ -33,6 +37,27 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
     "meanfield": ObjectiveSpec(TraceMeanField_ELBO, FixedJitTraceMeanField_ELBO, needs_mean_field_guide=True),
     "iwae": ObjectiveSpec(lambda num_particles, **_: IWAE_ELBO(num_particles)),
 }
+
+
+@dataclass
+class ObjectiveOptions(Options):
+    """What is maximized: the objective, its particles, the JIT, and the weight of the KL term."""
+
+    elbo: str = option("trace", "Trace_ELBO, TraceMeanField_ELBO (analytic KL), or the IWAE bound.",
+                       choices=lambda: list(OBJECTIVES))
+    particles: int = option(1, "Samples of z per datapoint in each step (the K of --elbo iwae).", check=size)
+    jit: bool | None = option(None, "Pyro's JIT ELBOs: the compiled loss [default: on for trace and meanfield, off "
+                              "for iwae].", flag=True)
+    beta: float = option(1.0, "Coefficient of the KL term: loss = -(reconstruction - beta KL); 1 is the true ELBO.",
+                         check=lambda b: None if isinstance(b, (int, float)) and math.isfinite(b) and b > 0 else
+                         "must be a number > 0 (Pyro cannot scale a site by 0)")
+    kl_warmup: int = option(0, "Ramp beta linearly from 0 over this many epochs (0: no warm-up).",
+                            check=non_negative("epochs"))
+
+    def check(self) -> None:
+        if self.jit and OBJECTIVES[self.elbo].jit is None:
+            raise UsageError(f"{named('jit', True)} is not available for {named('elbo', self.elbo)} (Pyro has no JIT "
+                             f"version of it); drop {named('jit', True)}")
 
 
 def make_objective(name: str, num_particles: int = 1, jit: bool = False) -> ELBO | ShapeKeyedJit:

@@ -27,6 +27,7 @@ from ..core.programs import CHECK_ROWS, as_batch, num_rows, observed_is_binary, 
 from ..core.vae import VAE
 from ..data import BUILTIN, Dataset, binarize, check_for_likelihood, load_dataset
 from ..guides import GUIDES
+from ..guides.meanfield import LocalStepOptions
 from ..inference.local_fit import fit_local
 from ..objectives import make_objective
 from ..training.callbacks import DynamicBinarization, KLWarmup, LocalSteps, LRDecay, TimeBudget, set_rng_state
@@ -129,7 +130,7 @@ def _build(config: FitConfig, dataset: Dataset, vae: VAE | None, device: torch.d
     if vae is None:
         vae = build_vae(config, dataset.data_dim, num_rows(train))
     if config.binarize is None:   # a program's: binary data for a binary observed site, as the built-in models do
-        config = dataclasses.replace(config, binarize="dynamic" if observed_is_binary(vae, train) else "none")
+        config = config.replace(binarize="dynamic" if observed_is_binary(vae, train) else "none")
     prepared = prepare_data(config, device, dataset)
     vae = vae.to(device)
     index = torch.arange(min(CHECK_ROWS, num_rows(prepared.train)), device=device) if vae.can("per_datapoint") else None
@@ -193,7 +194,7 @@ def _for_processes(config: FitConfig, context: distributed.Context, vae: VAE | N
     if changes and context.is_main:
         print(f"distributed training over {context.world} processes: {', '.join(f'{k} = {v}' for k, v in changes.items())} "
               "(the draws are seeded per row; DDP needs the eager loss)", file=sys.stderr)
-    return dataclasses.replace(config, **changes)
+    return config.replace(**changes)
 
 
 def distributed_device(device: torch.device, context: distributed.Context) -> torch.device:
@@ -228,7 +229,9 @@ def _shown(value, always: bool = False):
 def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.device, resume: bool, progress: bool,
          on_epoch: Callable[[dict], None] | None, vae: VAE, custom: bool, extra: list[Callback], typed: dict,
          context: distributed.Context) -> dict | None:
-    optimizer = make_optimizer(vae, config.lr, config.local_lr, config.local_lr_decay)
+    # a per-datapoint guide's options are LocalStepOptions (its family's; defaults for one of your own)
+    local = config.guide_options if vae.can("per_datapoint") and config.guide != CUSTOM else LocalStepOptions()
+    optimizer = make_optimizer(vae, config.lr, local.local_lr, local.local_lr_decay)
     loss_module = LossModule(vae, make_objective(config.elbo, config.particles, config.jit), num_rows(data.train),
                              register=config.jit, noise_seed=config.seed if config.noise == "per-row" else None)
     loss = loss_module
@@ -241,9 +244,9 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
     callbacks: list[Callback] = [KLWarmup(config.beta, config.kl_warmup), LRDecay(config.lr_decay)]
     if config.binarize == "dynamic":
         callbacks.append(DynamicBinarization())
-    if vae.can("per_datapoint") and config.local_steps:
+    if vae.can("per_datapoint") and local.local_steps:
         # the joint step's loss (JIT-compiled where it is), without DDP: each process steps its own rows
-        callbacks.append(LocalSteps(vae, loss_module, config.local_steps, num_rows(data.train), config.local_tol))
+        callbacks.append(LocalSteps(vae, loss_module, local.local_steps, num_rows(data.train), local.local_tol))
     if context.is_main:   # only rank 0 writes the run directory
         callbacks += [Metrics(run_dir, data.test, config.eval_train_points), Checkpoint(run_dir)]
     callbacks += [TimeBudget(config.minutes), *extra]
@@ -331,9 +334,7 @@ def _test_elbo_by_local_fit(vae: VAE, data: PreparedData, seed: int, progress: b
 
 def _write_config(run_dir: Path, config: FitConfig, data: PreparedData, device: torch.device, custom: bool,
                   typed: dict, vae: VAE) -> None:
-    values = config.to_dict()
-    if custom:
-        values.update(model=CUSTOM, guide=CUSTOM, likelihood=CUSTOM)
+    values = (config.replace(model=CUSTOM, guide=CUSTOM) if custom and config.program is None else config).to_dict()
     extra = {"program": user_programs.record(config.program)} if config.program else {}
     runs.write_json(run_dir / runs.CONFIG, {**extra, "program_info": vae.info.to_dict() if vae.info else None,
         "config": values, "versions": runs.versions(), "device": str(device), "seed": config.seed,

@@ -1,0 +1,37 @@
+"""How a run trains: epochs, batches, learning rate, seed, device, and what it records on the way."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..core.options import Options, at_least, non_negative, option, positive
+
+NOISE = ("global", "per-row")   # where training draws its reparameterization noise
+
+
+@dataclass
+class TrainingOptions(Options):
+    epochs: int = option(10, "Epochs in total (with --resume: the new total).", check=at_least(1))
+    batch_size: int = option(128, "Datapoints per SVI step (the global batch of a torchrun run, shared by its "
+                             "processes).", check=at_least(1))
+    lr: float = option(1e-3, "Adam's learning rate for the model and the encoder.", check=positive)
+    lr_decay: float = option(1.0, "Multiply the learning rate by this after every epoch (1: constant).",
+                             check=lambda d: None if isinstance(d, (int, float)) and 0 < d <= 1 else "must lie in (0, 1]")
+    minutes: float = option(0.0, "Stop after the epoch that passes this many minutes of wall time (0: no limit).",
+                            check=non_negative("", "0: no budget"))
+    seed: int = option(0, "Seeds the weights, the data order and every draw.",
+                       check=lambda s: None if isinstance(s, int) and 0 <= s < 2**32 else "must lie in [0, 2**32 - 1]")
+    device: str = option("auto", "auto (CUDA when present), cpu, cuda or cuda:N.", cli=False)   # the CLI's shared --device
+    noise: str = option("global", "Where training draws its reparameterization noise: torch's generator, or seeded per "
+                        "(epoch, step, row of the batch), so that a run gives the same numbers in any number of "
+                        "processes (what torchrun runs use).", choices=NOISE)
+    eval_train_points: int = option(2_000, "Train ELBO each epoch on this many training points.", check=at_least(1),
+                                    cli=False)
+    tensorboard: bool = option(False, "Also write TensorBoard event files to RUN_DIR/tensorboard (scalars every epoch, "
+                               "image grids at the end); needs pip install 'pyrovae[tensorboard]'.", flag=True,
+                               secondary=None)
+    curves_every: float = option(30.0, "Redraw RUN_DIR/curves.png after an epoch once this many seconds have passed "
+                                 "since the last drawing (a drawing takes about a second); 0: after every epoch. "
+                                 "Always drawn at the end.", check=non_negative("seconds", "0: every epoch"))
+
+
