@@ -5,11 +5,14 @@ one-line ``pyrovae: error: ...`` on stderr and exit code 2.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import shlex
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Iterator
 
 import click
 import torch.distributed as dist
@@ -20,25 +23,44 @@ from pyrovae.config import PRESETS, RESUMABLE, guide_options, model_options
 from pyrovae.data import DataOptions
 from pyrovae.objectives import ObjectiveOptions
 from pyrovae.training.options import TrainingOptions
+from pyrovae.core import distributed
 from pyrovae.core.contract import declared
 from pyrovae.core.errors import UsageError, cli_audience
 from pyrovae.guides import GUIDES
-from pyrovae.models import LIKELIHOODS, MODELS
-from pyrovae.objectives import OBJECTIVES
+from pyrovae.models import MODELS
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
 def fail(message: str, code: int = EXIT_USAGE, kind: str = "error", every_rank: bool = False) -> None:
-    from pyrovae.core.distributed import current
-    if every_rank or current().is_main:   # a distributed run's processes stop together: rank 0 says why
+    if every_rank or distributed.current().is_main:   # a distributed run's processes stop together: rank 0 says why
         click.echo(f"pyrovae: {kind}: {message}", err=True)
     sys.exit(code)
 
 
 # what to make smaller when memory runs out, by command
 SMALLER = {"evaluate": "--batch-size (and --chunk-size)", "sample": "--n", "reconstruct": "--n", "latent-map": "--n"}
+
+
+@contextlib.contextmanager
+def library_log_on_stderr() -> Iterator[None]:
+    """What the library logs (the ``pyrovae`` logger: epoch lines, notes) as plain lines on stderr,
+    rank 0's only in a distributed run: the CLI's to set, for the life of a command."""
+    logger = logging.getLogger("pyrovae")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(lambda record: distributed.current().is_main)
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 class PyrovaeGroup(click.Group):
@@ -50,13 +72,13 @@ class PyrovaeGroup(click.Group):
         main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None
         try:
-            self._main(args, prog_name, complete_var, **extra)
+            with library_log_on_stderr():
+                self._main(args, prog_name, complete_var, **extra)
         finally:
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)
 
     def _main(self, args, prog_name, complete_var, **extra):
-        from pyrovae.core import distributed
         from pyrovae.core.errors import Interrupted
         from pyrovae.evaluation.driver import EvaluationInterrupted
         from pyrovae.training import NonFiniteLoss

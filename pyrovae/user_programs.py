@@ -11,11 +11,15 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import logging
 import sys
 from pathlib import Path
 
 from .core.errors import UsageError, option
 from .core.vae import VAE
+
+
+log = logging.getLogger(__name__)
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -91,8 +95,8 @@ def load_program(spec: str, run_dir: str | Path | None = None, recorded: dict | 
                              f"{option('program')} NEW_PATH.py:{factory} with its new location")
         digest = file_digest(path)
         if recorded and recorded.get("sha256") not in (None, digest):
-            print(f"pyrovae: note: {where} has changed since the run was trained; its checkpoint is loaded into "
-                  "the program as it is now", file=sys.stderr)
+            log.warning(f"pyrovae: note: {where} has changed since the run was trained; its checkpoint is loaded into "
+                        "the program as it is now")
         try:
             module = _import_file(path)
         except UsageError:

@@ -1,7 +1,6 @@
 """How a run trains: epochs, batches, learning rate, seed, device, and what it records on the way."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from ..core.options import Options, at_least, non_negative, option, positive

@@ -7,9 +7,8 @@ it found it: Pyro's param store and torch's RNG are scoped to the call.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import logging
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,9 @@ from ..training.loop import Callback, NonFiniteLoss, Trainer, TrainingInterrupte
 from ..training.optim import make_optimizer
 from ..training.step import LossModule
 from .run_callbacks import Checkpoint, Curves, Metrics, RunImages, TensorBoard
+
+
+log = logging.getLogger(__name__)   # what fit says on the way (the CLI shows it on stderr)
 
 
 @dataclass
@@ -192,8 +194,9 @@ def _for_processes(config: FitConfig, context: distributed.Context, vae: VAE | N
     if config.jit:
         changes["jit"] = False
     if changes and context.is_main:
-        print(f"distributed training over {context.world} processes: {', '.join(f'{k} = {v}' for k, v in changes.items())} "
-              "(the draws are seeded per row; DDP needs the eager loss)", file=sys.stderr)
+        shown = ", ".join(f"{key} = {value}" for key, value in changes.items())
+        log.info(f"distributed training over {context.world} processes: {shown} (the draws are seeded per row; DDP "
+                 "needs the eager loss)")
     return config.replace(**changes)
 
 
@@ -262,8 +265,7 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
                       context=context, step_loss=loss)
     start = _restore(trainer, run_dir, device, context) if resume else (0, 0, (0.0, 0))
     if start[0] >= config.epochs and context.is_main:
-        print(f"run already has {start[0]} epochs; nothing to do (pass a larger {option('epochs')} to continue)",
-              file=sys.stderr)
+        log.info(f"run already has {start[0]} epochs; nothing to do (pass a larger {option('epochs')} to continue)")
     started = time.perf_counter()
     try:
         trainer.run(*start)
@@ -283,7 +285,7 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
     if not context.is_main:
         return None   # rank 0 reports
     if trainer.stop_reason:
-        print(f"{trainer.stop_reason}; stopping (continue with {option('resume', True)})", file=sys.stderr)
+        log.info(f"{trainer.stop_reason}; stopping (continue with {option('resume', True)})")
     metrics = runs.read_jsonl(run_dir / runs.METRICS)
     last = metrics[-1] if metrics else {}
     result = {"run_dir": str(run_dir), "epochs": len(metrics), "test_elbo": last.get("test_elbo"),
@@ -326,7 +328,7 @@ def _test_elbo_by_local_fit(vae: VAE, data: PreparedData, seed: int, progress: b
                             max_steps: int = 500) -> dict:
     """A guide without an encoder has no q for test points: fit one for the first ``points`` of
     them with the model frozen (:mod:`pyrovae.inference.local_fit`) and report that ELBO."""
-    print(f"fitting q for {min(points, num_rows(data.test))} test points (the guide has no encoder)", file=sys.stderr)
+    log.info(f"fitting q for {min(points, num_rows(data.test))} test points (the guide has no encoder)")
     fitted = fit_local(vae, rows_of(data.test, slice(0, points)), init="prior", max_steps=max_steps, seed=seed)
     return {"test_elbo": float(fitted.elbo.mean()), "test_elbo_points": len(fitted.elbo),
             "test_elbo_fit_steps": max(fitted.steps)}

@@ -2,7 +2,7 @@
 checkpoint.pt, the pictures and curves, TensorBoard event files), one callback each."""
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from pathlib import Path
 from typing import Callable
@@ -27,7 +27,7 @@ class Metrics(Callback):
     def __init__(self, run_dir: Path, test: Batch | None, train_points: int = 10_000,
                  log: Callable[[str], None] | None = None):
         self.run_dir, self.test, self.train_points = run_dir, test, train_points
-        self.log = log or (lambda line: print(line, file=sys.stderr))
+        self.log = log or logging.getLogger(__name__).info   # the epoch lines (the CLI shows them on stderr)
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         started = time.perf_counter()
