@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .core.errors import UsageError
+from .core.noise import bernoulli
 from .core.options import Options, open_interval, option
 
 DATA_DIR_ENV = "PYROVAE_DATA_DIR"
@@ -217,5 +218,6 @@ def check_for_likelihood(data: Dataset, likelihood: str) -> None:
 
 
 def binarize(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """x ~ Bernoulli(probs), elementwise, with a given generator (one draw for the whole array)."""
-    return torch.bernoulli(probs, generator=generator)
+    """x ~ Bernoulli(probs), elementwise, with a given generator (one draw for the whole array):
+    the draws of dynamic binarization (:func:`pyrovae.core.noise.bernoulli`)."""
+    return bernoulli(probs, generator)

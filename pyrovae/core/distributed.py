@@ -96,9 +96,6 @@ class Context:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def barrier(self) -> None:
-        if self.active:
-            dist.barrier()
 
 
 def _collective_device() -> torch.device:

@@ -8,9 +8,11 @@ an option through :func:`option`: ``--lr`` while the CLI is talking (inside :fun
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from typing import Iterator
 
-_AUDIENCE = {"cli": False}
+# who reads the messages: the CLI's user (flags) or a Python caller (parameters), per thread and task
+_CLI = contextvars.ContextVar("pyrovae_cli_audience", default=False)
 PYTHON_NAMES = {"out": "run_dir"}   # CLI options whose Python parameter has another name
 
 
@@ -26,22 +28,21 @@ class Interrupted(Exception):
 def cli_audience(cli: bool = True) -> Iterator[None]:
     """Inside the block, messages name options as command-line flags (the CLI's ``main`` uses it);
     with ``cli=False``, by their Python names (e.g. the entries of a saved config)."""
-    previous = _AUDIENCE["cli"]
-    _AUDIENCE["cli"] = cli
+    token = _CLI.set(cli)
     try:
         yield
     finally:
-        _AUDIENCE["cli"] = previous
+        _CLI.reset(token)
 
 
 def speaking_cli() -> bool:
-    return _AUDIENCE["cli"]
+    return _CLI.get()
 
 
 def option(name: str, value: object = None) -> str:
     """An option as the user wrote it: ``--batch-size`` / ``--batch-size 64`` on the CLI,
     ``batch_size`` / ``batch_size=64`` in Python; a flag (``value=True``) is ``--resume`` or ``resume=True``."""
-    if _AUDIENCE["cli"]:
+    if _CLI.get():
         flag = "--" + name.replace("_", "-")
         return flag if value is None or value is True else f"{flag} {value}"
     param = PYTHON_NAMES.get(name, name.replace("-", "_"))
