@@ -319,7 +319,10 @@ def build_vae(config: FitConfig, data_dim: int, num_train: int) -> VAE:
     model = MODELS[config.model].from_options(config.model_options, data_dim)
     try:
         guide = GUIDES[config.guide].from_options(config.guide_options, model, num_train)
-    except ValueError as error:   # a family that cannot serve this model says why
+        attach = declared(model, "model", "attach_guide")
+        if attach is not None:   # a model whose prior uses the guide's q
+            attach(guide)
+    except ValueError as error:   # a family that cannot serve this model (or a model this guide) says why
         raise UsageError(f"{option('guide', config.guide)} with {option('model', config.model)}: {error}") from None
     if OBJECTIVES[config.elbo].needs_mean_field_guide and not can(guide, "mean_field"):
         raise UsageError(f"--elbo {config.elbo} (closed-form KL) needs a mean-field guide, but --guide {config.guide} "

@@ -40,11 +40,15 @@ GUIDE = _table(
     Hook("jit_compatible", True, "its Python can be traced by Pyro's JIT (it does not differentiate inside itself)"),
     Hook("row_parameters", None, "method () -> the parameters whose first dimension indexes training rows"),
     Hook("local_family", None, "method (batch, init) -> its own per-point family for q* (else Gaussian tables)"),
+    Hook("site_dist", None, "method (site, parent value) -> q(site | parent) of an encoder: what a model that mixes "
+                            "the guide's q in its prior (the VampPrior) evaluates at its pseudo-inputs"),
     Hook("cli_help", "", "one line for the CLI's --guide help"),
     Hook("Options", NoOptions, "the dataclass of its options (pyrovae.core.options); from_options(options, model, num_data) builds it"),
 )
 MODEL = _table(
     Hook("latent_layers", None, "method () -> [LatentLayer]: its latent sites in sampling order, for the built-in guides"),
+    Hook("attach_guide", None, "method (guide) -> None: a model whose prior uses the guide's q (the VampPrior) gets "
+                               "it once both are built; it may refuse a guide it cannot use (ValueError)"),
     Hook("data_dim", None, "numbers per datapoint of the observed site (built-in models)"),
     Hook("cli_help", "", "one line for the CLI's --model help"),
     Hook("Options", NoOptions, "the dataclass of its options (pyrovae.core.options); from_options(options, data_dim) builds it"),
@@ -86,6 +90,7 @@ class Guide(Protocol):
     def __call__(self, *batch: torch.Tensor, index: torch.Tensor | None = None) -> None: ...
     def row_parameters(self) -> list[nn.Parameter]: ...
     def local_family(self, batch: Sequence[torch.Tensor], init: str) -> nn.Module: ...
+    def site_dist(self, name: str, parent: torch.Tensor) -> torch.distributions.Distribution: ...
 
 
 class Model(Protocol):
@@ -96,6 +101,7 @@ class Model(Protocol):
 
     def __call__(self, *batch: torch.Tensor) -> None: ...
     def latent_layers(self) -> list: ...
+    def attach_guide(self, guide: Guide) -> None: ...
 
 
 class LocalFamily(Guide, Protocol):
