@@ -89,3 +89,23 @@ def interrupt():
         reader.join(timeout=10)
         return Interrupted(proc.returncode, proc.stdout.read().decode(), seen.decode(errors="replace"), seconds)
     return run
+
+
+def served_families() -> list[tuple[str, str]]:
+    """Every (model, guide) pair of the registries that the families agree to build (a guide may
+    refuse a model, or a model a guide): what registry-wide tests run over, so a new family joins
+    them by its registry line alone."""
+    from pyrovae.config import FitConfig, build_vae
+    from pyrovae.core.errors import UsageError
+    from pyrovae.guides import GUIDES
+    from pyrovae.models import MODELS
+    served = []
+    for model in MODELS:
+        for guide in GUIDES:
+            try:
+                build_vae(FitConfig(model=model, guide=guide, latent_dim=2, hidden=(4,), z1_dim=2, z1_hidden=(3,),
+                                    flow_hidden=4), 6, 5)
+            except UsageError:
+                continue
+            served.append((model, guide))
+    return served

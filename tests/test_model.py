@@ -4,6 +4,7 @@ import math
 
 import pyro
 import pytest
+from conftest import served_families
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
@@ -12,13 +13,13 @@ from torch import nn
 from pyrovae.config import FitConfig, build_vae
 from pyrovae.core.contract import can
 from pyrovae.core.vae import VAE
-from pyrovae.guides import GUIDES, MeanFieldGuide
-from pyrovae.models import MIN_SIGMA, MODELS, VAEModel, parse_sigma
+from pyrovae.guides import MeanFieldGuide
+from pyrovae.models import MIN_SIGMA, VAEModel, parse_sigma
 from pyrovae.models.likelihoods import Normal
 
 LATENT, DATA, NUM_DATA, BATCH = 3, 7, 40, 5
 LIKELIHOODS = [("bernoulli", 1.0), ("normal", 0.5), ("normal", "learned"), ("normal", "learned-pixel")]
-FAMILIES = [(m, g) for m in MODELS for g in GUIDES if (m, g) != ("two-layer", "semi-amortized")]   # refused
+FAMILIES = served_families()   # the registries' pairs (two-layer with semi-amortized is refused)
 
 
 def make_vae(likelihood="bernoulli", sigma=1.0, hidden=(6,), model="vae", guide="amortized"):

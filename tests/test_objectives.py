@@ -3,14 +3,14 @@ import math
 
 import pyro
 import pytest
+from conftest import served_families
 import torch
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyrovae.config import FitConfig, build_vae
 from pyrovae.core.programs import bind
 from pyrovae.core.vae import VAE
-from pyrovae.guides import GUIDES, MeanFieldGuide
-from pyrovae.models import MODELS
+from pyrovae.guides import MeanFieldGuide
 from pyrovae.objectives import IWAE_ELBO, elbo_terms, iwae_bound, log_weights, make_objective
 
 LATENT, DATA, NUM_DATA, BATCH = 2, 6, 20, 4
@@ -200,8 +200,7 @@ def test_make_objective_names():
         make_objective("iwae", 3, jit=True)
 
 
-@pytest.mark.parametrize("model_name,guide_name", [(m, g) for m in MODELS for g in GUIDES
-                                                   if (m, g) != ("two-layer", "semi-amortized")])
+@pytest.mark.parametrize("model_name,guide_name", served_families())
 def test_every_family_elbo_estimators_agree(model_name, guide_name):
     """The per-point elbo_terms equal the mean log weight on the same draws when the KL is Monte
     Carlo, and agree within SE when it is closed-form (mean-field guides); Trace_ELBO, IWAE with
