@@ -6,9 +6,10 @@
 - ``semi-amortized``: the encoder's Gaussian refined by a few SVI steps (Kim et al. 2018).
 - ``full-covariance``: an encoder gives a Gaussian with a Cholesky factor per point.
 
-A guide class has ``from_config(config, model, num_data)`` and declares what it can do as
-attributes (see :mod:`pyrovae.core.contract`); a guide that has its own family of
-per-point fits offers ``local_family(batch, init)``. Adding a family is one file and one line here.
+A guide class has ``Options`` (the dataclass of its options), ``from_options(options, model,
+num_data)`` and declares what it can do as attributes and methods (:mod:`pyrovae.core.contract`:
+``amortized``, ``per_datapoint``, ``mean_field``, ``local_family``, ``site_dist``, ...). Adding a
+family is one file and a line here.
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Generative models p_θ(x, z), registered by name: the CLI's ``--model`` choices.
 
-A model class has ``from_config(config, data_dim)``, ``latent_layers()`` (its latent sites in
-the order a guide samples them, for the built-in guides) and ``forward(x)``, the Pyro program.
-Adding a model is one file and one line here.
+A model class has ``Options`` (the dataclass of its options, :mod:`pyrovae.core.options`),
+``from_options(options, data_dim)``, ``latent_layers()`` (its latent sites in the order a guide
+samples them, for the built-in guides) and ``forward(x)``, the Pyro program; the other hooks it
+may declare are in :mod:`pyrovae.core.contract`. Adding a model is one file and a line here.
 """
 from __future__ import annotations
 
