@@ -40,6 +40,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
+from torch.distributions.mixture_same_family import MixtureSameFamilyConstraint
 
 from .errors import UsageError, option
 
@@ -288,20 +289,27 @@ class ProgramInfo:
 CHECK_ROWS = 64   # rows of the batch the check runs the programs on (enough to expose a subsampling plate)
 
 
+def base_support(support) -> tuple[object, int]:
+    """(the constraint on each number, event dims) of a support, through ``independent`` and
+    through a mixture's constraint (a mixture lives where its components do)."""
+    dims = 0
+    while True:
+        if isinstance(support, torch.distributions.constraints.independent):
+            dims += support.reinterpreted_batch_ndims
+        elif not isinstance(support, MixtureSameFamilyConstraint):
+            return support, dims
+        support = support.base_constraint
+
+
 def is_real(support) -> bool:
     """Whether ``support`` is the real line (or a product of real lines)."""
-    while isinstance(support, torch.distributions.constraints.independent):
-        support = support.base_constraint
-    return support is torch.distributions.constraints.real
+    return base_support(support)[0] is torch.distributions.constraints.real
 
 
 def _support_key(support) -> tuple[str, int]:
     """(base constraint, event dims) of a support: constraints have no equality of their own."""
-    dims = 0
-    while isinstance(support, torch.distributions.constraints.independent):
-        dims += support.reinterpreted_batch_ndims
-        support = support.base_constraint
-    return repr(support), dims
+    base, dims = base_support(support)
+    return repr(base), dims
 
 
 def _site_name(where: str, name: str) -> str:
