@@ -13,7 +13,8 @@ from ..core.nets import ReLU, mlp
 from .likelihoods import LIKELIHOODS, MIN_SIGMA, parse_sigma
 from .two_layer import TwoLayerModel
 from .vae import VAEModel
+from .vampprior import VampPriorModel
 
-MODELS: dict[str, type[nn.Module]] = {"vae": VAEModel, "two-layer": TwoLayerModel}
+MODELS: dict[str, type[nn.Module]] = {"vae": VAEModel, "two-layer": TwoLayerModel, "vampprior": VampPriorModel}
 
 __all__ = ["MODELS", "LIKELIHOODS", "MIN_SIGMA", "parse_sigma", "ReLU", "mlp", "VAEModel", "TwoLayerModel"]
