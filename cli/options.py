@@ -148,6 +148,6 @@ def given_options(ctx: click.Context, options: type) -> Any:
 
 
 def run_folder(ctx: click.Context) -> RunFolder:
-    """The folder a command evaluates: RUN_DIR and the options of :data:`EVALUATING`."""
+    """The folder a command evaluates: RUN_DIR and the options :func:`evaluating` adds."""
     return RunFolder(path=ctx.params["run_dir"], **{f.name: ctx.params[f.name] for f in dataclasses.fields(RunFolder)
                                                     if f.name != "path"})

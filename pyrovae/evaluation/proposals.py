@@ -20,7 +20,6 @@ from ..core.vae import VAE
 from ..guides.meanfield import MeanFieldGuide
 
 Proposal = Union[str, Callable, tuple[torch.Tensor, torch.Tensor]]
-NAMES = ("guide", "prior")
 
 
 def table_guide(loc: torch.Tensor, scale: torch.Tensor, site: str = "z") -> Callable:

@@ -50,7 +50,8 @@ def same(owner: type, name: str, **changes: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
-    """An estimator's settings: checked when made; :meth:`but` makes a changed copy."""
+    """The settings of an estimator (or of an evaluation of a run): checked when made; :meth:`but`
+    makes a changed copy."""
 
     def __post_init__(self) -> None:
         validate(self)
