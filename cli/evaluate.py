@@ -10,8 +10,9 @@ from pyrovae.evaluation.settings import BATCH_SIZE, PAIRS, AISSettings, ISSettin
 from pyrovae.workflows.evaluating import EvaluateSettings, evaluate_run
 
 # IS and AIS default to other batch sizes: one flag, given to the method chosen
-BATCH_SIZE_OPTION = click.option("--batch-size", default=None, type=int,
-                                 help=f"Datapoints per pass [default: {BATCH_SIZE} for IS, {PAIRS:,} / chains for AIS].")
+BATCH_SIZE_OPTION = click.option(
+    "--batch-size", default=None, type=int,
+    help=f"Datapoints per pass [default: {BATCH_SIZE} for IS, {PAIRS:,} / chains for AIS].")
 
 
 @click.command()

@@ -5,6 +5,7 @@ commands' flags with the names and defaults users have."""
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -20,8 +21,8 @@ from pyrovae.evaluation.importance import ImportanceSampling, estimate_log_likel
 from pyrovae.evaluation.settings import AISSettings, BDMCSettings, ISSettings
 from pyrovae.inference.compare import CompareSettings
 from pyrovae.inference.local_fit import fit_local
-from pyrovae.workflows import RunFolder, evaluate_run, load_run, points_and_proposal
-from pyrovae.workflows.evaluating import EvaluateSettings
+from pyrovae.workflows import RunFolder, bdmc_run, evaluate_run, load_run, points_and_proposal
+from pyrovae.workflows.evaluating import BDMCRunSettings, EvaluateSettings
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_settings_are_checked_when_made_and_name_the_parameter(general):
         ISSettings(k=0)
     with pytest.raises(UsageError, match=r"^chains must be a whole number >= 1, got 2.5$"):
         AISSettings(chains=2.5)
-    with pytest.raises(UsageError, match="has no setting kk; its settings are seed, compile, k, batch_size, chunk_size"):
+    with pytest.raises(UsageError, match="no setting kk; its settings are seed, compile, k, batch_size, chunk_size"):
         estimate_log_likelihood(general.vae, general.x, kk=3)
     with pytest.raises(UsageError, match="^step_sizes is not available yet"):
         AISSettings(step_sizes=torch.ones(3))   # frozen per-temperature step sizes: refused, never ignored
@@ -150,3 +151,13 @@ def test_an_evaluation_of_a_run_from_python_is_recorded_with_its_checkpoint(run)
     assert (run / runs.EVALUATIONS).read_bytes() == before
     with pytest.raises(UsageError, match=r"^per_point 'x.txt' must end in .csv or .npz"):
         evaluate_run(RunFolder(path=run), EvaluateSettings(per_point="x.txt"))
+
+
+def test_an_evaluation_from_python_says_through_logging_what_the_command_prints(run, caplog):
+    with caplog.at_level(logging.INFO, logger="pyrovae"):
+        out = bdmc_run(RunFolder(path=run, device="cpu", no_record=True), BDMCRunSettings(n=3),
+                       annealing=BDMCSettings(steps=3, chains=2, leapfrog=2, is_k=0))
+    assert out["n"] == 3 and out["steps"] == 3
+    assert [r.message for r in caplog.records if r.name == "pyrovae.workflows.evaluating"] == [
+        f"BDMC on 3 simulated points, T = 3: {out['forward_lower_bound']:.3f} <= log p(x) <= "
+        f"{out['reverse_upper_bound']:.3f} (gap {out['gap']:.3f} ± {out['gap_se']:.3f} nats)"]

@@ -180,8 +180,8 @@ class _Batches:
                       else elbo_star)
         self.family = type(best).__name__
         values = self.timed("log_likelihood", lambda: self.log_px(bind(best), batch, rows))
-        values.update(elbo_q=elbo_q, elbo_optimized=elbo_star, use_prior_fit=use_prior_fit.float(),
-                      **{f"steps_{name}": torch.full((len(rows),), float(max(fit.steps))) for name, fit in fits.items()})
+        steps = {f"steps_{name}": torch.full((len(rows),), float(max(fit.steps))) for name, fit in fits.items()}
+        values.update(elbo_q=elbo_q, elbo_optimized=elbo_star, use_prior_fit=use_prior_fit.float(), **steps)
         if "refined" in fits:
             values["elbo_refined"] = fits["refined"].elbo
         return {name: torch.as_tensor(v).detach().cpu().double().numpy() if not isinstance(v, np.ndarray) else v
@@ -202,7 +202,8 @@ class _Batches:
     def table(self, values: dict[str, np.ndarray]) -> dict:
         """Means and SEs of the per-point values and gaps, with the diagnostics of log p̂."""
         settings, n = self.settings, len(values["log_px"])
-        log_px_hat, elbo_star, elbo_q = (torch.from_numpy(values[key]) for key in ("log_px", "elbo_optimized", "elbo_q"))
+        log_px_hat, elbo_star, elbo_q = (torch.from_numpy(values[key])
+                                         for key in ("log_px", "elbo_optimized", "elbo_q"))
         per_point = {
             "log_likelihood": log_px_hat,
             "elbo_q": elbo_q,
@@ -215,7 +216,8 @@ class _Batches:
             per_point["elbo_amortized"] = elbo_q   # L[q] of the encoder, under the name of the paper's table
         if "elbo_refined" in values:
             per_point["elbo_refined"] = torch.from_numpy(values["elbo_refined"])
-        q_name = "encoder" if self.amortized else "trained rows" if self.has_q else "test-time fit (no trained parameters)"
+        q_name = ("encoder" if self.amortized else "trained rows" if self.has_q else
+                  "test-time fit (no trained parameters)")
         table: dict[str, Any] = {"n": n, "q": q_name, "log_px": settings.log_px, "family": self.family,
                                  **({"k": settings.k} if settings.log_px == "is" else
                                     {"ais_steps": settings.ais_steps, "chains": settings.chains,

@@ -14,6 +14,7 @@ SHA-256 of checkpoint.pt), so that neither is ever mistaken for another checkpoi
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -39,9 +40,18 @@ from ..inference.compare import CompareSettings, Comparison, format_table
 from ..inference.local_fit import fit_local
 from .fitting import Run, load_run
 
-Say = Callable[[str], None]   # a line for the user (the CLI's goes to stderr)
+log = logging.getLogger(__name__)   # what an evaluation says on the way, unless told where (``say``)
+Say = Callable[[str], None]         # a line for the user (the CLI's goes to stderr)
 PROPOSALS = ("guide", "encoder", "fit", "prior")
 SPLITS = ("test", "train")
+
+
+def _tell(say: Say | None, message: str, level: int = logging.INFO) -> None:
+    """``message`` to ``say``, or (None) to this module's logger at ``level``."""
+    if say is not None:
+        say(message)
+    else:
+        log.log(level, message)
 
 
 # ---------------------------------------------------------------------------- the folder
@@ -195,7 +205,8 @@ def evaluate_run(folder: RunFolder, settings: EvaluateSettings = EvaluateSetting
     """``pyrovae evaluate``: log p(x) of the run's points by importance sampling (``importance``)
     or AIS (``annealing``) from the chosen proposal (:func:`points_and_proposal`), with its SE
     and diagnostics; the per-point values written to ``settings.per_point``, the summary
-    recorded in evaluations.jsonl and returned. A heavy-tail warning goes to ``say``."""
+    recorded in evaluations.jsonl and returned. A heavy-tail warning goes to ``say`` (default: this
+    module's logger)."""
     per_point = check_output_file(settings.per_point, "per-point", (".csv", ".npz")) if settings.per_point else None
     keeps = folder.check()
     started = time.perf_counter()
@@ -212,8 +223,8 @@ def evaluate_run(folder: RunFolder, settings: EvaluateSettings = EvaluateSetting
     result = estimator.estimate(run.vae, points.data, points.proposal, progress=progress,
                                 keep=folder.keep(keeps, "evaluate", {**options, "checkpoint": run.checkpoint}))
     summary = result.summary()
-    if summary.get("warning") and say:
-        say(f"pyrovae: warning: {summary['warning']}")
+    if summary.get("warning"):
+        _tell(say, f"pyrovae: warning: {summary['warning']}", logging.WARNING)
     if per_point is not None:
         write_per_point(result, per_point)
     out = {**summary, **points.fit, "proposal": points.name, "split": settings.split, "run_dir": str(folder.path),
@@ -247,7 +258,8 @@ def compare_run(folder: RunFolder, settings: CompareRunSettings = CompareRunSett
                 say: Say | None = None) -> dict:
     """``pyrovae compare``: the amortization and approximation gaps of the run (Cremer et al.
     2018; :class:`~pyrovae.inference.compare.Comparison`) on the first points of each split, each
-    table also said to ``say``; recorded in evaluations.jsonl and returned."""
+    table said to ``say`` (default: this module's logger); recorded in evaluations.jsonl and
+    returned."""
     keeps = folder.check()
     run = folder.load()
     result = {"run_dir": str(folder.path), "guide": run.config.guide, "epoch": run.epoch, "k": compare.k,
@@ -262,8 +274,7 @@ def compare_run(folder: RunFolder, settings: CompareRunSettings = CompareRunSett
         path = folder.partial_path("compare", {**options, **compare.as_dict()})
         keep = Keep(path if keeps or folder.resume else None, folder.resume and path.exists(), options)
         table = Comparison(compare).compare(run, x, index=index, progress=progress, keep=keep)
-        if say:
-            say(format_table(table, f"{split} points of {folder.path}"))
+        _tell(say, format_table(table, f"{split} points of {folder.path}"))
         result[split] = table
     folder.record("compare", {"limit": settings.limit, "split": settings.split, **compare.as_dict(),
                               "epoch": run.epoch}, result, run.checkpoint)
@@ -293,9 +304,8 @@ def bdmc_run(folder: RunFolder, settings: BDMCRunSettings = BDMCRunSettings(), *
     proposal = settings.proposal
     if not run.vae.can("amortized") and proposal != "prior":
         proposal = "prior"
-        if say:
-            say(f"pyrovae: note: a {option('guide', run.config.guide)} run has no q for new points; the chains start "
-                "at the prior")
+        _tell(say, f"pyrovae: note: a {option('guide', run.config.guide)} run has no q for new points; the chains "
+                   "start at the prior", logging.WARNING)
     n, test = settings.n, run.data.test
     template = rows_of(test, [i % len(test[0]) for i in range(n)])
     options = {"command": "bdmc", "epoch": run.epoch, "checkpoint": run.checkpoint}   # points of this checkpoint only
@@ -306,10 +316,11 @@ def bdmc_run(folder: RunFolder, settings: BDMCRunSettings = BDMCRunSettings(), *
     result = BDMC(annealing).estimate(run.vae, template, "guide" if proposal == "encoder" else proposal,
                                       progress=progress, keep=keep)
     summary = result.summary()
-    if say:
-        say(f"BDMC on {n} simulated points, T = {annealing.steps}: {summary['forward_lower_bound']:.3f} <= log p(x) "
-            f"<= {summary['reverse_upper_bound']:.3f} (gap {summary['gap']:.3f} ± {summary['gap_se']:.3f} nats)")
-    out = {**summary, "run_dir": str(folder.path), "epoch": run.epoch, "seconds": round(time.perf_counter() - started, 3)}
+    _tell(say, f"BDMC on {n} simulated points, T = {annealing.steps}: {summary['forward_lower_bound']:.3f} <= "
+               f"log p(x) <= {summary['reverse_upper_bound']:.3f} (gap {summary['gap']:.3f} ± {summary['gap_se']:.3f} "
+               "nats)")
+    out = {**summary, "run_dir": str(folder.path), "epoch": run.epoch,
+           "seconds": round(time.perf_counter() - started, 3)}
     folder.record("bdmc", {"n": n, "steps": annealing.steps, "chains": annealing.chains, "leapfrog": annealing.leapfrog,
                            "is_k": annealing.is_k, "proposal": proposal, "seed": annealing.seed, "epoch": run.epoch},
                   out, run.checkpoint)
