@@ -1,11 +1,10 @@
 """What the commands share: common options, the JSON result, output-path checks, and the flags
 built from the library's options dataclasses (:func:`options_from`), whose defaults, help and
-checks are stated once, in the library."""
+checks are stated once, in the library (:func:`given_options` makes them of what was given)."""
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import types
 import typing
 from pathlib import Path
@@ -13,10 +12,9 @@ from typing import Any, Callable, Sequence
 
 import click
 
-from pyrovae import runs
 from pyrovae.core import options as library_options
-from pyrovae.core.errors import UsageError
-from pyrovae.runs import check_name, check_writable
+from pyrovae.core.distributed import current
+from pyrovae.workflows.evaluating import RunFolder, check_output_file
 
 DEVICE = click.option("--device", default="auto", show_default=True,
                       help="auto (CUDA when present), cpu, cuda or cuda:N.")
@@ -44,83 +42,29 @@ RESUME = click.option("--resume", is_flag=True,
                       help="Continue an interrupted evaluation with the same options from the points it saved.")
 
 
-def check_record(run_dir: str, skip: bool) -> bool:
-    """Before any work: whether RUN_DIR can take this command's record and partial results; a
-    damaged evaluations.jsonl, or (unless --no-record) a folder this process cannot write, is
-    refused. A read-only run evaluated with --no-record keeps nothing on an interrupt."""
-    if not Path(run_dir).is_dir():
-        return True   # load_run says what is wrong
-    path = Path(run_dir) / runs.EVALUATIONS
-    runs.read_jsonl(path)
-    try:
-        runs.check_writable(path, "the record of this result in", "fix the run folder's permissions, or pass "
-                                                                   "--no-record")
-    except UsageError:
-        if not skip:
-            raise
-        return False
-    return True
-
-
-def record(run_dir: str, command: str, options: dict, summary: dict, skip: bool, checkpoint: str | None) -> None:
-    """One line in RUN_DIR/evaluations.jsonl (rank 0's, unless --no-record), naming the
-    checkpoint (its SHA-256) the result came from."""
-    from pyrovae.core.distributed import current
-    if not skip and current().is_main:
-        runs.record_evaluation(Path(run_dir), command, options, summary, checkpoint)
-
-
-def partial_path(run_dir: str, command: str, options: dict) -> Path:
-    """Where an interrupted evaluation of RUN_DIR with these options keeps its finished points:
-    one file whatever the checkpoint (``options["checkpoint"]``, and its epoch), so that resuming
-    with another checkpoint says so."""
-    from pyrovae.evaluation.driver import fingerprint
-    keyed = {key: value for key, value in options.items() if key not in ("checkpoint", "epoch")}
-    return Path(run_dir) / runs.PARTIAL / f"{command}-{fingerprint(keyed)}.npz"
+def evaluating(command: Callable) -> Callable:
+    """The options of a command that evaluates RUN_DIR (:func:`run_folder`): where its model and
+    data are now, --resume, --no-record and --threads."""
+    for decorate in reversed([DEVICE, DATA_DIR, MOVED_DATASET, MOVED_PROGRAM, RESUME, NO_RECORD, THREADS]):
+        command = decorate(command)
+    return command
 
 
 def say(message: str) -> None:
     """A line on stderr for the user (rank 0's, in a distributed run)."""
-    from pyrovae.core.distributed import current
     if current().is_main:
         click.echo(message, err=True)
 
 
 def emit(result: dict | None) -> None:
     """The command's result: one JSON object on stdout (rank 0's, in a distributed run)."""
-    from pyrovae.core.distributed import current
     if result is not None and current().is_main:
         click.echo(json.dumps(result, sort_keys=True, default=str))
 
 
 def output_file(path: str, option: str, suffixes: tuple[str, ...]) -> Path:
     """Check an output path before any work is done: its suffix, and a writable folder."""
-    out, wanted = Path(path), " or ".join(suffixes)
-    check_name(out, option)   # first: the OS fails every question about a name that is too long
-    if out.suffix.lower() not in suffixes:
-        raise UsageError(f"{option} {path!r} must end in {wanted}")
-    if out.is_dir():
-        raise UsageError(f"{option} {path!r} is a folder; pass a file name ending in {wanted}")
-    if not out.parent.is_dir():
-        raise UsageError(f"{option} {path!r}: folder {str(out.parent)!r} does not exist; create it first")
-    if not os.access(out.parent, os.W_OK):
-        raise UsageError(f"{option} {path!r}: folder {str(out.parent)!r} is not writable; choose another path")
-    check_writable(out, option)   # the name's length, and a file actually made there
-    return out
-
-
-def progress_bar(desc: str):
-    """A progress bar on stderr for work that reports (done, total)."""
-    from tqdm import tqdm
-    state: dict = {}
-
-    def update(done: int, total: int) -> None:
-        if "bar" not in state:
-            state["bar"] = tqdm(total=total, unit="pt", desc=desc, leave=False)
-        state["bar"].update(done - state["bar"].n)
-        if done >= total:
-            state.pop("bar").close()
-    return update
+    return check_output_file(path, option.lstrip("-"), suffixes)
 
 
 # ---------------------------------------------------------------------------- flags from options dataclasses
@@ -196,3 +140,15 @@ def given(ctx: click.Context, names: Sequence[str]) -> dict[str, Any]:
     """The options among ``names`` that the command line gave (not left at their defaults)."""
     return {name: ctx.params[name] for name in names
             if name in ctx.params and ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+
+
+def given_options(ctx: click.Context, options: type) -> Any:
+    """The options dataclass ``options`` made of the values the command line gave for its fields
+    (:func:`given`): every other field keeps the library's default, and the dataclass checks them."""
+    return options(**given(ctx, [f.name for f in library_options.fields(options)]))
+
+
+def run_folder(ctx: click.Context) -> RunFolder:
+    """The folder a command evaluates: RUN_DIR and the options :func:`evaluating` adds."""
+    return RunFolder(path=ctx.params["run_dir"], **{f.name: ctx.params[f.name] for f in dataclasses.fields(RunFolder)
+                                                    if f.name != "path"})

@@ -15,11 +15,12 @@ from .core.programs import DATA_PLATE, data_plate
 from .core.vae import VAE
 from .core.version import __version__
 from .data import Dataset
-from .evaluation.ais import bdmc, estimate_log_likelihood_ais
-from .evaluation.importance import estimate_log_likelihood
+from .evaluation.ais import BDMC, AnnealedImportanceSampling, bdmc, estimate_log_likelihood_ais
+from .evaluation.importance import ImportanceSampling, estimate_log_likelihood
+from .evaluation.settings import AISSettings, BDMCSettings, ISSettings
 from .guides import GUIDES, AmortizedGuide, FlowGuide, FullCovarianceGuide, MeanFieldGuide, SemiAmortizedGuide
-from .inference.compare import compare_inference
-from .inference.local_fit import fit_local
+from .inference.compare import Comparison, CompareSettings, compare_inference
+from .inference.local_fit import LocalFitSettings, fit_local
 from .models import MODELS, TwoLayerModel, VAEModel
 from .objectives import IWAE_ELBO, OBJECTIVES, log_weights, make_objective
 from .training import Callback
@@ -29,4 +30,6 @@ __all__ = ["__version__", "VAE", "VAEModel", "TwoLayerModel", "AmortizedGuide", 
            "FullCovarianceGuide",
            "MODELS", "GUIDES", "OBJECTIVES", "FitConfig", "Dataset", "build_vae", "fit", "load_run", "Callback",
            "make_objective", "IWAE_ELBO", "log_weights", "estimate_log_likelihood", "estimate_log_likelihood_ais",
-           "bdmc", "fit_local", "compare_inference", "DATA_PLATE", "data_plate"]
+           "bdmc", "fit_local", "compare_inference", "DATA_PLATE", "data_plate",
+           "ImportanceSampling", "AnnealedImportanceSampling", "BDMC", "Comparison", "ISSettings", "AISSettings",
+           "BDMCSettings", "CompareSettings", "LocalFitSettings"]

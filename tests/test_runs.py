@@ -290,7 +290,7 @@ def test_a_cut_evaluations_file_is_refused_before_the_work(run, monkeypatch):
 
     def no_work(*args, **kwargs):
         raise AssertionError("the work started")
-    monkeypatch.setattr(importance, "estimate_log_likelihood", no_work)
+    monkeypatch.setattr(importance.ImportanceSampling, "estimate", no_work)
     for command in (["evaluate", run], ["compare", run, "--limit", 5], ["bdmc", run, "--n", 2]):
         line = one_line(invoke(*command), 2)
         assert "evaluations.jsonl' line 2 is cut or not JSON" in line, line
@@ -413,12 +413,12 @@ def read_only(folder: Path):
 
 
 def test_a_read_only_run_is_refused_before_the_work_unless_nothing_is_recorded(run, monkeypatch):
-    real, calls = importance.estimate_log_likelihood, []
+    real, calls = importance.ImportanceSampling.estimate, []
 
     def counted(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
-    monkeypatch.setattr(importance, "estimate_log_likelihood", counted)
+    monkeypatch.setattr(importance.ImportanceSampling, "estimate", counted)
     before = files_of(run)
     with read_only(run):
         line = one_line(evaluate(run), 2)

@@ -12,8 +12,9 @@ when a run's draws must not depend on how processes share a batch (``--noise per
 """
 from __future__ import annotations
 
+import contextlib
 import zlib
-from typing import Callable
+from typing import Callable, Iterator
 
 import pyro.distributions as dist
 import torch
@@ -21,6 +22,17 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 RNG_TILE = (50, 25)         # particles x rows drawn from one seeded generator
+
+
+@contextlib.contextmanager
+def forked_rng(device: torch.device | None = None, seed: int | None = None) -> Iterator[None]:
+    """torch's global generators forked for the block (the CPU's, and ``device``'s when it is a CUDA
+    device) and, unless ``seed`` is None, seeded by it: draws inside come from the seed, and the
+    caller's generators are as they were after the block."""
+    with torch.random.fork_rng(devices=[device] if device is not None and device.type == "cuda" else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
 
 
 def tile_seed(*ints: int) -> int:

@@ -95,9 +95,14 @@ def log_weights(model: Callable, guide: Callable, num_particles: int, *args, **k
     return LogWeights(log_lik, log_prior, log_q, data_scale, beta)
 
 
-def iwae_bound(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """log (1/K) Σ_k w_k along ``dim``: the K-sample importance-weighted bound per datapoint."""
-    return torch.logsumexp(log_w, dim=dim) - math.log(log_w.shape[dim])
+def log_mean_exp(log_w: torch.Tensor, dim: int = 0, keepdim: bool = False) -> torch.Tensor:
+    """log (1/K) Σ_k exp(log_w_k) along ``dim`` (K = its size), computed stably; -inf entries are
+    weights of zero. Of K importance log weights per datapoint, the K-sample bound L_K of Burda et
+    al. (2016) (:func:`iwae_bound`); of AIS chains' log weights, the AIS estimate."""
+    return torch.logsumexp(log_w, dim=dim, keepdim=keepdim) - math.log(log_w.shape[dim])
+
+
+iwae_bound = log_mean_exp   # L_K = log (1/K) Σ_k w_k per datapoint, K along ``dim``
 
 
 class ElboTerms(NamedTuple):

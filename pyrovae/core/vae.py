@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from .contract import can, declared
-from .programs import (CHECK_ROWS, Batch, ParamState, Program, ProgramInfo, as_program, bind, check_programs, describe,
-                       first_rows, param_scope, param_sites, refuse_discrete)
+from .noise import forked_rng
+from .programs import (CHECK_ROWS, Batch, Data, ParamState, Program, ProgramInfo, as_batch, as_program, bind,
+                       check_programs, describe, first_rows, param_scope, param_sites, refuse_discrete)
 
 
 def _key(name: str) -> str:
@@ -83,7 +84,7 @@ class VAE(nn.Module):
             self._registered = []   # in progress: the probe's own calls register nothing
             model, guide = self.bound()
             small, small_index = first_rows(batch, index)
-            with torch.random.fork_rng(devices=[small[0].device] if small[0].device.type == "cuda" else []):
+            with forked_rng(small[0].device):
                 param_sites(guide, small_index, small)
                 param_sites(model, small_index, small)
             store = pyro.get_param_store()
@@ -155,6 +156,12 @@ class VAE(nn.Module):
     def dtype(self) -> torch.dtype:
         tensor = next(self.parameters(), None)
         return tensor.dtype if tensor is not None else torch.get_default_dtype()
+
+    def as_batch(self, data: Data) -> tuple[torch.Tensor, ...]:
+        """``data`` (a tensor, or row-first tensors) as this VAE computes with it: on its device, its
+        floating tensors in its dtype (labels and other integer tensors keep theirs)."""
+        return tuple(t.to(device=self.device, dtype=self.dtype if t.is_floating_point() else t.dtype)
+                     for t in as_batch(data))
 
     def describe(self) -> str:
         """The programs as their trace shows them (after :meth:`prepare`), else their names."""

@@ -42,6 +42,9 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from ..core.errors import UsageError, option
+from ..core.traces import log_mean_exp  # noqa: F401  (re-exported: the estimate from the chains' log weights)
+
 LogDensities = Callable[[Tensor], tuple[Tensor, Tensor]]
 """z [C, B, D] -> (log q(z), log p(x, z)), each [C, B] and differentiable in z."""
 
@@ -64,19 +67,13 @@ def sigmoid_schedule(steps: int, radius: float = 4.0) -> Tensor:
     where the intermediate distributions change fastest in log-weight terms.
     """
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        raise UsageError(f"{option('steps')} must be a whole number >= 1, got {steps!r}")
     if not radius > 0 or not math.isfinite(radius):
-        raise ValueError(f"radius must be positive and finite, got {radius!r}")
+        raise UsageError(f"{option('radius')} must be positive and finite, got {radius!r}")
     s = torch.sigmoid(torch.linspace(-radius, radius, int(steps) + 1, dtype=torch.float64))
     betas = (s - s[0]) / (s[-1] - s[0])
     betas[0], betas[-1] = 0.0, 1.0
     return betas
-
-
-def log_mean_exp(log_w: Tensor, dim: int = 0, keepdim: bool = False) -> Tensor:
-    """log (1/K) Σ_k exp(log_w_k) along ``dim`` (K = its size), computed stably; -inf entries
-    are weights of zero."""
-    return torch.logsumexp(log_w, dim=dim, keepdim=keepdim) - math.log(log_w.shape[dim])
 
 
 # ---------------------------------------------------------------------------- HMC
@@ -168,7 +165,7 @@ def hmc_transition(log_densities: LogDensities, state: ChainState, beta: float, 
     probability min(1, exp(-ΔH)) [C, B] (float64; 0 for non-finite proposals).
     """
     if leapfrog < 1:
-        raise ValueError(f"leapfrog must be >= 1, got {leapfrog}")
+        raise UsageError(f"{option('leapfrog')} must be >= 1, got {leapfrog}")
     eps = step_size.unsqueeze(-1)
     m = momentum + 0.5 * eps * state.grad_log_f(beta)
     z, proposal = state.z, state
@@ -205,10 +202,10 @@ def adapt_step_size(step_size: Tensor, accept_prob: Tensor, target: float = TARG
 # ---------------------------------------------------------------------------- AIS
 
 @dataclass
-class AISResult:
-    """Output of :func:`anneal`, per chain and point.
+class Annealed:
+    """The chains after :func:`anneal`, per chain and point.
 
-    log_w: [C, B] float64 log importance weights (forward: log_mean_exp over chains estimates
+    log_w: [C, B] float64 log importance weights (forward: :func:`log_mean_exp` over chains estimates
         log p(x) from below in expectation; reverse: -log_mean_exp bounds it from above).
     z: [C, B, D] final states (forward: approximate posterior samples).
     log_q, log_p: [C, B] densities at ``z``.
@@ -230,9 +227,9 @@ class AISResult:
 def _as_betas(betas: Union[Tensor, Sequence[float]]) -> list[float]:
     b = torch.as_tensor(betas, dtype=torch.float64).detach().cpu()
     if b.dim() != 1 or b.numel() < 2:
-        raise ValueError(f"betas must be 1-D with at least 2 entries, got shape {tuple(b.shape)}")
+        raise UsageError(f"{option('betas')} must be 1-D with at least 2 entries, got shape {tuple(b.shape)}")
     if not bool(torch.all((b >= 0) & (b <= 1))):
-        raise ValueError("betas must lie in [0, 1]")
+        raise UsageError(f"{option('betas')} must lie in [0, 1]")
     return b.tolist()
 
 
@@ -240,7 +237,7 @@ def _as_step_size(step_size: Union[float, Tensor], z0: Tensor) -> Tensor:
     eps = torch.as_tensor(step_size).to(device=z0.device, dtype=z0.dtype)
     eps = eps.broadcast_to(z0.shape[:-1]).clone()
     if not bool(torch.all(eps > 0)):
-        raise ValueError("step sizes must be positive")
+        raise UsageError(f"{option('step_size')} must be positive")
     return eps
 
 
@@ -256,7 +253,7 @@ def anneal(log_densities: LogDensities, z0: Tensor, betas: Union[Tensor, Sequenc
            randn: Optional[Noise] = None, rand: Optional[Noise] = None,
            target_accept: float = TARGET_ACCEPT, adapt: bool = True,
            log0: Union[float, Tensor, None] = None,
-           progress: Optional[Callable[[int, int], None]] = None) -> AISResult:
+           progress: Optional[Callable[[int, int], None]] = None) -> Annealed:
     """Annealed importance sampling from z0 [C, B, D] along ``betas`` β_0..β_T:
 
         log w = log0 + Σ_{t=1}^T (β_t - β_{t-1}) ℓ(z_{t-1}),   z_t = HMC_{β_t}(z_{t-1}),
@@ -285,9 +282,9 @@ def anneal(log_densities: LogDensities, z0: Tensor, betas: Union[Tensor, Sequenc
         raise ValueError("z0 must be a floating [chains, points, dim] tensor, "
                          f"got {z0.dtype} {tuple(z0.shape)}")
     if not 0.0 < target_accept < 1.0:
-        raise ValueError(f"target_accept must lie in (0, 1), got {target_accept}")
+        raise UsageError(f"{option('target_accept')} must lie in (0, 1), got {target_accept}")
     if leapfrog < 1:
-        raise ValueError(f"leapfrog must be >= 1, got {leapfrog}")
+        raise UsageError(f"{option('leapfrog')} must be >= 1, got {leapfrog}")
     beta = _as_betas(betas)
     steps = len(beta) - 1
     shape, device = tuple(z0.shape), z0.device
@@ -316,6 +313,6 @@ def anneal(log_densities: LogDensities, z0: Tensor, betas: Union[Tensor, Sequenc
                 eps = adapt_step_size(eps, accept_prob, target_accept)
             if progress is not None:
                 progress(t, steps)
-    return AISResult(log_w=log_w, z=state.z, log_q=state.log_q, log_p=state.log_p, step_size=eps,
+    return Annealed(log_w=log_w, z=state.z, log_q=state.log_q, log_p=state.log_p, step_size=eps,
                      accept_rate=accept_sum / steps, transitions=steps,
                      evaluations=1 + steps * leapfrog)

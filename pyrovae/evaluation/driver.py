@@ -3,7 +3,9 @@ survive an interrupt (the draws are seeded per site, particle and row: :mod:`pyr
 
 Batches. :func:`run_batches` evaluates contiguous batches of rows with a function that returns
 per-point arrays, skips rows already done (a resumed run), and on SIGINT/SIGTERM after a batch
-saves what is done (atomically) before raising :class:`EvaluationInterrupted`.
+saves what is done (atomically) before raising :class:`EvaluationInterrupted`. Every estimator
+(importance sampling, AIS, BDMC, the comparison of inference gaps) goes through
+:func:`evaluate_points`, with its per-point partial results where :class:`Keep` says.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import hashlib
 import json
 import os
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +24,7 @@ from ..core.distributed import current
 from ..core.errors import Interrupted, UsageError, option
 from ..core.files import atomic_path
 from ..core.interrupts import Abandon, StopFlag
+from ..core.vae import VAE
 
 # ---------------------------------------------------------------------------- resumable batches
 
@@ -98,6 +102,35 @@ class Partial:
     def discard(self) -> None:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Keep:
+    """Where an interrupted evaluation keeps its finished points (``path``; None: nowhere), whether
+    to continue from them (``resume``), and what else the points depend on besides the estimator's
+    own settings (``options``, e.g. the checkpoint they came from: never resumed with another)."""
+
+    path: str | Path | None = None
+    resume: bool = False
+    options: dict = field(default_factory=dict)
+
+    def open(self, n: int, options: dict) -> Partial:
+        """The per-point results of ``n`` points computed with ``options`` (and :attr:`options`):
+        those saved at :attr:`path` when resuming, else none yet."""
+        options = {**options, **self.options}
+        path = Path(self.path) if self.path else None
+        return Partial.load(path, n, options) if self.resume and path else Partial(n, options, path)
+
+
+def evaluate_points(vae: VAE, partial: Partial, batch_size: int, evaluate: Callable[[range], dict[str, np.ndarray]],
+                    progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """:func:`run_batches` over ``partial``'s points under one scope of the VAE's param store for
+    the whole run (not one per program call); the saved partial results are removed once every
+    point is done."""
+    with vae.param_store():
+        values = run_batches(partial.n, batch_size, evaluate, partial, progress)
+    partial.discard()
+    return values
 
 
 def run_batches(n: int, batch_size: int, evaluate: Callable[[range], dict[str, np.ndarray]],

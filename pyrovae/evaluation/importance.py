@@ -21,62 +21,51 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, ClassVar
 
 import numpy as np
 import pyro
 import torch
-from pyro import poutine
 from pyro.distributions.util import is_validation_enabled
 from pyro.poutine.util import site_is_subsample
-from tqdm import tqdm
 
 from ..core import heap, interrupts
-from ..core.contract import can
-from ..core.distributed import current
-from ..core.errors import UsageError, option
-from ..core.files import atomic_path
-from ..core.noise import seeded_noise, with_noise
-from ..core.programs import Data, as_batch, bind, num_rows, rows_of
+from ..core.errors import option
+from ..core.noise import forked_rng, seeded_noise, with_noise
+from ..core.progress import Progress, Report
+from ..core.programs import Data, num_rows, rows_of
 from ..core.traces import iwae_bound, log_weights
 from ..core.vae import VAE
-from ..guides.meanfield import MeanFieldGuide
 from . import diagnostics
-from .driver import Partial, available_memory, check_memory, run_batches
+from .driver import Keep, available_memory, check_memory, evaluate_points
+from .estimator import Estimate, Estimator, finite, standard_error, write_per_point
 from .kernels import FusedDensities
+from .proposals import Proposal, proposal_guide
+from .settings import BATCH_SIZE, CHUNK_SIZE, COMPILE_PAIRS, ISSettings
 
-BATCH_SIZE, CHUNK_SIZE = 200, 50   # datapoints x particles per decoder pass (benchmarks/bench_evaluate.py)
 IWAE_KS = (1, 5, 50)        # bounds L_k reported besides L_K
 KHAT_BAD = 0.7              # Vehtari et al. (2024): above it, IS estimates are unreliable
 UNRELIABLE_SHARE = 0.05     # flag the estimate when more points than this have k-hat > KHAT_BAD
-COMPILE_PAIRS = 1_000_000  # auto-compile from here: ~5 s of eager work vs 1 s of compiling (11 s the first time)
 RELEASE_PAIRS = 1_000_000   # return the heap's free pages after this many (point, particle) pairs
 IS_STREAM = 0
 
-Proposal = Union[str, Callable, tuple[torch.Tensor, torch.Tensor]]
+__all__ = ["ISSettings", "ImportanceSampling", "LogLikelihoodResult", "estimate_log_likelihood", "importance_batch",
+           "per_point_columns", "write_per_point", "COMPILE_PAIRS", "BATCH_SIZE", "CHUNK_SIZE", "MeanValues"]
 
 
-@dataclass
-class LogLikelihoodResult:
-    """Per-datapoint estimates (numpy float64 arrays of length N), in nats."""
+@dataclass(kw_only=True)
+class LogLikelihoodResult(Estimate):
+    """Per-datapoint IS estimates (numpy float64 arrays of length N), in nats."""
 
+    method: ClassVar[str] = "is"
     k: int
-    proposal: str
-    data_dim: int
-    log_px: np.ndarray          # log p̂(x_i) with all K draws (= L_K)
     elbo: np.ndarray            # recon - kl of the proposal: the mean of log w over the K draws (= L_1)
     recon: np.ndarray           # E_q[log p(x_i | z)], the mean over the K draws
     kl: np.ndarray              # KL(q(z | x_i) || p(z)) = recon - elbo, from the same draws
     ess_frac: np.ndarray        # ESS / K
     khat: np.ndarray            # PSIS Pareto k-hat (NaN when K is too small to fit a tail)
-    iwae: dict[int, np.ndarray] = field(default_factory=dict)  # k -> L_k estimate per point
+    iwae: dict[int, np.ndarray] = field(default_factory=dict)  # k -> L_k estimate per point (L_K = log_px)
     active_units: dict[str, int] | None = None   # per latent site, for a guide with an encoder
-    chunk_invariant: bool = True   # False: some proposal site drew from torch's global generator
-    method: str = "is"
-
-    @property
-    def n(self) -> int:
-        return len(self.log_px)
 
     def advice(self, ais_option: str | None = None) -> str:
         """What to do about heavy-tailed weights, given the proposal already in use."""
@@ -86,105 +75,66 @@ class LogLikelihoodResult:
                     "not rely on the proposal's tails")
         return f"the proposal is already fitted per point; use {ais}, which does not rely on the proposal's tails"
 
+    def columns(self) -> dict[str, np.ndarray]:
+        """index, log_px, the proposal's ELBO and its terms, ESS / K, k-hat, and iwae_<k> per bound."""
+        return {**super().columns(), "elbo": self.elbo, "recon": self.recon, "kl": self.kl,
+                "ess_frac": self.ess_frac, "khat": self.khat,
+                **{f"iwae_{k}": v for k, v in sorted(self.iwae.items())}}
+
     def summary(self, ais_option: str | None = None) -> dict:
         """Means over the N points, their standard errors (std / sqrt(N)), and diagnostics. The
         ELBO, reconstruction and KL are those of the proposal q. JSON-safe: a value that is not
         finite (the SE of one point, k-hat without a tail) is None."""
-        n = self.n
-        se = lambda a: _finite(diagnostics.mean_and_se(a)[1])  # noqa: E731
-        khat_known = bool(np.isfinite(self.khat).any() or np.isneginf(self.khat).any()) and self.k >= diagnostics.MIN_KHAT_DRAWS
+        khat_known = bool(np.isfinite(self.khat).any() or np.isneginf(self.khat).any()) and \
+            self.k >= diagnostics.MIN_KHAT_DRAWS
         khat = np.where(np.isnan(self.khat), np.inf, self.khat)   # an unknown k-hat counts as a bad one
         frac_bad = float(np.mean(khat > KHAT_BAD)) if khat_known else None
         reliable = None if frac_bad is None else frac_bad <= UNRELIABLE_SHARE
         warning = None
         if reliable is False:
-            warning = (f"{frac_bad:.1%} of the {n} points have Pareto k-hat > {KHAT_BAD}: their importance weights "
-                       f"are heavy-tailed, so log p(x) is likely underestimated and its SE is not trustworthy. "
-                       f"More samples help little against heavy tails; {self.advice(ais_option)}.")
+            warning = (f"{frac_bad:.1%} of the {self.n} points have Pareto k-hat > {KHAT_BAD}: their importance "
+                       f"weights are heavy-tailed, so log p(x) is likely underestimated and its SE is not "
+                       f"trustworthy. More samples help little against heavy tails; {self.advice(ais_option)}.")
         khat_reason = None if khat_known else (
             f"k-hat needs at least {diagnostics.MIN_KHAT_DRAWS} draws per point to fit a tail; "
             f"K = {self.k}: pass {option('k')} {diagnostics.MIN_KHAT_DRAWS} or more")
         return {
-            "method": self.method,
-            "log_likelihood": float(np.mean(self.log_px)),
-            "log_likelihood_se": se(self.log_px),
+            **super().summary(),
             "elbo": float(np.mean(self.elbo)),
-            "elbo_se": se(self.elbo),
+            "elbo_se": standard_error(self.elbo),
             "reconstruction": float(np.mean(self.recon)),
             "kl": float(np.mean(self.kl)),
             "iwae_bounds": {str(k): float(np.mean(v)) for k, v in sorted(self.iwae.items())},
-            "bits_per_dim": float(np.mean(diagnostics.bits_per_dim(self.log_px, self.data_dim))),
             "k": self.k,
-            "n": n,
-            "proposal": self.proposal,
             "ess_frac_mean": float(np.mean(self.ess_frac)),
             "khat_frac_gt_0_5": float(np.mean(khat > 0.5)) if khat_known else None,
             "khat_frac_gt_0_7": frac_bad,
-            "khat_max": _finite(np.max(khat)) if khat_known else None,
+            "khat_max": finite(np.max(khat)) if khat_known else None,
             "khat_reason": khat_reason,
             "active_units": None if self.active_units is None else sum(self.active_units.values()),
             "active_units_by_site": self.active_units,
-            "chunk_invariant": self.chunk_invariant,
             "reliable": reliable,
             "warning": warning,
         }
 
 
-def _finite(value) -> float | None:
-    return float(value) if np.isfinite(value) else None
+def per_point_columns(result: Estimate) -> dict[str, np.ndarray]:
+    """The per-datapoint values of ``result`` as named columns (:meth:`Estimate.columns`)."""
+    return result.columns()
 
 
-# ---------------------------------------------------------------------------- proposals
+# ---------------------------------------------------------------------------- one batch
 
-def table_guide(loc: torch.Tensor, scale: torch.Tensor, site: str = "z") -> Callable:
-    """q(site | x_i) = N(loc[i], diag(scale[i]²)) for a fixed [N, D] table, indexed by ``index``."""
-    return MeanFieldGuide.from_moments({site: (loc, scale)}).requires_grad_(False)
-
-
-def prior_guide(model: Callable) -> Callable:
-    """The model's prior p(z) as the proposal (ancestral draws of the latent sites, the observed
-    sites hidden): log p̂(x) = log mean_k p(x | z_k), a deliberately poor check."""
-    return poutine.block(model, hide_fn=lambda msg: msg["is_observed"])
-
-
-def proposal_guide(vae: VAE, proposal: Proposal, n: int) -> tuple[Callable, str, bool]:
-    """(bound guide, name, whether it encodes new x) for ``proposal``: ``"guide"`` (the VAE's own),
-    ``"prior"``, a guide program (e.g. a fitted :class:`~pyrovae.guides.MeanFieldGuide` over the
-    evaluated rows), or a (loc, scale) pair of [N, D] tensors for a one-site model."""
-    model, guide = vae.bound()
-    if isinstance(proposal, str):
-        if proposal == "guide":
-            return guide, "guide", vae.can("amortized")
-        if proposal == "prior":
-            return prior_guide(model), "prior", False
-        raise ValueError(f"unknown proposal {proposal!r}; use 'guide', 'prior', a guide, or a (loc, scale) pair")
-    if isinstance(proposal, tuple):
-        sites = latent_site_names(vae)
-        if len(sites) != 1:
-            raise ValueError(f"a (loc, scale) proposal needs a model with one latent site; this one has {sites}")
-        loc, scale = (torch.as_tensor(t).to(device=vae.device, dtype=vae.dtype) for t in proposal)
-        if loc.dim() != 2 or loc.shape[0] != n or scale.shape != loc.shape:
-            raise ValueError(f"a (loc, scale) proposal must be two [{n}, latent_dim] tensors, one row per point; "
-                             f"got {tuple(loc.shape)} and {tuple(scale.shape)}")
-        proposal = table_guide(loc, scale, site=sites[0])
-    return bind(proposal), "table", can(proposal, "amortized") and not can(proposal, "per_datapoint")
-
-
-def latent_site_names(vae: VAE) -> list[str]:
-    """The model's latent sites, as the check of the programs found them (estimators check first)."""
-    return list(vae.info.latent) if vae.info is not None else ["z"]
-
-
-# ---------------------------------------------------------------------------- estimator
-
-def batch_log_weights(model: Callable, guide: Callable, batch: tuple[torch.Tensor, ...], index: torch.Tensor,
-                      rows: range, k: int, chunk_size: int, seed: int, compile: bool, unsupported: set[str]
+def batch_log_weights(model: Callable, guide: Callable, batch: tuple[torch.Tensor, ...], rows: range,
+                      settings: ISSettings, *, index: torch.Tensor | None = None, unsupported: set[str] | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """All log w for ``batch``, as [K, batch] float64 on the CPU, drawn ``chunk_size`` particles
-    at a time, and the means over the K draws of log p(x | z) and of log q(z | x) - log p(z)
-    [batch]; ``index`` is what the guide gets (its rows), ``rows`` the points' global numbers,
-    which seed their draws."""
-    like = batch[0]
+    """All log w for ``batch``, as [K, batch] float64 on the CPU, drawn ``settings.chunk_size``
+    particles at a time, and the means over the K draws of log p(x | z) and of log q(z | x) -
+    log p(z) [batch]. ``rows`` are the points' global numbers, which seed their draws; ``index``
+    is what the guide gets (its rows; default: ``rows``); the names of sites that could not draw
+    from the seeded noise go to ``unsupported``."""
+    like, k, chunk_size = batch[0], settings.k, settings.chunk_size
+    index = torch.arange(rows.start, rows.stop, device=like.device) if index is None else index
     # allocated once per batch: small per-chunk tensors kept alive between the decoder's large
     # buffers fragment the heap, and the process grew with K
     log_w = torch.empty(k, len(rows), dtype=torch.float64)
@@ -193,10 +143,10 @@ def batch_log_weights(model: Callable, guide: Callable, batch: tuple[torch.Tenso
     for start in range(0, k, chunk_size):
         interrupts.check()   # under an evaluation's StopFlag, a signal drops this batch here
         particles = range(start, min(start + chunk_size, k))
-        noisy = with_noise(guide, seeded_noise(seed, IS_STREAM, particles, rows, like), unsupported)
+        noisy = with_noise(guide, seeded_noise(settings.seed, IS_STREAM, particles, rows, like), unsupported)
         # validation checks (finite logits, binary x) rerun on every [chunk, batch, pixels]
         # tensor: once per batch suffices
-        with pyro.validation_enabled(is_validation_enabled() and start == 0), FusedDensities(compile):
+        with pyro.validation_enabled(is_validation_enabled() and start == 0), FusedDensities(settings.compile):
             terms = log_weights(model, noisy, len(particles), index, 1.0, *batch)
         log_w[particles.start: particles.stop] = terms.log_w
         for total, term in ((log_lik_sum, terms.log_lik), (log_ratio_sum, terms.log_q - terms.log_prior)):
@@ -204,18 +154,21 @@ def batch_log_weights(model: Callable, guide: Callable, batch: tuple[torch.Tenso
     return log_w, log_lik_sum / k, log_ratio_sum / k
 
 
-def importance_batch(model: Callable, guide: Callable, batch: tuple[torch.Tensor, ...], index: torch.Tensor,
-                     rows: range, k: int, chunk_size: int, seed: int, compile: bool, unsupported: set[str],
-                     encodes: bool) -> dict[str, np.ndarray]:
-    """Per-point values of one batch: log p̂ (= L_K), ESS / K, k-hat, the smaller L_k, the
-    proposal's ELBO terms from the same K draws and (for an encoder) its means."""
-    log_w, recon, kl = batch_log_weights(model, guide, batch, index, rows, k, chunk_size, seed, compile, unsupported)
+def importance_batch(model: Callable, guide: Callable, batch: tuple[torch.Tensor, ...], rows: range,
+                     settings: ISSettings, *, index: torch.Tensor | None = None, encodes: bool = False,
+                     unsupported: set[str] | None = None) -> dict[str, np.ndarray]:
+    """Per-point values of one batch (see :func:`batch_log_weights`): log p̂ (= L_K), ESS / K,
+    k-hat, the smaller L_k, the proposal's ELBO terms from the same K draws and (``encodes``: a
+    guide with an encoder) its means."""
+    log_w, recon, kl = batch_log_weights(model, guide, batch, rows, settings, index=index, unsupported=unsupported)
+    k = settings.k
     out = {"log_px": iwae_bound(log_w), "ess_frac": diagnostics.ess_fraction(log_w),
            "khat": torch.as_tensor(diagnostics.psis_khat(log_w.T)),
            **{f"iwae_{j}": grouped_iwae(log_w, j) for j in IWAE_KS if j < k}}
     del log_w   # the [K, batch] weights are needed only for k-hat and the L_k
     out.update(recon=recon, kl=kl)
     if encodes:
+        index = torch.arange(rows.start, rows.stop, device=batch[0].device) if index is None else index
         out.update({f"mean__{site}": m for site, m in guide_means(guide, index, batch).items() if m is not None})
     return {name: value.detach().cpu().double().numpy() for name, value in out.items()}
 
@@ -273,8 +226,7 @@ def centre(fn: torch.distributions.Distribution) -> torch.Tensor:
             for transform in fn.transforms:   # through each transform's cache: log_prob needs no inverse
                 value = transform(value)
             return value
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with forked_rng(seed=0):
         return fn.sample()
 
 
@@ -286,59 +238,61 @@ def guide_means(guide: Callable, index: torch.Tensor, batch: tuple[torch.Tensor,
     return messenger.means
 
 
-@torch.no_grad()
-def estimate_log_likelihood(vae: VAE, data: Data, k: int = 5000, proposal: Proposal = "guide",
-                            batch_size: int = BATCH_SIZE, chunk_size: int = CHUNK_SIZE, seed: int = 0,
-                            progress: bool | Callable[[int, int], None] = False, compile: bool | None = None,
-                            partial_path: str | Path | None = None, resume: bool = False,
-                            options: dict | None = None) -> LogLikelihoodResult:
-    """Estimate log p(x_i) for every row of ``data`` ([N, data_dim], or a tuple of row-first
-    tensors for a model that takes more) with ``k`` importance samples.
+# ---------------------------------------------------------------------------- the estimator
 
-    ``proposal``: ``"guide"`` (the VAE's own guide; with a per-datapoint guide the rows of
-    ``data`` must be its rows), ``"prior"``, a guide program over the rows of ``data`` (e.g. a
-    fitted table), or a (loc, scale) pair of [N, latent_dim] tensors. ``batch_size`` rows and
-    ``chunk_size`` particles go through the decoder at once: memory grows with their product,
-    not with ``k``. ``compile``: fuse the log densities with ``torch.compile``
-    (:mod:`.kernels`); None compiles when there are at least ``COMPILE_PAIRS`` (point,
-    particle) pairs. ``progress``: True for a bar on stderr, or a callable(points_done, total).
-    ``partial_path``: where an interrupted run saves its finished points; ``resume`` continues
-    from them (``options`` records what the points were computed with).
-    """
-    if k < 1 or batch_size < 1 or chunk_size < 1:
-        raise ValueError("k, batch_size and chunk_size must be positive")
-    data = tuple(t.to(device=vae.device, dtype=vae.dtype if t.is_floating_point() else t.dtype)
-                 for t in as_batch(data))
-    n, data_dim = num_rows(data), vae.check(data).data_dim
-    check_is_memory(vae, k, min(batch_size, n), min(chunk_size, k), data_dim)
-    model, _ = vae.bound()
-    guide, proposal_name, encodes = proposal_guide(vae, proposal, n)
-    compile = n * k >= COMPILE_PAIRS if compile is None else compile
-    unsupported: set[str] = set()
-    pairs = [0]
+class ImportanceSampling(Estimator):
+    """log p̂(x_i) = log (1/K) Σ_k w_ik with K draws from a proposal (module docstring), for every
+    row of the data, batch by batch; ``ImportanceSampling(k=5000)`` or ``ImportanceSampling(ISSettings(...))``."""
 
-    def evaluate(rows: range) -> dict[str, np.ndarray]:
-        batch = rows_of(data, rows)
-        index = torch.arange(rows.start, rows.stop, device=batch[0].device)
-        values = importance_batch(model, guide, batch, index, rows, k, chunk_size, seed, compile, unsupported,
-                                  encodes)
-        pairs[0] += k * len(rows)
-        if heap.tuned() and pairs[0] >= RELEASE_PAIRS:
-            heap.release_free_memory()
-            pairs[0] = 0
-        return values
+    settings_class = ISSettings
 
-    options = {"method": "is", "k": k, "proposal": proposal_name, "seed": seed, "n": n, **(options or {})}
-    path = Path(partial_path) if partial_path else None
-    partial = Partial.load(path, n, options) if resume and path else Partial(n, options, path)
-    report = _progress(progress, n)
-    try:
-        with vae.param_store():   # one scope of the param store for the whole run, not one per call
-            values = run_batches(n, batch_size, evaluate, partial, report)
-    finally:
-        report.close()
-    partial.discard()
-    return result_from_values(values, k, proposal_name, data_dim, not unsupported)
+    @torch.no_grad()
+    def estimate(self, vae: VAE, data: Data, proposal: Proposal = "guide", *, progress: Report = False,
+                 keep: Keep = Keep()) -> LogLikelihoodResult:
+        """log p̂(x_i) for every row of ``data`` ([N, data_dim], or a tuple of row-first tensors
+        for a model that takes more).
+
+        ``proposal``: ``"guide"`` (the VAE's own guide; with a per-datapoint guide the rows of
+        ``data`` must be its rows), ``"prior"``, a guide program over the rows of ``data`` (e.g. a
+        fitted table), or a (loc, scale) pair of [N, latent_dim] tensors. ``progress``: True for
+        a bar on stderr, or a callable(points_done, total). ``keep``: where an interrupted run
+        saves its finished points, and whether to resume from them."""
+        data = vae.as_batch(data)
+        n, data_dim = num_rows(data), vae.check(data).data_dim
+        settings = self.settings.but(compile=self.settings.compiles(n * self.settings.k))
+        check_is_memory(vae, settings.k, min(settings.batch_size, n), min(settings.chunk_size, settings.k), data_dim)
+        model = vae.bound()[0]
+        guide, name, encodes = proposal_guide(vae, proposal, n)
+        unsupported: set[str] = set()
+        pairs = 0   # (point, particle) pairs since the heap last returned its free pages
+
+        def evaluate(rows: range) -> dict[str, np.ndarray]:
+            nonlocal pairs
+            values = importance_batch(model, guide, rows_of(data, rows), rows, settings, encodes=encodes,
+                                      unsupported=unsupported)
+            pairs += settings.k * len(rows)
+            if heap.tuned() and pairs >= RELEASE_PAIRS:
+                heap.release_free_memory()
+                pairs = 0
+            return values
+
+        options = {"method": "is", "k": settings.k, "proposal": name, "seed": settings.seed, "n": n}
+        with Progress(progress, n, "log p(x)") as report:
+            values = evaluate_points(vae, keep.open(n, options), settings.batch_size, evaluate, report)
+        return result_from_values(values, settings.k, name, data_dim, not unsupported)
+
+
+def estimate_log_likelihood(vae: VAE, data: Data, *, proposal: Proposal = "guide", progress: Report = False,
+                            partial_path: str | Path | None = None, resume: bool = False, options: dict | None = None,
+                            **settings) -> LogLikelihoodResult:
+    """:meth:`ImportanceSampling.estimate` with the settings as keywords (:class:`ISSettings`:
+    ``k``, ``batch_size``, ``chunk_size``, ``seed``, ``compile``): log p̂(x_i) for every row of
+    ``data`` with ``k`` importance samples from ``proposal``. ``compile``: fuse the log densities
+    with ``torch.compile`` (:mod:`.kernels`); None compiles from ``COMPILE_PAIRS`` (point,
+    particle) pairs on. ``partial_path``: where an interrupted run saves its finished points;
+    ``resume`` continues from them (``options`` records what else the points depend on)."""
+    return ImportanceSampling(**settings).estimate(vae, data, proposal, progress=progress,
+                                                   keep=Keep(partial_path, resume, options or {}))
 
 
 def check_is_memory(vae: VAE, k: int, batch_size: int, chunk_size: int, data_dim: int) -> None:
@@ -353,53 +307,3 @@ def check_is_memory(vae: VAE, k: int, batch_size: int, chunk_size: int, data_dim
     fix = (f"pass {option('batch-size', fits)} or less" if fits >= 1 else
            f"pass a smaller {option('k')} (at most about {int(0.8 * have // 32):,} for one point at a time)")
     check_memory(per_point * batch_size, f"{option('k', k)} with {option('batch-size', batch_size)}", fix, vae.device)
-
-
-class _progress:
-    """``progress``: True for a bar on stderr (closed, also on an error, by ``close``), or a
-    callable(done, total)."""
-
-    def __init__(self, progress: bool | Callable[[int, int], None], total: int, desc: str = "log p(x)",
-                 unit: str = "pt"):
-        self.callback = progress if callable(progress) else None
-        self.total, self.bar = total, None
-        if progress is True and current().is_main:   # one bar for a distributed run: rank 0's
-            self.bar = tqdm(total=total, unit=unit, desc=desc, leave=False, unit_scale=unit != "pt")
-
-    def __call__(self, done: int) -> None:
-        if self.callback:
-            self.callback(done, self.total)
-        elif self.bar is not None:
-            self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-# ---------------------------------------------------------------------------- output
-
-def per_point_columns(result: LogLikelihoodResult) -> dict[str, np.ndarray]:
-    """The per-datapoint values as named columns (iwae_<k> for each bound)."""
-    columns = {"index": np.arange(result.n), "log_px": result.log_px, "elbo": result.elbo,
-               "recon": result.recon, "kl": result.kl, "ess_frac": result.ess_frac, "khat": result.khat}
-    columns.update({f"iwae_{k}": v for k, v in sorted(result.iwae.items())})
-    return columns
-
-
-def write_per_point(result, path: str | Path) -> Path:
-    """Write ``result``'s per-datapoint columns to ``path`` (.csv or .npz), atomically."""
-    path = Path(path)
-    columns = result.columns() if hasattr(result, "columns") else per_point_columns(result)
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".npz"):
-        raise UsageError(f"per-point output must end in .csv or .npz, got {str(path)!r}")
-    with atomic_path(path) as tmp:
-        if suffix == ".npz":
-            with open(tmp, "wb") as file:  # a file object: np.savez would append .npz to a name
-                np.savez(file, **columns)
-        else:
-            table = np.column_stack([np.asarray(v, dtype=np.float64) for v in columns.values()])
-            fmt = ["%d"] + ["%.17g"] * (len(columns) - 1)
-            np.savetxt(tmp, table, fmt=fmt, delimiter=",", header=",".join(columns), comments="")
-    return path

@@ -27,154 +27,217 @@ log p̂ ≤ log p in expectation, so the approximation gap is, if anything, unde
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from ..core import interrupts
 from ..core.errors import option
-from ..core.noise import tile_seed
-from ..core.programs import Data, as_batch, bind, num_rows, rows_of
+from ..core.noise import forked_rng, tile_seed
+from ..core.options import option as setting
+from ..core.progress import Progress, Report
+from ..core.programs import Data, bind, num_rows, rows_of
 from ..core.vae import VAE
 from ..evaluation import diagnostics
-from ..evaluation.ais import CHAINS, LEAPFROG, ais_batch
-from ..evaluation.ais import STEPS as AIS_STEPS
-from ..evaluation.driver import Partial, run_batches
-from ..evaluation.importance import CHUNK_SIZE, _progress, importance_batch, result_from_values
+from ..evaluation.chains import ais_batch
+from ..evaluation.driver import Keep, evaluate_points
+from ..evaluation.estimator import Estimator
+from ..evaluation.importance import importance_batch, result_from_values
+from ..evaluation.settings import AISSettings, ISSettings, Settings, same, whole
 from ..guides.rows import select_rows
-from .local_fit import elbo_per_point, fit_local
+from .local_fit import LocalFitSettings, elbo_per_point, fit_local
 
 DEFAULT_REFINE_STEPS = 20   # Kim et al. (2018) refine the encoder's q with ~20 SVI steps
 BATCH_SIZE = 250            # points fitted together: a unit of work an interrupt keeps
 
 
-def compare_inference(run: Any, data: Data, index: torch.Tensor | None = None, k: int = 5000,
-                      steps: int = 3000, lr: float = 0.05, refine_steps: int = DEFAULT_REFINE_STEPS,
-                      tol: float = 0.01, eval_samples: int = 100, batch_size: int = BATCH_SIZE, seed: int = 0,
-                      progress: bool = False, partial_path: str | Path | None = None, resume: bool = False,
-                      options: dict | None = None, log_px: str = "is", ais_steps: int = AIS_STEPS,
-                      chains: int = CHAINS, leapfrog: int = LEAPFROG) -> dict:
-    """The gaps of Cremer et al. (2018) for the rows of ``data``; means and SEs in nats.
+@dataclass(frozen=True, kw_only=True)
+class CompareSettings(Settings):
+    """The comparison's: the test-time fit of q* (at most ``steps`` Adam steps at ``lr``, the
+    stopping rule's ``tol``), the fixed budget ``refine_steps`` of the semi-amortized refinement,
+    ``eval_samples`` draws per ELBO, and log p̂ from q* by importance sampling (``k`` draws) or by
+    AIS (``ais_steps``, ``chains``, ``leapfrog``); ``batch_size`` points at a time, each batch
+    seeded by ``seed`` and its first row."""
 
-    ``run``: a :class:`~pyrovae.training.Run` or a :class:`~pyrovae.vae.VAE`. ``index``: for a
-    per-datapoint guide, the rows of its trained tables that ``data`` holds (training points);
-    without it the points have no trained q. ``steps``/``lr``/``tol``: the test-time fit (at
-    most ``steps`` Adam steps); ``refine_steps``: the fixed budget of the semi-amortized
-    refinement. ``log_px``: ``"is"`` (K importance samples from q*) or ``"ais"`` (annealed from q*
-    with ``ais_steps``, ``chains`` and ``leapfrog``, as Cremer et al. did). Points are processed
-    ``batch_size`` at a time, each batch seeded by its first row: an interrupted comparison saves
-    its finished batches in ``partial_path``, and ``resume`` continues from them to the numbers of
-    an uninterrupted run.
-    """
-    if log_px not in ("is", "ais"):
-        raise ValueError(f"log_px must be 'is' or 'ais', got {log_px!r}")
-    vae: VAE = getattr(run, "vae", run)
-    data = tuple(t.to(device=vae.device, dtype=vae.dtype if t.is_floating_point() else t.dtype)
-                 for t in as_batch(data))
-    n = num_rows(data)
-    amortized = vae.can("amortized")
-    has_q = amortized or index is not None
-    q_name = "encoder" if amortized else "trained rows" if has_q else "test-time fit (no trained parameters)"
-    model = vae.bound()[0]
-    fit_options = dict(lr=lr, tol=tol, eval_samples=eval_samples)
-    unsupported: set[str] = set()
-    seconds: dict[str, float] = {}
-    family: dict[str, str] = {}   # the per-point family of q*, e.g. MeanFieldGuide or PerPointFlowGuide
+    log_px: str = setting("is", "log p(x) by importance sampling from q* (--k), or by AIS from q* as Cremer et al. "
+                                "(2018) did (--ais-steps, --chains, --leapfrog).", choices=("is", "ais"))
+    k: int = same(ISSettings, "k", help="Importance samples per point for log p(x).")
+    ais_steps: int = same(AISSettings, "steps", help="AIS: intermediate distributions.")
+    chains: int = same(AISSettings, "chains", help="AIS: chains per point.")
+    leapfrog: int = same(AISSettings, "leapfrog", help="AIS: leapfrog steps per transition.")
+    steps: int = same(LocalFitSettings, "max_steps", help="Most Adam steps of the test-time fit of q*.",
+                      check=whole(1))
+    lr: float = same(LocalFitSettings, "lr", help="Adam learning rate of the test-time fit.")
+    refine_steps: int = setting(DEFAULT_REFINE_STEPS, "Steps of semi-amortized refinement from the encoder (0: skip).",
+                                check=whole(0))
+    tol: float | None = same(LocalFitSettings, "tol", cli=False)
+    eval_samples: int = same(LocalFitSettings, "eval_samples", help="Reconstruction draws per ELBO estimate.")
+    batch_size: int = setting(BATCH_SIZE, "Points fitted together; also what an interrupt keeps (finished batches).",
+                              check=whole(1))
+    seed: int = setting(0, "Seeds the fits and every draw.", check=whole())
 
-    def timed(name: str, work):
+    def fit(self, **changes: Any) -> LocalFitSettings:
+        """The test-time fit's settings (``changes``: e.g. its seed)."""
+        return LocalFitSettings(max_steps=self.steps, lr=self.lr, tol=self.tol, eval_samples=self.eval_samples,
+                                **changes)
+
+    def log_likelihood(self) -> ISSettings | AISSettings:
+        """The settings of log p̂ from q*: IS or AIS, seeded by ``seed``, never compiled."""
+        if self.log_px == "ais":
+            return AISSettings(steps=self.ais_steps, chains=self.chains, leapfrog=self.leapfrog, is_k=0,
+                               seed=self.seed, compile=False)
+        return ISSettings(k=self.k, seed=self.seed, compile=False)
+
+
+class Comparison(Estimator):
+    """The gaps of Cremer et al. (2018) (module docstring) for the rows of the data:
+    ``Comparison(k=5000, steps=3000).compare(run, x)``."""
+
+    settings_class = CompareSettings
+
+    def compare(self, run: Any, data: Data, *, index: torch.Tensor | None = None, progress: Report = False,
+                keep: Keep = Keep()) -> dict:
+        """The table of the gaps, means and SEs in nats. ``run``: a
+        :class:`~pyrovae.workflows.Run` or a :class:`~pyrovae.core.vae.VAE`. ``index``: for a
+        per-datapoint guide, the rows of its trained tables that ``data`` holds (training points);
+        without it the points have no trained q. An interrupted comparison saves its finished
+        batches where ``keep`` says, and resuming gives the numbers of an uninterrupted run."""
+        vae: VAE = getattr(run, "vae", run)
+        data = vae.as_batch(data)
+        n, settings = num_rows(data), self.settings
+        batches = _Batches(vae, data, index, settings)
+        with Progress(progress, n, "compare") as report:
+            values = evaluate_points(vae, keep.open(n, {"command": "compare", **settings.as_dict(), "n": n}),
+                                     settings.batch_size, batches.evaluate, report)
+        return batches.table(values)
+
+
+def compare_inference(run: Any, data: Data, *, index: torch.Tensor | None = None, progress: Report = False,
+                      partial_path: str | Path | None = None, resume: bool = False, options: dict | None = None,
+                      **settings) -> dict:
+    """:meth:`Comparison.compare` with the settings as keywords (:class:`CompareSettings`: ``k``,
+    ``steps``, ``lr``, ``refine_steps``, ``tol``, ``eval_samples``, ``batch_size``, ``seed``,
+    ``log_px``, ``ais_steps``, ``chains``, ``leapfrog``); ``partial_path``, ``resume`` and
+    ``options`` as for :func:`~pyrovae.evaluation.importance.estimate_log_likelihood`."""
+    return Comparison(**settings).compare(run, data, index=index, progress=progress,
+                                          keep=Keep(partial_path, resume, options or {}))
+
+
+class _Batches:
+    """The work of one comparison, batch by batch: the fits, the ELBOs and log p̂, and the seconds
+    each took; then the table."""
+
+    def __init__(self, vae: VAE, data: tuple[torch.Tensor, ...], index: torch.Tensor | None,
+                 settings: CompareSettings):
+        self.vae, self.data, self.index, self.settings = vae, data, index, settings
+        self.amortized = vae.can("amortized")
+        self.has_q = self.amortized or index is not None
+        self.log_likelihood = settings.log_likelihood()
+        self.unsupported: set[str] = set()
+        self.seconds: dict[str, float] = {}
+        self.family: str | None = None   # the per-point family of q*, e.g. MeanFieldGuide or PerPointFlowGuide
+
+    def timed(self, name: str, work: Callable[[], Any]) -> Any:
         started = time.perf_counter()
         result = work()
-        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
         return result
 
-    def evaluate(rows: range) -> dict[str, np.ndarray]:
-        batch = rows_of(data, rows)
-        rows_index = None if index is None else index[rows.start:rows.stop]
-        batch_seed = tile_seed(seed, rows.start)
-        options_b = dict(batch_size=len(rows), **fit_options)
-        fits = {"from_prior": timed("from_prior", lambda: fit_local(vae, batch, "prior", max_steps=steps,
-                                                                     seed=batch_seed, **options_b))}
-        if has_q:
-            fits["from_q"] = timed("from_q", lambda: fit_local(vae, batch, "q", index=rows_index, max_steps=steps,
-                                                               seed=batch_seed + 1, **options_b))
-        if amortized and refine_steps > 0:   # a fixed budget, no stopping rule
-            fits["refined"] = timed("refined", lambda: fit_local(vae, batch, "q", max_steps=refine_steps,
-                                                                 seed=batch_seed + 2, **{**options_b, "tol": None}))
+    def fits(self, batch: tuple[torch.Tensor, ...], rows_index: torch.Tensor | None, seed: int) -> dict:
+        """The fits of one batch: from N(0, I), from q (a trained q), and the refinement of the
+        encoder's q (a fixed budget, no stopping rule)."""
+        vae, settings = self.vae, self.settings
+        fit = settings.fit(batch_size=num_rows(batch))
+        fits = {"from_prior": self.timed("from_prior", lambda: fit_local(vae, batch, "prior",
+                                                                         settings=fit.but(seed=seed)))}
+        if self.has_q:
+            fits["from_q"] = self.timed("from_q", lambda: fit_local(vae, batch, "q", index=rows_index,
+                                                                    settings=fit.but(seed=seed + 1)))
+        if self.amortized and settings.refine_steps > 0:
+            fits["refined"] = self.timed("refined", lambda: fit_local(
+                vae, batch, "q", settings=fit.but(max_steps=settings.refine_steps, tol=None, seed=seed + 2)))
+        return fits
+
+    def evaluate(self, rows: range) -> dict[str, np.ndarray]:
+        """Per point of the batch: L[q], L[q*] (re-estimated on fresh draws), L[q refined], log p̂
+        from q*, which fit q* is, and the steps the fits took."""
+        vae, settings = self.vae, self.settings
+        batch = rows_of(self.data, rows)
+        rows_index = None if self.index is None else self.index[rows.start:rows.stop]
+        batch_seed = tile_seed(settings.seed, rows.start)
+        fits = self.fits(batch, rows_index, batch_seed)
         # q* per point: the better fit by its own estimate; its ELBO re-estimated on fresh draws
         best, use_prior_fit = fits["from_prior"].guide, torch.ones(len(rows), dtype=torch.bool)
         if "from_q" in fits:
             use_prior_fit = fits["from_prior"].elbo >= fits["from_q"].elbo
             best = select_rows(use_prior_fit, fits["from_prior"].guide, fits["from_q"].guide)
-        devices = [vae.device] if vae.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(batch_seed + 3)
-            elbo_star = elbo_per_point(vae, batch, best, eval_samples)
-            elbo_q = (elbo_per_point(vae, batch, vae.guide, eval_samples, index=rows_index) if has_q
+        with forked_rng(vae.device, batch_seed + 3):
+            elbo_star = elbo_per_point(vae, batch, best, settings.eval_samples)
+            elbo_q = (elbo_per_point(vae, batch, vae.guide, settings.eval_samples, index=rows_index) if self.has_q
                       else elbo_star)
-        family["name"] = type(best).__name__
-        local = torch.arange(len(rows), device=batch[0].device)
-        if log_px == "ais":
-            values = timed("log_likelihood", lambda: ais_batch(
-                vae, bind(best), batch, local, rows, ais_steps, chains, leapfrog, seed, progress=_check,
-                unsupported=unsupported))
-            values.pop("log_w")
-        else:
-            values = timed("log_likelihood", lambda: importance_batch(
-                model, bind(best), batch, local, rows, k, CHUNK_SIZE, seed, False, unsupported, encodes=False))
-        values.update(elbo_q=elbo_q, elbo_optimized=elbo_star, use_prior_fit=use_prior_fit.float(),
-                      **{f"steps_{name}": torch.full((len(rows),), float(max(fit.steps))) for name, fit in fits.items()})
+        self.family = type(best).__name__
+        values = self.timed("log_likelihood", lambda: self.log_px(bind(best), batch, rows))
+        steps = {f"steps_{name}": torch.full((len(rows),), float(max(fit.steps))) for name, fit in fits.items()}
+        values.update(elbo_q=elbo_q, elbo_optimized=elbo_star, use_prior_fit=use_prior_fit.float(), **steps)
         if "refined" in fits:
             values["elbo_refined"] = fits["refined"].elbo
         return {name: torch.as_tensor(v).detach().cpu().double().numpy() if not isinstance(v, np.ndarray) else v
                 for name, v in values.items()}
 
-    options = {"command": "compare", "log_px": log_px, "k": k, "ais_steps": ais_steps, "chains": chains,
-               "leapfrog": leapfrog, "steps": steps, "lr": lr, "refine_steps": refine_steps, "tol": tol,
-               "eval_samples": eval_samples, "batch_size": batch_size, "seed": seed, "n": n, **(options or {})}
-    path = Path(partial_path) if partial_path else None
-    partial = Partial.load(path, n, options) if resume and path else Partial(n, options, path)
-    report = _progress(progress, n, "compare")
-    try:
-        with vae.param_store():
-            values = run_batches(n, batch_size, evaluate, partial, report)
-    finally:
-        report.close()
-    partial.discard()
+    def log_px(self, guide: Callable, batch: tuple[torch.Tensor, ...], rows: range) -> dict[str, np.ndarray]:
+        """log p̂ of the batch from q* (a guide over its rows): IS, or AIS (a signal drops the batch at
+        its next transition)."""
+        local = torch.arange(len(rows), device=batch[0].device)
+        if isinstance(self.log_likelihood, AISSettings):
+            values = ais_batch(self.vae, guide, batch, rows, self.log_likelihood, index=local, progress=_check,
+                               unsupported=self.unsupported)
+            values.pop("log_w")
+            return values
+        return importance_batch(self.vae.bound()[0], guide, batch, rows, self.log_likelihood, index=local,
+                                unsupported=self.unsupported)
 
-    log_px_hat, elbo_star, elbo_q = (torch.from_numpy(values[key]) for key in ("log_px", "elbo_optimized", "elbo_q"))
-    per_point = {
-        "log_likelihood": log_px_hat,
-        "elbo_q": elbo_q,
-        "elbo_optimized": elbo_star,
-        "amortization_gap": elbo_star - elbo_q,
-        "approximation_gap": log_px_hat - elbo_star,
-        "inference_gap": log_px_hat - elbo_q,
-    }
-    if amortized:
-        per_point["elbo_amortized"] = elbo_q   # L[q] of the encoder, under the name of the paper's table
-    if "elbo_refined" in values:
-        per_point["elbo_refined"] = torch.from_numpy(values["elbo_refined"])
-    table: dict[str, Any] = {"n": n, "q": q_name, "log_px": log_px, "family": family.get("name"),
-                             **({"k": k} if log_px == "is" else {"ais_steps": ais_steps, "chains": chains,
-                                                                 "leapfrog": leapfrog})}
-    for name, column in per_point.items():
-        table[name], table[f"{name}_se"] = diagnostics.mean_and_se(column)
-    table.update({
-        "optimized_from_prior_frac": float(values["use_prior_fit"].mean()),
-        "steps": {key[len("steps_"):]: int(values[key].max()) for key in values if key.startswith("steps_")},
-        "seconds": {name: round(value, 3) for name, value in seconds.items()},
-        "chunk_invariant": not unsupported,
-    })
-    if log_px == "is":
-        summary = result_from_values(values, k, "fit", vae.check(data).data_dim, not unsupported).summary(
-            ais_option=option("log-px", "ais"))
-        table.update({key: summary[key] for key in ("khat_frac_gt_0_7", "reliable", "warning")})
-    else:
-        table.update({"accept_rate_mean": float(values["accept_rate"].mean()),
-                      "chain_ess_frac_mean": float(values["chain_ess"].mean()), "warning": None})
-    return table
+    def table(self, values: dict[str, np.ndarray]) -> dict:
+        """Means and SEs of the per-point values and gaps, with the diagnostics of log p̂."""
+        settings, n = self.settings, len(values["log_px"])
+        log_px_hat, elbo_star, elbo_q = (torch.from_numpy(values[key])
+                                         for key in ("log_px", "elbo_optimized", "elbo_q"))
+        per_point = {
+            "log_likelihood": log_px_hat,
+            "elbo_q": elbo_q,
+            "elbo_optimized": elbo_star,
+            "amortization_gap": elbo_star - elbo_q,
+            "approximation_gap": log_px_hat - elbo_star,
+            "inference_gap": log_px_hat - elbo_q,
+        }
+        if self.amortized:
+            per_point["elbo_amortized"] = elbo_q   # L[q] of the encoder, under the name of the paper's table
+        if "elbo_refined" in values:
+            per_point["elbo_refined"] = torch.from_numpy(values["elbo_refined"])
+        q_name = ("encoder" if self.amortized else "trained rows" if self.has_q else
+                  "test-time fit (no trained parameters)")
+        table: dict[str, Any] = {"n": n, "q": q_name, "log_px": settings.log_px, "family": self.family,
+                                 **({"k": settings.k} if settings.log_px == "is" else
+                                    {"ais_steps": settings.ais_steps, "chains": settings.chains,
+                                     "leapfrog": settings.leapfrog})}
+        for name, column in per_point.items():
+            table[name], table[f"{name}_se"] = diagnostics.mean_and_se(column)
+        table.update({
+            "optimized_from_prior_frac": float(values["use_prior_fit"].mean()),
+            "steps": {key[len("steps_"):]: int(values[key].max()) for key in values if key.startswith("steps_")},
+            "seconds": {name: round(value, 3) for name, value in self.seconds.items()},
+            "chunk_invariant": not self.unsupported,
+        })
+        if settings.log_px == "is":
+            summary = result_from_values(values, settings.k, "fit", self.vae.check(self.data).data_dim,
+                                         not self.unsupported).summary(ais_option=option("log-px", "ais"))
+            table.update({key: summary[key] for key in ("khat_frac_gt_0_7", "reliable", "warning")})
+        else:
+            table.update({"accept_rate_mean": float(values["accept_rate"].mean()),
+                          "chain_ess_frac_mean": float(values["chain_ess"].mean()), "warning": None})
+        return table
 
 
 def _check(t: int, total: int) -> None:

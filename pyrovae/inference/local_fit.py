@@ -32,9 +32,15 @@ from torch.distributions import biject_to
 
 from ..core import interrupts
 from ..core.contract import declared
+from ..core.errors import UsageError, option
+from ..core.noise import forked_rng
+from ..core.options import non_negative, positive
+from ..core.options import option as setting
+from ..core.progress import Progress, Report
 from ..core.programs import Data, as_batch, bind, is_real, num_rows, rows_of
 from ..core.traces import elbo_terms, latent_shapes, particle_traces, sample_sites
 from ..core.vae import VAE, frozen
+from ..evaluation.settings import Settings, configured, optional, whole
 from ..guides.meanfield import MeanFieldGuide
 from ..guides.rows import concat_rows
 from ..objectives import make_objective
@@ -42,6 +48,25 @@ from ..objectives import make_objective
 Init = Union[str, tuple[torch.Tensor, torch.Tensor]]   # "prior", "q" ("encoder"), or a (loc, scale) table
 EVAL_ELEMENTS = 20_000   # rows x samples through the decoder at once when estimating the ELBO
 MOMENT_DRAWS = 64        # draws per point to match a non-Gaussian q's moments
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalFitSettings(Settings):
+    """The per-point fit's: at most ``max_steps`` Adam steps at ``lr`` on ``batch_size`` rows at a
+    time, the stopping rule (module docstring: ``window``, ``tol``, ``lr_decays``), and the final
+    ELBO's ``eval_samples`` reconstruction draws per point."""
+
+    max_steps: int = setting(3000, "Most Adam steps of the fit per batch of rows.", check=whole(0))
+    lr: float = setting(0.05, "Adam learning rate of the fit.", check=positive)
+    particles: int = setting(1, "Draws per point of each step's ELBO estimate.", check=whole(1))
+    tol: float | None = setting(0.01, "Stop once a window's mean ELBO improves by less than this many nats per "
+                                      "point (after the learning rate's decays).",
+                                check=optional(non_negative("nats"), "None: take every step"))
+    window: int = setting(100, "Steps per window of the stopping rule.", check=whole(1))
+    lr_decays: int = setting(2, "Divisions of the learning rate by 10 at a plateau before stopping.", check=whole(0))
+    batch_size: int = setting(1000, "Rows optimized together.", check=whole(1))
+    eval_samples: int = setting(100, "Reconstruction draws per point of the fitted ELBO.", check=whole(1))
+    seed: int = setting(0, "Seeds the fit's draws.", check=whole())
 
 
 @dataclass
@@ -123,11 +148,12 @@ def initial_guide(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor |
         shapes = latent_shapes(vae.bound()[0], index, 1.0, *batch)
         return MeanFieldGuide.from_moments({next(iter(shapes)): init}, {n: s for n, (_, s) in shapes.items()})
     if init not in ("prior", "q", "encoder"):
-        raise ValueError(f"unknown init {init!r}; use 'prior', 'q' (the guide's q(z | x)) or a (loc, scale) pair")
+        raise UsageError(f"unknown {option('init')} {init!r}; use 'prior', 'q' (the guide's q(z | x)) or a "
+                         "(loc, scale) pair")
     init = "q" if init == "encoder" else init
     if init == "q" and not vae.can("amortized") and index is None:
-        raise ValueError("init='q' needs the guide's q for these points: this guide has per-datapoint parameters, "
-                         "so pass the rows' index (or init='prior')")
+        raise UsageError(f"{option('init', 'q')} needs the guide's q for these points: this guide has per-datapoint "
+                         f"parameters, so pass the rows' {option('index')} (or {option('init', 'prior')})")
     family = declared(vae.guide, "guide", "local_family")
     if family is not None:
         return family(batch, init)
@@ -137,37 +163,33 @@ def initial_guide(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor |
     shapes = latent_shapes(vae.bound()[0], index, 1.0, *batch)
     for name, (shape, support) in shapes.items():
         if support.is_discrete:
-            raise ValueError(f"latent site {name!r} is discrete ({support}); per-point Gaussian fits need continuous "
+            raise UsageError(f"latent site {name!r} is discrete ({support}); per-point Gaussian fits need continuous "
                              "latents")
     like = batch[0]
     return MeanFieldGuide.from_moments({name: (like.new_zeros(num_rows(batch), *shape), like.new_ones(num_rows(batch), *shape))
                                         for name, (shape, _) in shapes.items()}, {n: s for n, (_, s) in shapes.items()})
 
 
-def fit_local(vae: VAE, data: Data, init: Init = "prior", index: torch.Tensor | None = None, max_steps: int = 3000,
-              lr: float = 0.05, particles: int = 1, tol: float | None = 0.01, window: int = 100, lr_decays: int = 2,
-              batch_size: int = 1000, eval_samples: int = 100, seed: int = 0,
-              progress: Callable[[int, int], None] | None = None) -> LocalFit:
+def fit_local(vae: VAE, data: Data, init: Init = "prior", *, index: torch.Tensor | None = None,
+              settings: LocalFitSettings | None = None, progress: Report = False, **changes) -> LocalFit:
     """Maximize each row's ELBO over its own member of the per-point family, the model frozen.
 
     ``init``: ``"prior"`` (N(0, I), identity flows), ``"q"`` (the VAE's guide; ``index`` gives the
-    rows of a per-datapoint guide), or a (loc, scale) table for a one-site model. ``tol=None``
-    turns the stopping rule off (exactly ``max_steps`` steps, a fixed refinement budget).
-    ``batch_size`` rows are optimized together. ``progress(rows_done, N)``.
+    rows of a per-datapoint guide), or a (loc, scale) table for a one-site model. ``settings``
+    (:class:`LocalFitSettings`), changed by keywords (``max_steps=500``, ``tol=None``: exactly
+    ``max_steps`` steps, a fixed refinement budget). ``progress``: True for a bar on stderr, or a
+    callable(rows_done, N).
     """
-    if max_steps < 0 or lr <= 0 or particles < 1 or window < 1 or batch_size < 1 or eval_samples < 1:
-        raise ValueError("max_steps >= 0, and lr, particles, window, batch_size, eval_samples > 0")
-    data = tuple(t.to(device=vae.device, dtype=vae.dtype if t.is_floating_point() else t.dtype)
-                 for t in as_batch(data))
+    settings = configured(LocalFitSettings, settings, changes)
+    data = vae.as_batch(data)
     n = num_rows(data)
-    objective = make_objective("meanfield", particles)
+    objective = make_objective("meanfield", settings.particles)
     started = time.perf_counter()
     guides, steps = [], []
-    devices = [vae.device] if vae.device.type == "cuda" else []
-    with frozen(vae), vae.param_store(), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for start in range(0, n, batch_size):
-            rows = range(start, min(start + batch_size, n))
+    with frozen(vae), vae.param_store(), forked_rng(vae.device, settings.seed), \
+            Progress(progress, n, "fit q per point") as report:
+        for start in range(0, n, settings.batch_size):
+            rows = range(start, min(start + settings.batch_size, n))
             batch = rows_of(data, rows)
             rows_index = None if index is None else index[rows.start:rows.stop].to(vae.device)
             if isinstance(init, tuple):
@@ -175,17 +197,18 @@ def fit_local(vae: VAE, data: Data, init: Init = "prior", index: torch.Tensor | 
             else:
                 start_at = init
             local = initial_guide(vae, batch, rows_index, start_at).to(batch[0])
-            steps.append(_fit_batch(vae, local, batch, objective, max_steps, lr, Plateau(window, tol, lr_decays)))
+            steps.append(_fit_batch(vae, local, batch, objective, settings))
             guides.append(local.requires_grad_(False))
-            if progress:
-                progress(rows.stop, n)
+            report(rows.stop)
         guide = concat_rows(guides)
-        elbo = elbo_per_point(vae, data, guide, eval_samples)
+        elbo = elbo_per_point(vae, data, guide, settings.eval_samples)
     return LocalFit(guide, elbo, steps, time.perf_counter() - started)
 
 
-def _fit_batch(vae: VAE, local: nn.Module, batch: tuple[torch.Tensor, ...], objective, max_steps: int,
-               lr: float, plateau: Plateau) -> int:
+def _fit_batch(vae: VAE, local: nn.Module, batch: tuple[torch.Tensor, ...], objective,
+               settings: LocalFitSettings) -> int:
+    """Adam on the rows of ``batch`` until the stopping rule says so; the steps taken."""
+    lr, plateau = settings.lr, Plateau(settings.window, settings.tol, settings.lr_decays)
     groups = declared(local, "local_family", "param_groups")   # a family may step some parameters more gently
     optimizer = torch.optim.Adam(groups(lr) if groups else local.parameters(), lr=lr)
     warmup = declared(local, "local_family", "lr_warmup")
@@ -195,7 +218,7 @@ def _fit_batch(vae: VAE, local: nn.Module, batch: tuple[torch.Tensor, ...], obje
     index = torch.arange(num_rows(batch), device=batch[0].device)
     validate = is_validation_enabled()
     step = 0
-    for step in range(1, max_steps + 1):
+    for step in range(1, settings.max_steps + 1):
         interrupts.check()   # under an evaluation's StopFlag, a signal drops this batch at once
         if step <= warmup:
             for group in optimizer.param_groups:

@@ -23,6 +23,8 @@ from typing import Callable
 import torch
 from pyro.infer import ELBO, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO
 
+from ..core.noise import forked_rng
+
 PYRO_CHECKED = "1.9.2"
 
 
@@ -63,8 +65,7 @@ class ShapeKeyedJit:
             # Compiling runs the program more than once and so draws extra random numbers; undo
             # them, so a run draws the same numbers with or without the JIT, and after a resume.
             self.compiled[key] = self.cls(**self.options)
-            devices = [like.device] if like.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+            with forked_rng(like.device), warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)   # torch.jit.trace is deprecated
                 self.compiled[key].differentiable_loss(model, guide, *args, **kwargs)
         return self.compiled[key].differentiable_loss(model, guide, *args, **kwargs)

@@ -10,6 +10,7 @@ import torch
 from pyro import poutine
 
 from ..core import interrupts
+from ..core.noise import forked_rng
 from ..core.programs import num_rows, rows_of
 from ..core.traces import sample_sites, unconditioned_observation
 from ..core.vae import VAE
@@ -31,9 +32,7 @@ def prior_samples(vae: VAE, template: Sequence[torch.Tensor], mean: bool = False
     tensors, e.g. labels, condition the model); with ``mean``, E[x | z] instead of a draw.
     Seeded by ``seed`` without touching the caller's generator."""
     model, _ = vae.bound()
-    devices = [vae.device] if vae.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with forked_rng(vae.device, seed):
         trace = poutine.trace(poutine.uncondition(model)).get_trace(None, 1.0, *template)
     _, observed = unconditioned_observation(trace)
     return observed["fn"].mean if mean else observed["value"]

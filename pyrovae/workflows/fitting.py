@@ -22,6 +22,7 @@ from ..config import CUSTOM, RESUMABLE, FitConfig, build_vae
 from ..core import distributed
 from ..core.contract import can
 from ..core.errors import UsageError, option, speaking_cli
+from ..core.noise import forked_rng
 from ..core.programs import CHECK_ROWS, as_batch, num_rows, observed_is_binary, rows_of
 from ..core.vae import VAE
 from ..data import BUILTIN, Dataset, binarize, check_for_likelihood, load_dataset
@@ -81,9 +82,7 @@ def fit(config: FitConfig, run_dir: str | Path, resume: bool = False, overwrite:
     config = _on_main(context, lambda: _check_run_dir(config, run_dir, resume, overwrite))
     device = distributed_device(runs.resolve_device(config.device), context)
     dataset = data or load_dataset(config.dataset, config.data_dir, config.test_fraction, config.seed)
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(config.seed)   # the initial weights are the seed's
+    with forked_rng(device, config.seed):   # the initial weights are the seed's
         # every check of the data and the programs happens before anything is written
         vae, custom, built, prepared = _build(config, dataset, vae, device)
         with contextlib.ExitStack() as lock:
@@ -136,7 +135,7 @@ def _build(config: FitConfig, dataset: Dataset, vae: VAE | None, device: torch.d
     prepared = prepare_data(config, device, dataset)
     vae = vae.to(device)
     index = torch.arange(min(CHECK_ROWS, num_rows(prepared.train)), device=device) if vae.can("per_datapoint") else None
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):   # checks draw nothing of the run's
+    with forked_rng(device):   # checks draw nothing of the run's
         info = vae.prepare(_as_trained(config, prepared.train), index)
     if custom and config.binarize != "none" and not all(site.discrete for site in info.observed.values()):
         name, site = next((n, s) for n, s in info.observed.items() if not s.discrete)
@@ -435,7 +434,7 @@ def load_run(run_dir: str | Path, device: str = "auto", data_dir: str | None = N
     torch_device = runs.resolve_device(device)
     state = runs.load_checkpoint(run_dir, map_location=torch_device)
     prepared = prepare_data(config, torch_device, data)
-    with torch.random.fork_rng(devices=[]):   # initial weights (overwritten below) draw from torch's RNG
+    with forked_rng():   # initial weights (overwritten below) draw from torch's RNG
         if vae is None and config.program is not None:
             vae = user_programs.load_program(config.program, run_dir, saved.get("program"))
         elif vae is None:
