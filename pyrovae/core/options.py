@@ -70,7 +70,7 @@ def validate(options: Any) -> Any:
         value = getattr(options, f.name)
         if isinstance(value, list) and f.metadata.get("parse") is not None:
             value = tuple(value)   # from JSON
-            setattr(options, f.name, value)
+            object.__setattr__(options, f.name, value)   # frozen settings too
         allowed = choices_of(f)
         if allowed is not None and value is not None and value not in allowed:
             raise UsageError(f"unknown {named(f.name)} {value!r}; use {', '.join(map(str, allowed))}")

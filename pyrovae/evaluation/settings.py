@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import torch
 
 from ..core.errors import UsageError
-from ..core.options import Check, fields, option, validate
+from ..core.options import Check, Options, fields, option
 
 COMPILE_PAIRS = 1_000_000  # auto-compile from here: ~5 s of eager work vs 1 s of compiling (11 s the first time)
 BATCH_SIZE, CHUNK_SIZE = 200, 50           # IS: datapoints x particles per decoder pass (benchmarks/bench_evaluate.py)
@@ -49,12 +49,12 @@ def same(owner: type, name: str, **changes: Any) -> Any:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Settings:
-    """The settings of an estimator (or of an evaluation of a run): checked when made; :meth:`but`
-    makes a changed copy."""
+class Settings(Options):
+    """The settings of an estimator (or of an evaluation of a run): options that are checked when
+    made and never change; :meth:`but` makes a changed copy."""
 
     def __post_init__(self) -> None:
-        validate(self)
+        self.validate()
 
     def but(self: S, **changes: Any) -> S:
         """A copy with ``changes``; a name that is not one of the settings is a UsageError."""
