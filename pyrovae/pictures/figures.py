@@ -172,9 +172,6 @@ def _layout(n: int, image_shape: Sequence[int], ncols: int, caption_lines: int,
     first = _MARGIN + caption_lines * _CAPTION_LINE + (_MARGIN if caption_lines else 0)
     tops = list(itertools.accumulate((cell_h + gap for gap in gaps[:-1]), initial=first))
     page_h = tops[-1] + cell_h + _MARGIN
-    if max(page_w, page_h) > MAX_PIXELS:
-        raise ValueError(f"a {page_w}x{page_h}-pixel figure is too large to draw (at most {MAX_PIXELS} per side); "
-                         "pass fewer images or more columns")
     return page_w, page_h, _MARGIN + left + (page_w - 2 * _MARGIN - left - grid_w) // 2, tops
 
 
@@ -192,22 +189,23 @@ def grid_figure_size(n: int, image_shape: Sequence[int], ncols: int = 8, caption
 
 def grid_capacity(image_shape: Sequence[int], ncols: int = 8, caption_lines: int = 4,
                   reconstructions: bool = False) -> int:
-    """The most images (pairs, with ``reconstructions``) one grid holds within ``MAX_PIXELS`` a
-    side: what a command checks its N against before any work. A grid's height grows by the same
-    pixels with each row of ``ncols``."""
-    try:
-        one = grid_figure_size(ncols, image_shape, ncols, caption_lines, reconstructions)[1]
-    except ValueError:
-        return 0
-    pitch = grid_figure_size(2 * ncols, image_shape, ncols, caption_lines, reconstructions)[1] - one
-    return ncols * (1 + (MAX_PIXELS - one) // pitch)
+    """The most images (pairs, with ``reconstructions``) one grid of ``grid_figure_size`` holds
+    within ``MAX_PIXELS`` a side: what a command checks its N against before any work."""
+    fits = lambda n: max(grid_figure_size(n, image_shape, ncols, caption_lines, reconstructions)) <= MAX_PIXELS
+    low, high = 0, 1
+    while fits(high):
+        low, high = high, 2 * high
+    while high - low > 1:   # fits(low), not fits(high)
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
 
 
 def _tiles(images: np.ndarray, ncols: int) -> np.ndarray:
     """IMAGES [n, C, H, W] (values clipped to [0, 1], times 255) magnified (nearest), each in a grey
     frame with 2 px of white around it, NCOLS a row: [h, w] (grey) or [h, w, 3] bytes. The pixels are
     prepared with numpy: torch's thread pool costs more than it saves on arrays this small."""
-    from torchvision.utils import make_grid
+    from torchvision.utils import make_grid  # deferred: torchvision imports torch._dynamo (1-3 s unless loaded)
 
     scale = _scale(*images.shape[-2:])
     big = np.rint(np.clip(images, 0, 1) * 255).astype(np.uint8).repeat(scale, axis=2).repeat(scale, axis=3)
@@ -223,6 +221,9 @@ def _grid(blocks: list[np.ndarray], n: int, image_shape: Sequence[int], ncols: i
     page; CAPTION centred on top, LABELS (a reconstruction figure's) right-aligned left of the rows."""
     lines = _caption_lines(caption, _layout(n, image_shape, ncols, 0, bool(labels))[0])
     width, height, left, tops = _layout(n, image_shape, ncols, len(lines), bool(labels))
+    if max(width, height) > MAX_PIXELS:
+        raise ValueError(f"a {width}x{height}-pixel figure is too large to draw (at most {MAX_PIXELS} per side); "
+                         "pass fewer images or more columns")
     page = Image.new("L" if image_shape[0] == 1 else "RGB", (width, height), "white")
     for top, images in zip(tops, blocks):
         page.paste(Image.fromarray(_tiles(images, ncols)), (left - 3, top - 3))
