@@ -62,25 +62,16 @@ _TEST_COLOR = "tab:orange"
 _LR_COLOR = "tab:green"
 _WARMUP_COLOR = "0.55"
 _MANY_POINTS = 40  # series with at most this many points get markers
+_PANELS = (("ELBO", "elbo", "ELBO (nats per datapoint)"),  # title, key in the records, y label
+           ("reconstruction term log p(x|z)", "reconstruction", "log p(x|z) (nats per datapoint)"),
+           ("KL(q(z|x) ‖ p(z))", "kl", "KL (nats per datapoint)"))
 
 _STYLE = {
-    "font.size": 10.5,
-    "axes.titlesize": 12,
-    "axes.titleweight": "bold",
-    "axes.labelsize": 10.5,
-    "xtick.labelsize": 9.5,
-    "ytick.labelsize": 9.5,
-    "legend.fontsize": 10.5,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "grid.linewidth": 0.6,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "figure.facecolor": "white",
-    "savefig.facecolor": "white",
+    "font.size": 10.5, "axes.titlesize": 12, "axes.titleweight": "bold", "axes.labelsize": 10.5,
+    "xtick.labelsize": 9.5, "ytick.labelsize": 9.5, "legend.fontsize": 10.5,
+    "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.6, "axes.spines.top": False, "axes.spines.right": False,
+    "figure.facecolor": "white", "savefig.facecolor": "white", "savefig.transparent": False, "text.usetex": False,
     "savefig.bbox": "standard",  # never "tight": the size of the PNG must not depend on its contents
-    "savefig.transparent": False,
-    "text.usetex": False,
 }
 
 # found without importing matplotlib
@@ -405,84 +396,68 @@ def training_curves(records: Iterable[Mapping[str, Any]], path: str | Path, capt
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     records = _by_epoch(records)
-    epochs = _series(records, "epoch")
+    epochs, beta, lr = (_series(records, key) for key in ("epoch", "beta", "lr"))
     seconds = sum(np.where(np.isfinite(t) & (t > 0), t, 0.0)
                   for t in (_series(records, "train_seconds"), _series(records, "eval_seconds")))
     minutes = np.cumsum(seconds) / 60.0
+    starts = np.concatenate([[0.0], minutes[:-1]])  # minute at which each epoch began
     timed = minutes[-1] > 0
-    beta, lr = _series(records, "beta"), _series(records, "lr")
-    finite_beta = beta[np.isfinite(beta)]
-    warmup = _spans(np.isfinite(beta) & (beta < finite_beta[-1] - 1e-12)) if finite_beta.size else []
-    finite_lr = lr[np.isfinite(lr) & (lr > 0)]
-    lr_varies = int(finite_lr.size > 1 and finite_lr.max() > finite_lr.min() * (1 + 1e-9))  # a column, or none
-    panels = [("ELBO", "elbo", "ELBO (nats per datapoint)"),
-              ("reconstruction term log p(x|z)", "reconstruction", "log p(x|z) (nats per datapoint)"),
-              ("KL(q(z|x) ‖ p(z))", "kl", "KL (nats per datapoint)")]
+    final_beta = beta[np.isfinite(beta)][-1] if np.isfinite(beta).any() else math.nan
+    warmup = _spans(beta < final_beta - 1e-12)  # (NaN compares false)
+    rates = lr[np.isfinite(lr) & (lr > 0)]
+    lr_varies = int(rates.size > 1 and rates.max() > rates.min() * (1 + 1e-9))  # a column, or none
+    # a column per quantity: title, y label, its lines (label, colour, values), what it says when empty
+    columns = [(title, ylabel, [("train", _TRAIN_COLOR, _series(records, f"train_{key}")),
+                                ("test", _TEST_COLOR, _series(records, f"test_{key}"))],
+                f"no train_{key} or test_{key} in the records") for title, key, ylabel in _PANELS]
+    columns += [("learning rate", "learning rate (log scale)",
+                 [("learning rate", _LR_COLOR, np.where(lr > 0, lr, np.nan))], "")] * lr_varies
     title_px = _pixels(_CAPTION_PT + 1)
     lines = _wrap(caption, title_px, CURVES_SIZE[0] - 4 * _MARGIN)
     header = 70 + len(lines) * round(1.25 * title_px)  # pixels above the panels' titles: caption, legend
     with _style():
         figure = _new_figure(CURVES_SIZE)
-        grid = figure.add_gridspec(2, len(panels) + lr_varies, width_ratios=[1.0] * len(panels) + [0.8] * lr_varies,
-                                   left=0.062, right=0.99, bottom=0.065, top=1 - header / CURVES_SIZE[1],
-                                   wspace=0.32, hspace=0.3)
-        columns, has_test = [], False
-        for column, (title, key, ylabel) in enumerate(panels):
-            top = figure.add_subplot(grid[0, column])
-            bottom = figure.add_subplot(grid[1, column], sharey=top)
-            train, test = _series(records, f"train_{key}"), _series(records, f"test_{key}")
-            for axes, x in ((top, epochs), (bottom, minutes)):
+        grid = figure.subplots(2, len(columns), sharey="col", squeeze=False, gridspec_kw={
+            "width_ratios": [1.0] * len(_PANELS) + [0.8] * lr_varies, "left": 0.062, "right": 0.99,
+            "bottom": 0.065, "top": 1 - header / CURVES_SIZE[1], "wspace": 0.32, "hspace": 0.3})
+        for (title, ylabel, series, empty), (top, bottom) in zip(columns, grid.T):
+            for axes, x, spans in ((top, epochs, [(epochs[a] - 1, epochs[b - 1]) for a, b in warmup]),
+                                   (bottom, minutes, [(starts[a], minutes[b - 1]) for a, b in warmup])):
                 axes.set_ylabel(ylabel)
-                if axes is top or timed:
-                    drawn = _plot(axes, x, train, _TRAIN_COLOR, "train")
-                    tested = _plot(axes, x, test, _TEST_COLOR, "test")
-                    has_test |= tested
-                    if not (drawn or tested):
-                        _say(axes, f"no train_{key} or test_{key} in the records")
+                if axes is bottom and not timed:
+                    _say(axes, "no timings in the records")
+                    continue
+                if not any([_plot(axes, x, y, colour, label) for label, colour, y in series]):
+                    _say(axes, empty)
+                for span in spans:  # epoch e is trained during [e - 1, e]
+                    axes.axvspan(*span, color=_WARMUP_COLOR, alpha=0.18, linewidth=0)
             top.set_title(title, parse_math=False)
-            _zoom(top, bottom, epochs, [train, test])
-            columns.append((top, bottom))
-        if lr_varies:
-            top = figure.add_subplot(grid[0, -1])
-            bottom = figure.add_subplot(grid[1, -1], sharey=top)
-            for axes, x in ((top, epochs), (bottom, minutes)):
-                if axes is top or timed:
-                    _plot(axes, x, np.where(lr > 0, lr, np.nan), _LR_COLOR, "learning rate")
-                axes.set_yscale("log")
-                if finite_lr.max() < 10 * finite_lr.min():  # less than a decade: label ticks plainly
-                    axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
-                    axes.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
-                axes.set_ylabel("learning rate (log scale)")
-            top.set_title("learning rate")
-            columns.append((top, bottom))
-
-        starts = np.concatenate([[0.0], minutes[:-1]])  # minute at which each epoch began
-        for top, bottom in columns:
-            for start, stop in warmup:  # epoch e is trained during [e - 1, e]
-                top.axvspan(epochs[start] - 1, epochs[stop - 1], color=_WARMUP_COLOR, alpha=0.18, linewidth=0)
-                if timed:
-                    bottom.axvspan(starts[start], minutes[stop - 1], color=_WARMUP_COLOR, alpha=0.18, linewidth=0)
             top.set_xlim(epochs[0] - 1, epochs[-1] + max(0.5, 0.02 * (epochs[-1] - epochs[0] + 1)))
             top.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
             top.set_xlabel("epoch")
             bottom.set_xlabel("minutes (train + eval)")
             if timed:
                 bottom.set_xlim(0, minutes[-1] * 1.03)
-            else:
-                _say(bottom, "no timings in the records")
+            if empty:  # an ELBO term: zoomed past a first-epochs transient
+                _zoom(top, bottom, epochs, [y for _, _, y in series])
+            for axes in (top, bottom)[:0 if empty else 2]:  # the learning rate: a log scale
+                axes.set_yscale("log")
+                if rates.max() < 10 * rates.min():  # less than a decade: label ticks plainly
+                    axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+                    axes.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
 
         handles = [Line2D([], [], color=_TRAIN_COLOR, linewidth=2, label="train")]
-        if has_test:
+        if any(np.isfinite(series[1][2]).any() for _, _, series, _ in columns[:len(_PANELS)]):
             handles.append(Line2D([], [], color=_TEST_COLOR, linewidth=2, label="test"))
         if warmup:
             where = (f"epochs {int(epochs[warmup[0][0]])}–{int(epochs[warmup[0][1] - 1])}"
                      if len(warmup) == 1 else f"{sum(b - a for a, b in warmup)} epochs")
-            handles.append(Patch(color=_WARMUP_COLOR, alpha=0.3, label=f"KL warm-up: β < {finite_beta[-1]:g} ({where})"))
+            handles.append(Patch(color=_WARMUP_COLOR, alpha=0.3, label=f"KL warm-up: β < {final_beta:g} ({where})"))
         if lr_varies:
             handles.append(Line2D([], [], color=_LR_COLOR, linewidth=2,
-                                  label=f"learning rate {_short(finite_lr[0])} → {_short(finite_lr[-1])}"))
-        elif finite_lr.size:
-            handles.append(Line2D([], [], linestyle="none", label=f"learning rate {_short(finite_lr[0])} (constant)"))
+                                  label=f"learning rate {_short(rates[0])} → {_short(rates[-1])}"))
+        elif rates.size:
+            handles.append(Line2D([], [], linestyle="none", label=f"learning rate {_short(rates[0])} (constant)"))
         # the caption is the legend's title, centred above its entries
         legend = figure.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1.0), ncols=len(handles),
                                frameon=False, handlelength=2.2, columnspacing=2.5)
