@@ -4,9 +4,9 @@ Drawn by the libraries: torchvision's ``make_grid`` tiles a grid's images, Pillo
 and row labels, matplotlib draws the curves and scatter plots. All text is in DejaVu Sans,
 matplotlib's font, which the grids read from matplotlib's own font files: it has the minus sign,
 Greek letters and arrows that Pillow's default font lacks. matplotlib (half a second to import) and
-torchvision (a second, or a third of one where ``torch._dynamo`` is loaded already, as in ``fit``)
-are imported by the pictures that need them, not with this module; the grids never import
-matplotlib. Every PNG is written through :func:`~pyrovae.core.files.atomic_path`: an existing file
+torchvision (one to three seconds, as it imports ``torch._dynamo``; a few tenths where that is
+loaded already, as in ``fit``) are imported by the pictures that need them, not with this module;
+the grids never import matplotlib. Every PNG is written through :func:`~pyrovae.core.files.atomic_path`: an existing file
 is replaced only on success.
 
 Library-safe: no ``matplotlib.pyplot``, no backend choice, no change to rcParams, loggers or RNGs
@@ -91,6 +91,14 @@ def _png(path: str | Path) -> Iterator[IO[bytes]]:
         yield handle
 
 
+def _array(x: ArrayLike, name: str) -> np.ndarray:
+    """X (a tensor on any device, an array, nested sequences) as float64 numbers."""
+    try:
+        return np.asarray(x.detach().cpu().double() if hasattr(x, "detach") else x, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name}: expected numbers, got {type(x).__name__} ({error})") from None
+
+
 @functools.cache
 def _font(pixels: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(_DEJAVU, pixels)
@@ -129,10 +137,7 @@ def _check_ncols(ncols: int) -> int:
 def _images(x: ArrayLike, image_shape: Sequence[int], name: str) -> np.ndarray:
     """X as [n, C, H, W] float64, checked: n >= 1, C*H*W finite values per image."""
     size = math.prod(_check_shape(image_shape))
-    try:
-        x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{name}: expected numbers, got {type(x).__name__} ({error})") from None
+    x = _array(x, name)
     if x.ndim < 2 or len(x) == 0:
         raise ValueError(f"{name}: expected [n, {size}] with n >= 1, got shape {x.shape}")
     if x[0].size != size:
@@ -490,10 +495,7 @@ def _colours(k: int) -> list[Any]:
 
 
 def _points(xy: ArrayLike, label: Any) -> np.ndarray:
-    try:
-        xy = np.asarray(xy.detach().cpu() if hasattr(xy, "detach") else xy, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"group {label!r}: expected numbers ({error})") from None
+    xy = _array(xy, f"group {label!r}")
     xy = xy.reshape(0, 2) if xy.size == 0 else xy
     if xy.ndim != 2 or xy.shape[1] != 2:
         raise ValueError(f"group {label!r}: expected [n, 2] points, got shape {xy.shape}")
