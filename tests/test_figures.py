@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pyrovae.pictures import figures
+from pyrovae.pictures import figures, plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MNIST = (1, 28, 28)
@@ -213,6 +213,31 @@ assert "matplotlib" not in sys.modules, sorted(m for m in sys.modules if m.start
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# which rows a picture shows
+
+
+class _Guided:
+    """A VAE as picture_rows sees it: whether its guide has an encoder."""
+
+    def __init__(self, amortized):
+        self.amortized = amortized
+
+    def can(self, capability):
+        return capability == "amortized" and self.amortized
+
+
+def test_picture_rows_are_test_rows_with_an_encoder_else_training_rows_and_their_indices():
+    test = (torch.arange(10.0).reshape(5, 2), torch.arange(5))
+    train = (torch.arange(20.0).reshape(10, 2), torch.arange(10))
+    rows, index, split = plots.picture_rows(_Guided(True), test, train, 3)
+    assert split == "test" and index is None and torch.equal(rows[0], test[0][:3]) and torch.equal(rows[1], test[1][:3])
+    pictured = plots.picture_rows(_Guided(False), test, train, 3)
+    assert pictured.split == "train" and pictured.images == "training images"
+    assert torch.equal(pictured.rows[0], train[0][:3]) and torch.equal(pictured.index, torch.arange(3))
+    assert len(plots.picture_rows(_Guided(True), test, train, 64).rows[0]) == 5  # all there are
 
 
 # ---------------------------------------------------------------------------------------------
