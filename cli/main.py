@@ -244,22 +244,18 @@ def sample(run_dir: str, n: int, show: str, seed: int, out: str, device: str, da
 def reconstruct(run_dir: str, n: int, out: str, device: str, data_dir: str | None, dataset: str | None, program: str | None) -> None:
     """Test images (training images for a guide without an encoder) above their reconstructions
     E[x | z] at the guide's mean of z."""
-    import torch
-
-    from pyrovae.core.programs import rows_of
     from pyrovae.pictures.figures import reconstruction_figure
-    from pyrovae.pictures.plots import reconstructions
+    from pyrovae.pictures.plots import picture_rows, reconstructions
     path = output_png(out)
     run = _image_run(run_dir, device, data_dir, dataset, program)
-    amortized = run.vae.can("amortized")
-    batch = rows_of(run.data.test if amortized else run.data.train, slice(0, n))
-    _check_grid(len(batch[0]), run.data.dataset.image_shape, reconstructions=True)
-    index = None if amortized else torch.arange(len(batch[0]), device=batch[0].device)
-    split = "test" if amortized else "training"
-    reconstruction_figure(batch[0].cpu(), reconstructions(run.vae, batch, index).cpu(), run.data.dataset.image_shape,
-                          path, caption=f"{Path(run_dir).name} · epoch {run.epoch} · {split} images and "
-                                        f"reconstructions E[x | z = mean of q(z | x)]")
-    emit({"out": str(path), "n": len(batch[0]), "split": "test" if amortized else "train", "run_dir": run_dir})
+    pictured = picture_rows(run.vae, run.data.test, run.data.train, n)
+    x = pictured.rows[0]
+    _check_grid(len(x), run.data.dataset.image_shape, reconstructions=True)
+    reconstruction_figure(x.cpu(), reconstructions(run.vae, pictured.rows, pictured.index).cpu(),
+                          run.data.dataset.image_shape, path,
+                          caption=f"{Path(run_dir).name} · epoch {run.epoch} · {pictured.images} and "
+                                  f"reconstructions E[x | z = mean of q(z | x)]")
+    emit({"out": str(path), "n": len(x), "split": pictured.split, "run_dir": run_dir})
 
 
 @cli.command("latent-map")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pyrovae.pictures import figures
+from pyrovae.pictures import figures, plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MNIST = (1, 28, 28)
@@ -171,7 +171,7 @@ def test_caption_and_labels_stay_in_their_bands(tmp_path):
         page = np.asarray(image.convert("L"))
     height, width = page.shape
     lines = figures._caption_lines(caption, width)
-    assert len(lines) >= 2 and "−" not in "".join(lines)  # wrapped; the font has no minus sign: '-' instead
+    assert len(lines) >= 2 and "−" in "".join(lines)  # wrapped; the font draws the minus sign itself
     font = figures._font(figures._CAPTION_PX)
     assert all(font.getlength(line) <= width - 24 for line in lines)
     assert (width, height) == figures.grid_figure_size(3, MNIST, caption_lines=len(lines), reconstructions=True)
@@ -189,10 +189,13 @@ def test_caption_and_labels_stay_in_their_bands(tmp_path):
     assert abs((reconstruction.min() + reconstruction.max()) / 2 - (88 + 42)) <= 4
 
 
-def test_characters_the_font_lacks_get_stand_ins():
+def test_the_font_draws_the_characters_captions_use():
+    """Minus signs, Greek letters, arrows and the like are drawn as themselves, never as the font's empty box."""
     font = figures._font(figures._CAPTION_PX)
-    assert figures._printable("ELBO −101.9 · β = 1 – KL(q‖p) · 10² · é · ✓", font) == \
-        "ELBO -101.9 · beta = 1 - KL(q||p) · 10^2 · e · ?"
+    missing = font.getmask("\U0010fffd")  # a private-use code point: the font's "no glyph" box
+    for char in "−β‖²é→≈×·–":
+        mask = font.getmask(char)
+        assert (mask.size, bytes(mask)) != (missing.size, bytes(missing)), char
 
 
 def test_grids_do_not_import_matplotlib():
@@ -210,6 +213,31 @@ assert "matplotlib" not in sys.modules, sorted(m for m in sys.modules if m.start
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# which rows a picture shows
+
+
+class _Guided:
+    """A VAE as picture_rows sees it: whether its guide has an encoder."""
+
+    def __init__(self, amortized):
+        self.amortized = amortized
+
+    def can(self, capability):
+        return capability == "amortized" and self.amortized
+
+
+def test_picture_rows_are_test_rows_with_an_encoder_else_training_rows_and_their_indices():
+    test = (torch.arange(10.0).reshape(5, 2), torch.arange(5))
+    train = (torch.arange(20.0).reshape(10, 2), torch.arange(10))
+    rows, index, split = plots.picture_rows(_Guided(True), test, train, 3)
+    assert split == "test" and index is None and torch.equal(rows[0], test[0][:3]) and torch.equal(rows[1], test[1][:3])
+    pictured = plots.picture_rows(_Guided(False), test, train, 3)
+    assert pictured.split == "train" and pictured.images == "training images"
+    assert torch.equal(pictured.rows[0], train[0][:3]) and torch.equal(pictured.index, torch.arange(3))
+    assert len(plots.picture_rows(_Guided(True), test, train, 64).rows[0]) == 5  # all there are
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,23 +342,20 @@ def test_caller_state_unchanged_and_caller_style_ignored(tmp_path):
         assert image.convert("RGB").getpixel((2, 2)) == (255, 255, 255)  # our white, not the caller's black
 
 
-def test_module_stands_alone_without_pyplot():
-    """figures.py loads by itself (no other pyrovae module), never imports pyplot nor picks a backend."""
-    source = Path(figures.__file__)
-    code = f"""
-import importlib.util, sys, tempfile, os
+def test_module_never_imports_pyplot_nor_picks_a_backend():
+    """figures.py draws without pyplot and leaves matplotlib's backend as the caller had it."""
+    code = """
+import sys, tempfile, os
 import matplotlib
 backend = matplotlib.rcParams._get_backend_or_none()
-spec = importlib.util.spec_from_file_location("standalone_figures", {str(source)!r})
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
+import pyrovae.pictures.figures as module
 with tempfile.TemporaryDirectory() as d:
-    module.scatter({{"a": [[0.0, 1.0], [1.0, 0.0]]}}, os.path.join(d, "p.png"))
+    module.scatter({"a": [[0.0, 1.0], [1.0, 0.0]]}, os.path.join(d, "p.png"))
+    module.training_curves([{"epoch": 1, "train_elbo": -100.0}], os.path.join(d, "c.png"))
     module.sample_grid([[0.5] * 4], (1, 2, 2), os.path.join(d, "s.png"))
 assert "matplotlib.pyplot" not in sys.modules, "pyplot imported"
-assert not any(name.startswith("pyrovae") for name in sys.modules), "imports pyrovae"
 assert matplotlib.rcParams._get_backend_or_none() == backend, "backend chosen"
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "MPLBACKEND": ""})
     assert result.returncode == 0, result.stderr

@@ -1,68 +1,59 @@
-"""Figures a user of a VAE looks at: reconstructions, sample grids, training curves, 2-D scatter plots.
+"""Pictures rendered to PNG: image grids, training curves and 2-D scatter plots.
 
-Pure drawing functions: they take tensors, arrays or lists of dicts and write one PNG. The image grids
-(``sample_grid``, ``reconstruction_figure``) are painted with Pillow and never import matplotlib, so
-``import pyrovae.pictures.figures`` and the grids a training run writes at its end stay cheap; only
-``training_curves`` and ``scatter`` import matplotlib, when called. Library-safe: no
-``matplotlib.pyplot``, no ``matplotlib.use``, no global rcParams / logging / RNG changes (a fixed style
-is applied inside ``matplotlib.rc_context``). Every PNG is written atomically: rendered into a
-temporary file next to ``path`` and renamed over it, so an existing file is replaced only on success.
+Drawn by the libraries: torchvision's ``make_grid`` tiles a grid's images, Pillow writes its caption
+and row labels, matplotlib draws the curves and scatter plots. All text is in DejaVu Sans,
+matplotlib's font, which the grids read from matplotlib's own font files: it has the minus sign,
+Greek letters and arrows that Pillow's default font lacks. matplotlib (half a second to import) and
+torchvision (one to three seconds, as it imports ``torch._dynamo``; a few tenths where that is
+loaded already, as in ``fit``) are imported by the pictures that need them, not with this module;
+the grids never import matplotlib. Every PNG is written through :func:`~pyrovae.core.files.atomic_path`: an existing file
+is replaced only on success.
 
-Sizes are deterministic (pixels at ``DPI``): ``training_curves`` is always ``CURVES_SIZE``, ``scatter``
-always ``SCATTER_SIZE``; the image grids grow with the number and size of the images (at least
-``MIN_GRID_WIDTH`` wide), see ``grid_figure_size``.
+Library-safe: no ``matplotlib.pyplot``, no backend choice, no change to rcParams, loggers or RNGs
+(a fixed style applies inside ``matplotlib.rc_context``). Sizes are deterministic (pixels):
+``training_curves`` is always ``CURVES_SIZE``, ``scatter`` always ``SCATTER_SIZE``; the grids grow
+with the number and size of the images, see ``grid_figure_size``.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
+import itertools
 import math
-import os
-import secrets
-import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import textwrap
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
 
-if TYPE_CHECKING:  # matplotlib and Pillow are imported where they are used
+from ..core.files import atomic_path
+
+if TYPE_CHECKING:
     from matplotlib.figure import Figure
-    from PIL import Image as PILImage
-    from PIL import ImageFont
 
-__all__ = [
-    "DPI",
-    "CURVES_SIZE",
-    "SCATTER_SIZE",
-    "MIN_GRID_WIDTH",
-    "grid_figure_size",
-    "reconstruction_figure",
-    "sample_grid",
-    "training_curves",
-    "scatter",
-]
+__all__ = ["DPI", "CURVES_SIZE", "SCATTER_SIZE", "MIN_GRID_WIDTH", "MAX_PIXELS", "grid_figure_size",
+           "grid_capacity", "reconstruction_figure", "sample_grid", "training_curves", "scatter"]
 
 DPI = 100
 CURVES_SIZE = (1400, 800)  # pixels (width, height) of training_curves
 SCATTER_SIZE = (800, 640)  # pixels of scatter
 MIN_GRID_WIDTH = 400  # pixels: narrow grids are centred on a figure at least this wide
-MAX_PIXELS = 30000  # per side; Agg cannot draw much larger figures (and grids that large are unreadable)
+MAX_PIXELS = 30000  # per side of a grid: larger ones are unreadable (and take gigabytes)
 
-# layout of the image grids, in pixels
+# the image grids, in pixels
 _MARGIN = 12
-_GAP = 6  # between images in a row (a 1-pixel grey frame sits in it)
+_GAP = 6  # between images in a row; each image's 1-pixel grey frame and 2 pixels of white sit in it
 _PAIR_GAP = 4  # between an original row and its reconstruction row
 _BLOCK_GAP = 20  # between one original/reconstruction pair of rows and the next
 _LABEL_PAD = 10  # between a row label and its images
-_LABEL_COLUMN = 130  # row labels ("reconstruction" is 108 px wide at 16 px) and their padding
-_CAPTION_PX = 17  # font sizes (Pillow's default font), in pixels
-_LABEL_PX = 16
+_LABEL_COLUMN = 130  # row labels ("reconstruction" is 108 px wide) and their padding
 _CAPTION_LINE = 21  # pixels per line of caption
-_BACKGROUND = 255  # white
+_CAPTION_PX = _LABEL_PX = 15  # font sizes
 _FRAME = 199  # light grey frame around each image
-_CAPTION_INK = 0
-_LABEL_INK = 38
-_PNG_COMPRESSION = 6  # zlib level of the grids' PNGs
 
 # matplotlib figures (training_curves, scatter)
 _CAPTION_PT = 12.0
@@ -71,164 +62,60 @@ _TEST_COLOR = "tab:orange"
 _LR_COLOR = "tab:green"
 _WARMUP_COLOR = "0.55"
 _MANY_POINTS = 40  # series with at most this many points get markers
+_PANELS = (("ELBO", "elbo", "ELBO (nats per datapoint)"),  # title, key in the records, y label
+           ("reconstruction term log p(x|z)", "reconstruction", "log p(x|z) (nats per datapoint)"),
+           ("KL(q(z|x) ‖ p(z))", "kl", "KL (nats per datapoint)"))
 
 _STYLE = {
-    "font.size": 10.5,
-    "axes.titlesize": 12,
-    "axes.titleweight": "bold",
-    "axes.labelsize": 10.5,
-    "xtick.labelsize": 9.5,
-    "ytick.labelsize": 9.5,
-    "legend.fontsize": 10.5,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "grid.linewidth": 0.6,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "figure.facecolor": "white",
-    "savefig.facecolor": "white",
+    "font.size": 10.5, "axes.titlesize": 12, "axes.titleweight": "bold", "axes.labelsize": 10.5,
+    "xtick.labelsize": 9.5, "ytick.labelsize": 9.5, "legend.fontsize": 10.5,
+    "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.6, "axes.spines.top": False, "axes.spines.right": False,
+    "figure.facecolor": "white", "savefig.facecolor": "white", "savefig.transparent": False, "text.usetex": False,
     "savefig.bbox": "standard",  # never "tight": the size of the PNG must not depend on its contents
-    "savefig.transparent": False,
-    "text.usetex": False,
 }
+
+# found without importing matplotlib
+_DEJAVU = Path(importlib.util.find_spec("matplotlib").origin).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
 
 ArrayLike = Any  # a torch.Tensor, a numpy array, or nested sequences of numbers
 
 
 # ------------------------------------------------------------------------------------------------
-# shared machinery
+# shared
 
 
 @contextlib.contextmanager
-def _style() -> Iterator[None]:
-    """Matplotlib's default style plus ``_STYLE``, whatever the caller configured; restored on exit."""
-    import matplotlib
-
-    with matplotlib.rc_context():
-        matplotlib.rcdefaults()  # leaves the backend alone; rc_context restores everything else
-        matplotlib.rcParams.update(_STYLE)
-        yield
+def _png(path: str | Path) -> Iterator[IO[bytes]]:
+    """A file to write a PNG into, which replaces PATH when the block succeeds."""
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as handle:
+        yield handle
 
 
-def _check_size(width_px: int, height_px: int) -> None:
-    if not (0 < width_px <= MAX_PIXELS and 0 < height_px <= MAX_PIXELS):
-        raise ValueError(
-            f"a {width_px}x{height_px}-pixel figure is too large to draw (at most {MAX_PIXELS} per side); "
-            "pass fewer images or more columns")
-
-
-def _new_figure(width_px: int, height_px: int, layout: str | None = None) -> Figure:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    _check_size(width_px, height_px)
-    # + 0.01 px: figsize * dpi must not fall a float tick short of the integer (older Agg truncates)
-    figure = Figure(figsize=((width_px + 0.01) / DPI, (height_px + 0.01) / DPI), dpi=DPI, layout=layout)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _write_atomically(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
-    """WRITE a file into a temporary file beside PATH, then rename it over PATH (atomic on POSIX)."""
-    path = os.fspath(path)
-    directory, name = os.path.split(os.path.abspath(path))
-    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        # secrets, not random: the caller's RNG state is left alone
-        tmp = os.path.join(directory, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        try:
-            fd = os.open(tmp, flags, 0o666)  # the process umask applies, as for any new file
-        except FileExistsError:
-            continue
-        break
-    else:  # pragma: no cover - 100 collisions of 32 random bits
-        raise FileExistsError(f"could not create a temporary file beside {path}")
+def _array(x: ArrayLike, name: str) -> np.ndarray:
+    """X (a tensor on any device, an array, nested sequences) as float64 numbers."""
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _write_png(figure: Figure, path: str | os.PathLike[str]) -> None:
-    """Render a matplotlib FIGURE into PATH, atomically."""
-    _write_atomically(path, lambda handle: figure.savefig(handle, format="png", dpi=DPI))
-
-
-def _as_array(x: ArrayLike, name: str) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch.Tensor (any device and dtype)
-        x = x.detach().cpu().double().numpy()
-    try:
-        array = np.asarray(x, dtype=np.float64)
+        return np.asarray(x.detach().cpu().double() if hasattr(x, "detach") else x, dtype=np.float64)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{name}: expected numbers, got {type(x).__name__} ({error})") from None
-    return array
 
 
-def _wrap_to(measure: Callable[[str], float], text: str, width_px: float) -> list[str]:
-    """TEXT broken into lines no wider than WIDTH_PX, as MEASURE (text -> pixels) has it."""
-    lines: list[str] = []
-    for paragraph in text.splitlines() or [""]:
-        line = ""
-        for word in paragraph.split(" "):
-            candidate = word if not line else f"{line} {word}"
-            if line and measure(candidate) > width_px:
-                lines.append(line)
-                line = word
-            else:
-                line = candidate
-            while measure(line) > width_px and len(line) > 1:  # a very long word
-                cut = len(line) - 1
-                while cut > 1 and measure(line[:cut]) > width_px:
-                    cut -= 1
-                lines.append(line[:cut])
-                line = line[cut:]
-        lines.append(line)
-    return lines
+@functools.cache
+def _font(pixels: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(_DEJAVU, pixels)
 
 
-def _wrap(figure: Figure, text: str, points: float, width_px: float) -> list[str]:
-    """TEXT broken into lines no wider than WIDTH_PX at POINTS (measured with the figure's renderer)."""
-    from matplotlib.font_manager import FontProperties
-
-    renderer = figure.canvas.get_renderer()
-    font = FontProperties(size=points)
-
-    def measure(line: str) -> float:
-        width, _, _ = renderer.get_text_width_height_descent(line, font, ismath=False)
-        return width
-
-    return _wrap_to(measure, text, width_px)
-
-
-def _escape(label: Any) -> str:
-    """A data label shown literally (a '$' would otherwise start mathtext)."""
-    return str(label).replace("$", r"\$")
+def _wrap(text: str, pixels: int, width: float) -> list[str]:
+    """TEXT in the fewest lines textwrap makes of it with none wider than WIDTH in DejaVu Sans at PIXELS."""
+    font = _font(pixels)
+    for chars in range(len(text), 1, -1):
+        lines = textwrap.wrap(text, chars)
+        if all(font.getlength(line) <= width for line in lines):
+            return lines
+    return textwrap.wrap(text, 1)
 
 
 # ------------------------------------------------------------------------------------------------
-# image grids (Pillow only)
-
-
-def _images(x: ArrayLike, image_shape: Sequence[int], name: str) -> np.ndarray:
-    """X as [n, H, W] (grey) or [n, H, W, 3] (colour) bytes: values clipped to [0, 1], times 255."""
-    channels, height, width = _check_shape(image_shape)
-    array = _as_array(x, name)
-    if array.ndim < 2 or array.shape[0] == 0:
-        raise ValueError(f"{name}: expected [n, {channels * height * width}] with n >= 1, got shape {array.shape}")
-    n = array.shape[0]
-    if array[0].size != channels * height * width:
-        raise ValueError(f"{name}: {array[0].size} values per image, but image_shape {tuple(image_shape)} "
-                         f"needs {channels * height * width}")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name}: contains NaN or infinite values")
-    array = np.rint(np.clip(array.reshape(n, channels, height, width), 0.0, 1.0) * 255).astype(np.uint8)
-    return array[:, 0] if channels == 1 else array.transpose(0, 2, 3, 1)
+# image grids: make_grid and Pillow
 
 
 def _check_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -241,41 +128,47 @@ def _check_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
     return channels, height, width
 
 
-def _scale(height: int, width: int) -> int:
-    """Integer magnification: small images (28 px MNIST, 32 px CIFAR) shown at about 90 px."""
-    return max(1, 96 // max(height, width))
-
-
 def _check_ncols(ncols: int) -> int:
     if int(ncols) != ncols or ncols < 1:
         raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
     return int(ncols)
 
 
-class _GridLayout:
-    """Pixel positions of rows of images (top to bottom), a left label column and a caption band."""
-
-    def __init__(self, figure_width: int, left: int, cell: tuple[int, int], ncols: int,
-                 row_gaps: list[int], caption_lines: int) -> None:
-        self.cell_h, self.cell_w = cell
-        self.ncols = ncols
-        self.grid_w = ncols * self.cell_w + (ncols - 1) * _GAP
-        self.grid_h = len(row_gaps) * self.cell_h + sum(row_gaps[:-1])
-        self.caption_h = caption_lines * _CAPTION_LINE + (_MARGIN if caption_lines else 0)
-        self.width = figure_width
-        self.height = _MARGIN + self.caption_h + self.grid_h + _MARGIN
-        # grid (and its labels) centred horizontally, below the caption
-        self.grid_x = left + (figure_width - 2 * _MARGIN - left - self.grid_w) // 2 + _MARGIN
-        self.grid_y = _MARGIN + self.caption_h
-        self.row_tops = []  # from the top of the grid
-        top = 0
-        for gap in row_gaps:
-            self.row_tops.append(top)
-            top += self.cell_h + gap
+def _images(x: ArrayLike, image_shape: Sequence[int], name: str) -> np.ndarray:
+    """X as [n, C, H, W] float64, checked: n >= 1, C*H*W finite values per image."""
+    size = math.prod(_check_shape(image_shape))
+    x = _array(x, name)
+    if x.ndim < 2 or len(x) == 0:
+        raise ValueError(f"{name}: expected [n, {size}] with n >= 1, got shape {x.shape}")
+    if x[0].size != size:
+        raise ValueError(f"{name}: {x[0].size} values per image, but image_shape {tuple(image_shape)} needs {size}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    return x.reshape(len(x), *_check_shape(image_shape))
 
 
-def _grid_width(left: int, cell_w: int, ncols: int) -> int:
-    return max(MIN_GRID_WIDTH, _MARGIN + left + ncols * cell_w + (ncols - 1) * _GAP + _MARGIN)
+def _scale(height: int, width: int) -> int:
+    """Integer magnification: small images (28 px MNIST, 32 px CIFAR) shown at about 90 px."""
+    return max(1, 96 // max(height, width))
+
+
+def _layout(n: int, image_shape: Sequence[int], ncols: int, caption_lines: int,
+            reconstructions: bool) -> tuple[int, int, int, list[int]]:
+    """(width, height, x of the first column, y of each row of images) of a grid figure, in pixels."""
+    _, height, width = _check_shape(image_shape)
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    ncols = min(_check_ncols(ncols), n)
+    cell_h, cell_w = height * _scale(height, width), width * _scale(height, width)
+    left = _LABEL_COLUMN if reconstructions else 0
+    rows = math.ceil(n / ncols)
+    gaps = [_PAIR_GAP, _BLOCK_GAP] * rows if reconstructions else [_GAP] * rows
+    grid_w = ncols * (cell_w + _GAP) - _GAP
+    page_w = max(MIN_GRID_WIDTH, 2 * _MARGIN + left + grid_w)
+    first = _MARGIN + caption_lines * _CAPTION_LINE + (_MARGIN if caption_lines else 0)
+    tops = list(itertools.accumulate((cell_h + gap for gap in gaps[:-1]), initial=first))
+    page_h = tops[-1] + cell_h + _MARGIN
+    return page_w, page_h, _MARGIN + left + (page_w - 2 * _MARGIN - left - grid_w) // 2, tops
 
 
 def grid_figure_size(n: int, image_shape: Sequence[int], ncols: int = 8, caption_lines: int = 0,
@@ -287,11 +180,7 @@ def grid_figure_size(n: int, image_shape: Sequence[int], ncols: int = 8, caption
     columns 6 px apart, with 12 px margins; reconstruction figures add a 130 px label column. A line
     of caption is 21 px (plus 12 px below the caption).
     """
-    _, height, width = _check_shape(image_shape)
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    layout = _layout(n, height, width, min(_check_ncols(ncols), n), caption_lines, reconstructions)
-    return layout.width, layout.height
+    return _layout(n, image_shape, ncols, caption_lines, reconstructions)[:2]
 
 
 def grid_capacity(image_shape: Sequence[int], ncols: int = 8, caption_lines: int = 4,
@@ -308,139 +197,49 @@ def grid_capacity(image_shape: Sequence[int], ncols: int = 8, caption_lines: int
     return low
 
 
-def _layout(n: int, height: int, width: int, ncols: int, caption_lines: int, reconstructions: bool) -> _GridLayout:
-    scale = _scale(height, width)
-    rows = math.ceil(n / ncols)
-    left = _LABEL_COLUMN if reconstructions else 0
-    gaps = _pair_gaps(rows) if reconstructions else [_GAP] * rows
-    return _GridLayout(_grid_width(left, width * scale, ncols), left, (height * scale, width * scale),
-                       ncols, gaps, caption_lines)
+def _tiles(images: np.ndarray, ncols: int) -> np.ndarray:
+    """IMAGES [n, C, H, W] (values clipped to [0, 1], times 255) magnified (nearest), each in a grey
+    frame with 2 px of white around it, NCOLS a row: [h, w] (grey) or [h, w, 3] bytes. The pixels are
+    prepared with numpy: torch's thread pool costs more than it saves on arrays this small."""
+    from torchvision.utils import make_grid  # deferred: torchvision imports torch._dynamo (1-3 s unless loaded)
+
+    scale = _scale(*images.shape[-2:])
+    big = np.rint(np.clip(images, 0, 1) * 255).astype(np.uint8).repeat(scale, axis=2).repeat(scale, axis=3)
+    framed = np.pad(np.pad(big, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=_FRAME),
+                    ((0, 0), (0, 0), (2, 2), (2, 2)), constant_values=255)
+    grid = make_grid(torch.from_numpy(framed), nrow=ncols, padding=0, pad_value=255).numpy()
+    return grid[0] if images.shape[1] == 1 else grid.transpose(1, 2, 0)
 
 
-def _pair_gaps(blocks: int) -> list[int]:
-    return [gap for _ in range(blocks) for gap in (_PAIR_GAP, _BLOCK_GAP)]
+def _grid(blocks: list[np.ndarray], n: int, image_shape: Sequence[int], ncols: int, caption: str,
+          path: str | Path, labels: Sequence[str] = ()) -> None:
+    """BLOCKS of images (each tiled NCOLS a row) at the rows of ``_layout`` of N images, on a white
+    page; CAPTION centred on top, LABELS (a reconstruction figure's) right-aligned left of the rows."""
+    lines = _caption_lines(caption, _layout(n, image_shape, ncols, 0, bool(labels))[0])
+    width, height, left, tops = _layout(n, image_shape, ncols, len(lines), bool(labels))
+    if max(width, height) > MAX_PIXELS:
+        raise ValueError(f"a {width}x{height}-pixel figure is too large to draw (at most {MAX_PIXELS} per side); "
+                         "pass fewer images or more columns")
+    page = Image.new("L" if image_shape[0] == 1 else "RGB", (width, height), "white")
+    for top, images in zip(tops, blocks):
+        page.paste(Image.fromarray(_tiles(images, ncols)), (left - 3, top - 3))
+    draw = ImageDraw.Draw(page)
+    for i, line in enumerate(lines):
+        draw.text((width / 2, _MARGIN + (i + 0.5) * _CAPTION_LINE), line, fill="black", font=_font(_CAPTION_PX),
+                  anchor="mm")
+    cell_h = image_shape[1] * _scale(*image_shape[1:])
+    for top, label in zip(tops, labels):
+        draw.text((left - _LABEL_PAD, top + cell_h / 2), label, fill="#262626", font=_font(_LABEL_PX), anchor="rm")
+    with _png(path) as handle:
+        page.save(handle, format="PNG")
 
 
-@functools.cache
-def _font(pixels: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """Pillow's own scalable font (Aileron Regular) at PIXELS; its small bitmap font without FreeType."""
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=pixels)
-    except ImportError:  # pragma: no cover - Pillow built without FreeType
-        return ImageFont.load_default()
-
-
-# stand-ins for characters Pillow's default font has no glyph for (it covers ASCII and a little Latin-1)
-_SUBSTITUTES = {
-    "\u2212": "-", "\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-", "\u2015": "-",
-    "\u2016": "||", "\u00d7": "x", "\u22c5": "\u00b7", "\u2022": "\u00b7", "\u2192": "->", "\u2190": "<-",
-    "\u2248": "~", "\u2264": "<=", "\u2265": ">=", "\u2260": "!=", "\u221e": "inf", "\u00a0": " ",
-}
-
-
-@functools.cache
-def _has_glyph(font: Any, char: str) -> bool:
-    if char.isspace():
-        return True
-    try:
-        mask = font.getmask(char)
-        missing = font.getmask("\U0010fffd")  # a private-use code point: the font's "no glyph" box
-    except (UnicodeError, ValueError):  # the bitmap fallback font: Latin-1 only
-        return False
-    return (mask.size, bytes(mask)) != (missing.size, bytes(missing))
-
-
-def _printable(text: str, font: Any) -> str:
-    """TEXT with each character the font cannot draw replaced -- by an ASCII stand-in (a minus sign by
-    '-'), its compatibility form (é by e, ² by ^2, µ by mu), its name (β by beta), else '?' -- never
-    by the font's empty box."""
-    out = []
-    for char in text:
-        if _has_glyph(font, char):
-            out.append(char)
-            continue
-        stand_in = _SUBSTITUTES.get(char)
-        if stand_in is None:
-            tag, _, _ = unicodedata.decomposition(char).partition(">")
-            base = "".join(c for c in unicodedata.normalize("NFKD", char) if not unicodedata.combining(c))
-            name = unicodedata.name(char, "")
-            if base != char:  # NFKD is idempotent: the recursion stops
-                stand_in = {"<super": "^", "<sub": "_"}.get(tag, "") + _printable(base, font)
-            elif name.startswith("GREEK ") and " LETTER " in name:
-                letter = name.rsplit(" ", 1)[-1].lower()
-                stand_in = letter.capitalize() if " CAPITAL " in name else letter
-            else:
-                stand_in = "?"
-        out.append(stand_in)
-    return "".join(out)
-
-
-def _ink(grey: int, colour: bool) -> int | tuple[int, int, int]:
-    return (grey, grey, grey) if colour else grey
-
-
-def _glyph_band(font: Any, sample: str) -> tuple[int, int]:
-    """Top and bottom (pixels below the drawing origin) of SAMPLE's glyphs: what text is centred on."""
-    _, top, _, bottom = font.getbbox(sample)
-    return top, bottom
-
-
-def _caption_lines(caption: str, width_px: int) -> list[str]:
-    if not caption:
-        return []
-    font = _font(_CAPTION_PX)
-    return _wrap_to(font.getlength, _printable(caption, font), width_px - 2 * _MARGIN)
-
-
-def _chunks(images: np.ndarray, ncols: int) -> list[np.ndarray]:
-    return [images[i:i + ncols] for i in range(0, len(images), ncols)]
-
-
-def _render(layout: _GridLayout, rows: list[np.ndarray], scale: int, caption: list[str],
-            labels: Sequence[str] = ()) -> PILImage.Image:
-    """ROWS of images ([k, H, W] or [k, H, W, 3] bytes, k <= ncols) on a white page: pixel-exact,
-    each in a 1-pixel grey frame, CAPTION lines centred on top, LABELS right-aligned left of the rows."""
-    from PIL import Image, ImageDraw
-
-    _check_size(layout.width, layout.height)
-    colour = rows[0].ndim == 4
-    page = np.full((layout.height, layout.width) + ((3,) if colour else ()), _BACKGROUND, dtype=np.uint8)
-    for top, images in zip(layout.row_tops, rows):
-        y = layout.grid_y + top
-        big = images.repeat(scale, axis=1).repeat(scale, axis=2)
-        for column, image in enumerate(big):
-            x = layout.grid_x + column * (layout.cell_w + _GAP)
-            # a 1-pixel frame just outside the image (in the gap), so bright images do not melt into the page
-            page[y - 1:y + layout.cell_h + 1, x - 1:x + layout.cell_w + 1] = _FRAME
-            page[y:y + layout.cell_h, x:x + layout.cell_w] = image
-    picture = Image.fromarray(page)
-    draw = ImageDraw.Draw(picture)
-    if caption:
-        font = _font(_CAPTION_PX)
-        top, bottom = _glyph_band(font, "Hg")  # capitals and descenders centred in each line
-        for i, line in enumerate(caption):
-            y = _MARGIN + i * _CAPTION_LINE + (_CAPTION_LINE - top - bottom) / 2
-            draw.text(((layout.width - font.getlength(line)) / 2, round(y)), line, font=font,
-                      fill=_ink(_CAPTION_INK, colour))
-    if labels:
-        font = _font(_LABEL_PX)
-        top, bottom = _glyph_band(font, "x")  # lower-case letters centred on their row
-        right = layout.grid_x - _LABEL_PAD
-        for row_top, label in zip(layout.row_tops, labels):
-            label = _printable(label, font)
-            y = layout.grid_y + row_top + layout.cell_h / 2 - (top + bottom) / 2
-            draw.text((right - font.getlength(label), round(y)), label, font=font, fill=_ink(_LABEL_INK, colour))
-    return picture
-
-
-def _save(picture: PILImage.Image, path: str | os.PathLike[str]) -> None:
-    _write_atomically(path, lambda handle: picture.save(handle, format="PNG", compress_level=_PNG_COMPRESSION))
+def _caption_lines(caption: str, width: int) -> list[str]:
+    return _wrap(caption, _CAPTION_PX, width - 2 * _MARGIN)
 
 
 def reconstruction_figure(originals: ArrayLike, reconstructions: ArrayLike, image_shape: Sequence[int],
-                          path: str | os.PathLike[str], caption: str = "", ncols: int = 8) -> None:
+                          path: str | Path, caption: str = "", ncols: int = 8) -> None:
     """Originals [n, D] above their reconstructions [n, D] (values in [0, 1], D = C*H*W, C 1 or 3).
 
     Each row of up to NCOLS originals is followed by the row of their reconstructions; the rows are
@@ -451,25 +250,50 @@ def reconstruction_figure(originals: ArrayLike, reconstructions: ArrayLike, imag
     x_hat = _images(reconstructions, image_shape, "reconstructions")
     if x.shape != x_hat.shape:
         raise ValueError(f"originals and reconstructions differ in number: {len(x)} vs {len(x_hat)}")
-    ncols = min(_check_ncols(ncols), len(x))
-    _, height, width = _check_shape(image_shape)
-    lines = _caption_lines(caption, _layout(len(x), height, width, ncols, 0, True).width)
-    layout = _layout(len(x), height, width, ncols, len(lines), True)
-    blocks = list(zip(_chunks(x, ncols), _chunks(x_hat, ncols)))
-    picture = _render(layout, [row for block in blocks for row in block], _scale(height, width), lines,
-                      ("original", "reconstruction") * len(blocks))
-    _save(picture, path)
+    ncols = _check_ncols(ncols)
+    rows = [row for i in range(0, len(x), ncols) for row in (x[i:i + ncols], x_hat[i:i + ncols])]
+    _grid(rows, len(x), image_shape, ncols, caption, path, ("original", "reconstruction") * (len(rows) // 2))
 
 
-def sample_grid(images: ArrayLike, image_shape: Sequence[int], path: str | os.PathLike[str],
-                caption: str = "", ncols: int = 8) -> None:
+def sample_grid(images: ArrayLike, image_shape: Sequence[int], path: str | Path, caption: str = "",
+                ncols: int = 8) -> None:
     """A grid of images [n, D] (values in [0, 1]), NCOLS per row, with CAPTION on top."""
     x = _images(images, image_shape, "images")
-    ncols = min(_check_ncols(ncols), len(x))
-    _, height, width = _check_shape(image_shape)
-    lines = _caption_lines(caption, _layout(len(x), height, width, ncols, 0, False).width)
-    layout = _layout(len(x), height, width, ncols, len(lines), False)
-    _save(_render(layout, _chunks(x, ncols), _scale(height, width), lines), path)
+    _grid([x], len(x), image_shape, _check_ncols(ncols), caption, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# matplotlib
+
+
+@contextlib.contextmanager
+def _style() -> Iterator[None]:
+    """Matplotlib's default style plus ``_STYLE``, whatever the caller configured; restored on exit."""
+    import matplotlib
+
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()  # leaves the backend alone; rc_context restores everything else
+        matplotlib.rcParams.update(_STYLE)
+        yield
+
+
+def _new_figure(size: tuple[int, int], layout: str | None = None) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    # + 0.01 px: figsize * dpi must not fall a float tick short of the integer (older Agg truncates)
+    figure = Figure(figsize=((size[0] + 0.01) / DPI, (size[1] + 0.01) / DPI), dpi=DPI, layout=layout)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Figure, path: str | Path) -> None:
+    with _png(path) as handle:
+        figure.savefig(handle, format="png", dpi=DPI)
+
+
+def _pixels(points: float) -> int:
+    return round(points * DPI / 72)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -509,31 +333,23 @@ def _by_epoch(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 def _spans(mask: np.ndarray) -> list[tuple[int, int]]:
     """[start, stop) index ranges where MASK is true."""
-    spans, start = [], None
-    for i, flag in enumerate(list(mask) + [False]):
-        if flag and start is None:
-            start = i
-        elif not flag and start is not None:
-            spans.append((start, i))
-            start = None
-    return spans
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(int), [0]])))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
 def _plot(axes: Any, x: np.ndarray, y: np.ndarray, color: str, label: str) -> bool:
     keep = np.isfinite(x) & np.isfinite(y)
-    if not keep.any():
-        return False
     few = keep.sum() <= _MANY_POINTS
-    axes.plot(x[keep], y[keep], color=color, label=label, linewidth=1.6 if few else 1.3,
-              marker="o" if few else None, markersize=6 if keep.sum() == 1 else 3.5)
-    return True
+    if keep.any():
+        axes.plot(x[keep], y[keep], color=color, label=label, linewidth=1.6 if few else 1.3,
+                  marker="o" if few else None, markersize=6 if keep.sum() == 1 else 3.5)
+    return bool(keep.any())
 
 
 def _short(value: float) -> str:
     """3 significant digits, exponents without padding: 0.001, 6.11e-4."""
-    text = f"{value:.3g}"
-    mantissa, e, exponent = text.partition("e")
-    return f"{mantissa}e{int(exponent)}" if e else text
+    mantissa, e, exponent = f"{value:.3g}".partition("e")
+    return f"{mantissa}e{int(exponent)}" if e else mantissa
 
 
 def _say(axes: Any, message: str) -> None:
@@ -544,46 +360,33 @@ def _say(axes: Any, message: str) -> None:
     axes.grid(False)
 
 
-def _focus(values: list[np.ndarray]) -> tuple[float, float] | None:
-    """Y limits that ignore a first-epochs transient dwarfing the rest of the run, else None (autoscale)."""
-    lengths = [len(v) for v in values]
-    if not lengths or max(lengths) < 10:
-        return None
-    finite = np.concatenate([v[np.isfinite(v)] for v in values])
-    tail = np.concatenate([v[len(v) // 10:] for v in values])
-    tail = tail[np.isfinite(tail)]
-    if finite.size == 0 or tail.size == 0:
-        return None
-    low, high = float(tail.min()), float(tail.max())
-    if finite.max() - finite.min() <= 4 * max(high - low, 1e-12):
-        return None
-    pad = 0.15 * max(high - low, 1e-6)
-    return low - pad, high + pad
-
-
-def _note_off_scale(top: Any, bottom: Any, epochs: np.ndarray, values: list[np.ndarray],
-                    limits: tuple[float, float]) -> None:
-    """Say which epochs a zoomed y-axis leaves out, on the side (top or bottom) where they leave it."""
-    low, high = limits
+def _zoom(top: Any, bottom: Any, epochs: np.ndarray, values: list[np.ndarray]) -> None:
+    """Y limits that ignore a first-epochs transient dwarfing the rest of a run of 10+ epochs, with
+    a note of the epochs this leaves off-scale; autoscaled otherwise."""
     stacked = np.vstack(values)
-    below = (stacked < low).any(axis=0)
-    above = (stacked > high).any(axis=0)
-    for outside, extreme, y, va, word in ((below, np.nanmin(stacked), 0.03, "bottom", "down"),
-                                          (above, np.nanmax(stacked), 0.97, "top", "up")):
-        if not outside.any():
-            continue
-        first, last = int(epochs[outside][0]), int(epochs[outside][-1])
-        which = f"epoch {first}" if first == last else f"epochs {first}–{last}"
-        value = f"{extreme:.4g}".replace("-", "\u2212")  # the minus sign of the tick labels
-        note = f"y zoomed: {which} off-scale ({word} to {value})"
-        for axes in (top, bottom):
-            axes.text(0.97, y, note, transform=axes.transAxes, ha="right", va=va, fontsize=8.5, color="0.3",
-                      bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.5},
-                      parse_math=False)
+    tail = stacked[:, len(epochs) // 10:]
+    if len(epochs) < 10 or not np.isfinite(tail).any():
+        return
+    low, high = np.nanmin(tail), np.nanmax(tail)
+    if np.nanmax(stacked) - np.nanmin(stacked) <= 4 * max(high - low, 1e-12):
+        return
+    pad = 0.15 * max(high - low, 1e-6)
+    low, high = low - pad, high + pad
+    top.set_ylim(low, high)
+    for outside, extreme, y, va, word in (((stacked < low).any(0), np.nanmin(stacked), 0.03, "bottom", "down"),
+                                          ((stacked > high).any(0), np.nanmax(stacked), 0.97, "top", "up")):
+        if outside.any():
+            first, last = int(epochs[outside][0]), int(epochs[outside][-1])
+            which = f"epoch {first}" if first == last else f"epochs {first}–{last}"
+            value = f"{extreme:.4g}".replace("-", "\u2212")  # the minus sign of the tick labels
+            note = f"y zoomed: {which} off-scale ({word} to {value})"
+            for axes in (top, bottom):
+                axes.text(0.97, y, note, transform=axes.transAxes, ha="right", va=va, fontsize=8.5, color="0.3",
+                          bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.5},
+                          parse_math=False)
 
 
-def training_curves(records: Iterable[Mapping[str, Any]], path: str | os.PathLike[str],
-                    caption: str = "") -> int:
+def training_curves(records: Iterable[Mapping[str, Any]], path: str | Path, caption: str = "") -> int:
     """ELBO, reconstruction term and KL (train and test) of a run, against epoch and against minutes.
 
     RECORDS are the per-epoch dicts of a run's metrics.jsonl (epoch, beta, lr, train_seconds,
@@ -591,110 +394,82 @@ def training_curves(records: Iterable[Mapping[str, Any]], path: str | os.PathLik
     test_reconstruction, test_kl; absent or None values are skipped). Epochs where beta is below its
     final value are shaded as KL warm-up; a varying learning rate gets its own (log-scale) column.
     When a record is repeated for an epoch, the last one counts. Returns the number of epochs plotted.
+    The layout is fixed (no layout engine: it would double the drawing time).
     """
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     records = _by_epoch(records)
-    epochs = _series(records, "epoch")
+    epochs, beta, lr = (_series(records, key) for key in ("epoch", "beta", "lr"))
     seconds = sum(np.where(np.isfinite(t) & (t > 0), t, 0.0)
                   for t in (_series(records, "train_seconds"), _series(records, "eval_seconds")))
     minutes = np.cumsum(seconds) / 60.0
+    starts = np.concatenate([[0.0], minutes[:-1]])  # minute at which each epoch began
     timed = minutes[-1] > 0
-    beta = _series(records, "beta")
-    lr = _series(records, "lr")
-
-    finite_beta = beta[np.isfinite(beta)]
-    warmup = _spans(np.isfinite(beta) & (beta < finite_beta[-1] - 1e-12)) if finite_beta.size else []
-    finite_lr = lr[np.isfinite(lr) & (lr > 0)]
-    lr_varies = finite_lr.size > 1 and finite_lr.max() > finite_lr.min() * (1 + 1e-9)
-
-    panels = [
-        ("ELBO", "elbo", "ELBO (nats per datapoint)"),
-        ("reconstruction term log p(x|z)", "reconstruction", "log p(x|z) (nats per datapoint)"),
-        ("KL(q(z|x) ‖ p(z))", "kl", "KL (nats per datapoint)"),
-    ]
+    final_beta = beta[np.isfinite(beta)][-1] if np.isfinite(beta).any() else math.nan
+    warmup = _spans(beta < final_beta - 1e-12)  # (NaN compares false)
+    rates = lr[np.isfinite(lr) & (lr > 0)]
+    lr_varies = int(rates.size > 1 and rates.max() > rates.min() * (1 + 1e-9))  # a column, or none
+    # a column per quantity: title, y label, its lines (label, colour, values), what it says when empty
+    columns = [(title, ylabel, [("train", _TRAIN_COLOR, _series(records, f"train_{key}")),
+                                ("test", _TEST_COLOR, _series(records, f"test_{key}"))],
+                f"no train_{key} or test_{key} in the records") for title, key, ylabel in _PANELS]
+    columns += [("learning rate", "learning rate (log scale)",
+                 [("learning rate", _LR_COLOR, np.where(lr > 0, lr, np.nan))], "")] * lr_varies
+    title_px = _pixels(_CAPTION_PT + 1)
+    lines = _wrap(caption, title_px, CURVES_SIZE[0] - 4 * _MARGIN)
+    header = 70 + len(lines) * round(1.25 * title_px)  # pixels above the panels' titles: caption, legend
     with _style():
-        figure = _new_figure(*CURVES_SIZE, layout="constrained")
-        figure.get_layout_engine().set(w_pad=0.06, h_pad=0.06, wspace=0.06, hspace=0.08)
-        columns = len(panels) + (1 if lr_varies else 0)
-        ratios = [1.0] * len(panels) + ([0.8] if lr_varies else [])
-        grid = figure.add_gridspec(2, columns, width_ratios=ratios)
-        has_test = False
-        all_axes = []
-        for column, (title, key, ylabel) in enumerate(panels):
-            top = figure.add_subplot(grid[0, column])
-            bottom = figure.add_subplot(grid[1, column], sharey=top)
-            train, test = _series(records, f"train_{key}"), _series(records, f"test_{key}")
-            for axes, x in ((top, epochs), (bottom, minutes)):
+        figure = _new_figure(CURVES_SIZE)
+        grid = figure.subplots(2, len(columns), sharey="col", squeeze=False, gridspec_kw={
+            "width_ratios": [1.0] * len(_PANELS) + [0.8] * lr_varies, "left": 0.062, "right": 0.99,
+            "bottom": 0.065, "top": 1 - header / CURVES_SIZE[1], "wspace": 0.32, "hspace": 0.3})
+        for (title, ylabel, series, empty), (top, bottom) in zip(columns, grid.T):
+            for axes, x, spans in ((top, epochs, [(epochs[a] - 1, epochs[b - 1]) for a, b in warmup]),
+                                   (bottom, minutes, [(starts[a], minutes[b - 1]) for a, b in warmup])):
                 axes.set_ylabel(ylabel)
                 if axes is bottom and not timed:
+                    _say(axes, "no timings in the records")
                     continue
-                drawn = _plot(axes, x, train, _TRAIN_COLOR, "train")
-                drawn |= (tested := _plot(axes, x, test, _TEST_COLOR, "test"))
-                has_test |= tested
-                if not drawn:
-                    _say(axes, f"no train_{key} or test_{key} in the records")
+                if not any([_plot(axes, x, y, colour, label) for label, colour, y in series]):
+                    _say(axes, empty)
+                for span in spans:  # epoch e is trained during [e - 1, e]
+                    axes.axvspan(*span, color=_WARMUP_COLOR, alpha=0.18, linewidth=0)
             top.set_title(title, parse_math=False)
-            limits = _focus([train, test])
-            if limits is not None:
-                top.set_ylim(*limits)
-                _note_off_scale(top, bottom, epochs, [train, test], limits)
-            all_axes.append((top, bottom))
-        if lr_varies:
-            top = figure.add_subplot(grid[0, -1])
-            bottom = figure.add_subplot(grid[1, -1], sharey=top)
-            for axes, x in ((top, epochs), (bottom, minutes)):
-                if axes is top or timed:
-                    _plot(axes, x, np.where(lr > 0, lr, np.nan), _LR_COLOR, "learning rate")
-                axes.set_yscale("log")
-                if finite_lr.max() < 10 * finite_lr.min():  # less than a decade: label ticks plainly
-                    axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
-                    axes.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
-                axes.set_ylabel("learning rate (log scale)")
-            top.set_title("learning rate")
-            all_axes.append((top, bottom))
-
-        first, last = epochs[0], epochs[-1]
-        starts = np.concatenate([[0.0], minutes[:-1]])  # minute at which each epoch began
-        for top, bottom in all_axes:
-            for start, stop in warmup:  # epoch e is trained during [e - 1, e]
-                top.axvspan(epochs[start] - 1, epochs[stop - 1], color=_WARMUP_COLOR, alpha=0.18, linewidth=0)
-                if timed:
-                    bottom.axvspan(starts[start], minutes[stop - 1], color=_WARMUP_COLOR, alpha=0.18,
-                                   linewidth=0)
-            top.set_xlim(first - 1, last + max(0.5, 0.02 * (last - first + 1)))
+            top.set_xlim(epochs[0] - 1, epochs[-1] + max(0.5, 0.02 * (epochs[-1] - epochs[0] + 1)))
             top.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
             top.set_xlabel("epoch")
             bottom.set_xlabel("minutes (train + eval)")
             if timed:
                 bottom.set_xlim(0, minutes[-1] * 1.03)
-            else:
-                _say(bottom, "no timings in the records")
+            if empty:  # an ELBO term: zoomed past a first-epochs transient
+                _zoom(top, bottom, epochs, [y for _, _, y in series])
+            for axes in (top, bottom)[:0 if empty else 2]:  # the learning rate: a log scale
+                axes.set_yscale("log")
+                if rates.max() < 10 * rates.min():  # less than a decade: label ticks plainly
+                    axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+                    axes.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
 
         handles = [Line2D([], [], color=_TRAIN_COLOR, linewidth=2, label="train")]
-        if has_test:
+        if any(np.isfinite(series[1][2]).any() for _, _, series, _ in columns[:len(_PANELS)]):
             handles.append(Line2D([], [], color=_TEST_COLOR, linewidth=2, label="test"))
         if warmup:
             where = (f"epochs {int(epochs[warmup[0][0]])}–{int(epochs[warmup[0][1] - 1])}"
                      if len(warmup) == 1 else f"{sum(b - a for a, b in warmup)} epochs")
-            handles.append(Patch(color=_WARMUP_COLOR, alpha=0.3,
-                                 label=f"KL warm-up: β < {finite_beta[-1]:g} ({where})"))
+            handles.append(Patch(color=_WARMUP_COLOR, alpha=0.3, label=f"KL warm-up: β < {final_beta:g} ({where})"))
         if lr_varies:
             handles.append(Line2D([], [], color=_LR_COLOR, linewidth=2,
-                                  label=f"learning rate {_short(finite_lr[0])} → {_short(finite_lr[-1])}"))
-        elif finite_lr.size:
-            handles.append(Line2D([], [], linestyle="none", label=f"learning rate {_short(finite_lr[0])} (constant)"))
-        # the caption is the legend's title: constrained layout stacks a suptitle and a figure legend
-        # on top of each other, but keeps a legend and its title together
-        legend = figure.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False,
-                               handlelength=2.2, columnspacing=2.5)
-        if caption:
-            lines = _wrap(figure, caption, _CAPTION_PT + 1, CURVES_SIZE[0] - 4 * _MARGIN)
+                                  label=f"learning rate {_short(rates[0])} → {_short(rates[-1])}"))
+        elif rates.size:
+            handles.append(Line2D([], [], linestyle="none", label=f"learning rate {_short(rates[0])} (constant)"))
+        # the caption is the legend's title, centred above its entries
+        legend = figure.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1.0), ncols=len(handles),
+                               frameon=False, handlelength=2.2, columnspacing=2.5)
+        if lines:
             legend.set_title("\n".join(lines), prop={"size": _CAPTION_PT + 1})
             legend.get_title().set_parse_math(False)
-        _write_png(figure, path)
+        _save(figure, path)
     return len(records)
 
 
@@ -714,15 +489,26 @@ def _label_order(label: Any) -> tuple[int, float, str]:
 def _colours(k: int) -> list[Any]:
     import matplotlib
 
-    if k <= 10:
-        return [matplotlib.colormaps["tab10"](i) for i in range(k)]
     if k <= 20:
-        return [matplotlib.colormaps["tab20"](i) for i in range(k)]
+        return [matplotlib.colormaps["tab10" if k <= 10 else "tab20"](i) for i in range(k)]
     return [matplotlib.colormaps["turbo"](i / (k - 1)) for i in range(k)]
 
 
-def scatter(groups: Mapping[Any, ArrayLike], path: str | os.PathLike[str], title: str = "",
-            xlabel: str = "", ylabel: str = "") -> None:
+def _points(xy: ArrayLike, label: Any) -> np.ndarray:
+    xy = _array(xy, f"group {label!r}")
+    xy = xy.reshape(0, 2) if xy.size == 0 else xy
+    if xy.ndim != 2 or xy.shape[1] != 2:
+        raise ValueError(f"group {label!r}: expected [n, 2] points, got shape {xy.shape}")
+    return xy
+
+
+def _literal(label: Any) -> str:
+    """A data label shown as it is (a '$' would otherwise start mathtext)."""
+    return str(label).replace("$", r"\$")
+
+
+def scatter(groups: Mapping[Any, ArrayLike], path: str | Path, title: str = "", xlabel: str = "",
+            ylabel: str = "") -> None:
     """Points [n, 2] per group (label -> points), one colour per group and a legend.
 
     Colours follow the sorted labels (numeric labels numerically: digit classes 0..9 always get the
@@ -734,36 +520,26 @@ def scatter(groups: Mapping[Any, ArrayLike], path: str | os.PathLike[str], title
     if not isinstance(groups, Mapping) or not groups:
         raise ValueError("groups must be a non-empty dict: label -> [n, 2] points")
     labels = sorted(groups, key=_label_order)
-    points = []
-    for label in labels:
-        xy = _as_array(groups[label], f"group {label!r}")
-        if xy.size == 0:
-            xy = xy.reshape(0, 2)
-        if xy.ndim != 2 or xy.shape[1] != 2:
-            raise ValueError(f"group {label!r}: expected [n, 2] points, got shape {xy.shape}")
-        points.append(xy)
-    colours = _colours(len(labels))
+    points = [_points(groups[label], label) for label in labels]
     xy = np.concatenate(points)
-    colour_index = np.concatenate([np.full(len(p), i) for i, p in enumerate(points)]).astype(int)
+    colours = _colours(len(labels))
+    colour_index = np.repeat(np.arange(len(points)), [len(p) for p in points])
     order = np.random.default_rng(0).permutation(len(xy))  # a private generator: global RNGs untouched
-    total = len(xy)
-    size, alpha = (14, 0.85) if total <= 1000 else (5, 0.6) if total <= 10000 else (1.5, 0.35)
-
+    size, alpha = (14, 0.85) if len(xy) <= 1000 else (5, 0.6) if len(xy) <= 10000 else (1.5, 0.35)
     with _style():
-        figure = _new_figure(*SCATTER_SIZE, layout="constrained")
+        figure = _new_figure(SCATTER_SIZE, layout="constrained")  # it fits the legend beside the points
         axes = figure.add_subplot()
-        if total:
-            rgba = np.array(colours)[colour_index[order]]
-            axes.scatter(xy[order, 0], xy[order, 1], s=size, c=rgba, alpha=alpha, linewidths=0,
-                         rasterized=False)
+        if len(xy):
+            axes.scatter(xy[order, 0], xy[order, 1], s=size, c=np.array(colours)[colour_index[order]], alpha=alpha,
+                         linewidths=0)
         handles = [Line2D([], [], linestyle="none", marker="o", markersize=7, color=colour,
-                          label=f"{_escape(label)}  ({len(p)})")
+                          label=f"{_literal(label)}  ({len(p)})")
                    for label, colour, p in zip(labels, colours, points)]
         axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
                     frameon=False, handletextpad=0.3, title="group (points)")
         axes.set_xlabel(xlabel)
         axes.set_ylabel(ylabel)
         if title:
-            lines = _wrap(figure, title, _CAPTION_PT, SCATTER_SIZE[0] - 4 * _MARGIN)
+            lines = _wrap(title, _pixels(_CAPTION_PT), SCATTER_SIZE[0] - 4 * _MARGIN)
             figure.suptitle("\n".join(lines), fontsize=_CAPTION_PT, parse_math=False)
-        _write_png(figure, path)
+        _save(figure, path)

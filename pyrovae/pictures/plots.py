@@ -1,17 +1,18 @@
 """Pictures of a run: prior samples, reconstructions, and the latent space, for any model and
 guide that follow :mod:`pyrovae.programs`: the observed site's distribution gives the pictures
-(its mean, or a draw), the guide's sites the latent codes."""
+(its mean, or a draw), the guide's sites the latent codes. :func:`picture_rows` is the one place
+that decides which rows a picture shows (run folder, TensorBoard and ``pyrovae reconstruct``)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from pyro import poutine
 
 from ..core import interrupts
 from ..core.noise import forked_rng
-from ..core.programs import num_rows, rows_of
+from ..core.programs import Batch, num_rows, rows_of
 from ..core.traces import sample_sites, unconditioned_observation
 from ..core.vae import VAE
 from ..evaluation.importance import MeanValues
@@ -20,6 +21,27 @@ from . import figures
 
 SAMPLES_PNG = "samples.png"
 RECONSTRUCTIONS_PNG = "reconstructions.png"
+
+
+class PictureRows(NamedTuple):
+    """Rows to reconstruct: the data rows, their indices in the guide's table (None for a guide
+    with an encoder) and the split they come from ("test" or "train")."""
+    rows: Batch
+    index: torch.Tensor | None
+    split: str
+
+    @property
+    def images(self) -> str:
+        return "test images" if self.split == "test" else "training images"
+
+
+def picture_rows(vae: VAE, test: Batch, train: Batch, n: int) -> PictureRows:
+    """The first N test rows for a guide with an encoder; else the first N training rows with
+    their table indices (a guide without an encoder has parameters for training rows only)."""
+    if vae.can("amortized"):
+        return PictureRows(rows_of(test, slice(0, n)), None, "test")
+    rows = rows_of(train, slice(0, n))
+    return PictureRows(rows, torch.arange(num_rows(rows), device=rows[0].device), "train")
 
 
 def _observed(trace) -> dict:
@@ -60,17 +82,15 @@ def write_run_images(vae: VAE, data, run_dir: Path, n: int = 64, caption: str = 
     caption = f" · {caption}" if caption else ""
     shape = data.dataset.image_shape
     test, train = data.test, data.train
-    # a guide without an encoder has parameters for training rows only
-    batch = rows_of(test if vae.can("amortized") else train, slice(0, n // 2))
-    index = None if vae.can("amortized") else torch.arange(num_rows(batch), device=batch[0].device)
     if shape is not None:
         template = rows_of(test, slice(0, n)) if num_rows(test) >= n else rows_of(train, slice(0, n))
         figures.sample_grid(prior_samples(vae, template, mean=True).cpu(), shape, run_dir / SAMPLES_PNG,
                     caption=f"prior samples (decoder means){caption}")
         interrupts.check()   # under fit's StopFlag, a signal stops the pictures here
-        split = "test" if vae.can("amortized") else "training"
-        figures.reconstruction_figure(batch[0].cpu(), reconstructions(vae, batch, index).cpu(), shape,
-                              run_dir / RECONSTRUCTIONS_PNG, caption=f"{split} images and reconstructions{caption}")
+        pictured = picture_rows(vae, test, train, n // 2)
+        figures.reconstruction_figure(pictured.rows[0].cpu(), reconstructions(vae, pictured.rows, pictured.index).cpu(),
+                                      shape, run_dir / RECONSTRUCTIONS_PNG,
+                                      caption=f"{pictured.images} and reconstructions{caption}")
     elif data.dataset.data_dim == 2:
         template = rows_of(test, slice(0, 2000))
         save_scatter({"data": template[0], "samples": prior_samples(vae, template)}, run_dir / SAMPLES_PNG,

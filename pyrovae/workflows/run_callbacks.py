@@ -10,9 +10,9 @@ from typing import Callable
 import torch
 
 from .. import runs
-from ..core.programs import Batch, num_rows, rows_of
+from ..core.programs import Batch, rows_of
 from ..pictures.figures import training_curves
-from ..pictures.plots import prior_samples, reconstructions, write_run_images
+from ..pictures.plots import picture_rows, prior_samples, reconstructions, write_run_images
 from ..training.callbacks import evaluate_elbo, rng_state
 from ..training.loop import Callback, Trainer
 
@@ -150,12 +150,12 @@ class TensorBoard(Callback):
         shape = self.data.dataset.image_shape
         if shape is not None:
             vae, test = trainer.vae, self.data.test
-            batch = rows_of(test if vae.can("amortized") else self.data.train, slice(0, 16))
-            index = None if vae.can("amortized") else torch.arange(num_rows(batch), device=batch[0].device)
+            pictured = picture_rows(vae, test, self.data.train, 16)
             step = trainer.epoch + 1
             self.writer.add_images("samples", prior_samples(vae, rows_of(test, slice(0, 64)), mean=True)
                                    .reshape(-1, *shape).clamp(0, 1).cpu(), step)
-            pairs = torch.cat([batch[0], reconstructions(vae, batch, index)]).reshape(-1, *shape).clamp(0, 1).cpu()
+            pairs = torch.cat([pictured.rows[0], reconstructions(vae, pictured.rows, pictured.index)])
+            pairs = pairs.reshape(-1, *shape).clamp(0, 1).cpu()
             self.writer.add_images("reconstructions", pairs, step)
         self.writer.close()
 
