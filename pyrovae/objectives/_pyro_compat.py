@@ -1,6 +1,6 @@
 """Workarounds for two bugs of Pyro's JIT ELBOs, in one place.
 
-Checked against pyro-ppl ``PYRO_CHECKED``; ``tests/test_pyro_compat.py`` probes the installed
+Checked against pyro-ppl ``PYRO_CHECKED``; ``tests/core/test_process_state.py`` probes the installed
 Pyro with :func:`jit_trace_doubles_gradients` and :func:`jit_meanfield_retraces` and fails once
 upstream behaves, so the workaround can be removed.
 

@@ -21,7 +21,7 @@ from pyrovae.guides import GUIDES
 from pyrovae.models import MODELS
 from pyrovae.workflows import fit, load_run
 
-OLD_RUN = Path(__file__).parent / "data" / "run-0.2"   # written by pyrovae 0.2 before the redesign
+OLD_RUN = Path(__file__).parents[1] / "data" / "run-0.2"   # written by pyrovae 0.2 before the redesign
 
 
 def test_every_fit_flag_takes_its_default_and_help_from_the_dataclass_that_owns_it():

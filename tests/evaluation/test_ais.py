@@ -1,5 +1,5 @@
 """AIS and BDMC from Pyro traces against the linear-Gaussian model's closed-form log p(x)
-(tests/test_evaluate.py builds it), every family, batching invariance, and bad input."""
+(tests/evaluation/test_evaluate.py builds it), every family, batching invariance, and bad input."""
 from __future__ import annotations
 
 import json

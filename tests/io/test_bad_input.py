@@ -358,7 +358,7 @@ def test_bad_checkpoint_sample(run, base, case):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("case", sorted(set(CHECKPOINT_CASES) - {"missing"}))   # no checkpoint: tests/test_runs.py
+@pytest.mark.parametrize("case", sorted(set(CHECKPOINT_CASES) - {"missing"}))   # no checkpoint: tests/io/test_runs.py
 def test_bad_checkpoint_resume(run, base, case):
     damage, needles = CHECKPOINT_CASES[case]
     damage(run, base)
