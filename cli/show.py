@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from pyrovae.cli.main import short_help
 from pyrovae.cli.options import emit, say
 
 
@@ -58,7 +59,7 @@ def _rows(run: dict) -> dict[str, str]:
     return {key: str(value) for key, value in rows.items()}
 
 
-@click.command()
+@click.command(short_help=short_help("show"))
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
 def show(run_dirs: tuple[str, ...]) -> None:
     """The config, training summary and the recorded evaluations of RUN_DIR(s): JSON on stdout,
