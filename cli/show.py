@@ -48,7 +48,9 @@ def _rows(run: dict) -> dict[str, str]:
     compare = _latest(evaluations, "compare")
     if compare and "test" in compare["summary"]:
         table = compare["summary"]["test"]
-        rows["amortization gap"] = f"{table['amortization_gap']:.2f} ± {table['amortization_gap_se']:.2f}"
+        for gap in ("amortization_gap", "optimization_gap"):   # an encoder's, or a mean-field run's rows'
+            if gap in table:
+                rows[gap.replace("_", " ")] = f"{table[gap]:.2f} ± {table[gap + '_se']:.2f}"
         rows["approximation gap"] = f"{table['approximation_gap']:.2f} ± {table['approximation_gap_se']:.2f}"
     sandwich = _latest(evaluations, "bdmc")
     if sandwich:
