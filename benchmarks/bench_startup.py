@@ -1,10 +1,12 @@
 """How long the command line takes to answer before any work: ``pyrovae --help``, a TAB
 completion of the command names, and a command's own ``--help`` (which imports torch and the
 library), each a fresh process, against ``python -c pass`` (the interpreter alone) and
-``python -c "import torch"``. The variants run in turn, ``--repeats`` times, and medians are
-reported; the goal of issue 24 is under 0.5 s for the first two.
+``python -c "import torch"``; with ``--before PYROVAE``, another installation's ``pyrovae`` (e.g.
+the main branch's venv, which imported torch up front) answering the same two. The variants run
+in turn, ``--repeats`` times, and medians are reported; the goal of issue 24 is under 0.5 s for
+the first two. What else was using the CPU at the start is recorded beside the numbers.
 
-    python benchmarks/bench_startup.py --repeats 15
+    python benchmarks/bench_startup.py --repeats 15 [--before ../main/.venv/bin/pyrovae]
 """
 from __future__ import annotations
 
@@ -21,8 +23,12 @@ from common import log, machine, write_results
 COMPLETE = {"_PYROVAE_COMPLETE": "bash_complete", "COMP_WORDS": "pyrovae ev", "COMP_CWORD": "1"}
 
 
-def variants() -> dict[str, tuple[list[str], dict]]:
+def variants(before: str | None) -> dict[str, tuple[list[str], dict]]:
     pyrovae = shutil.which("pyrovae") or sys.exit("pyrovae is not installed in this environment")
+    # the other installation's files are only read: no bytecode written into its tree
+    other = {} if before is None else {
+        "before: pyrovae --help": ([before, "--help"], {"PYTHONDONTWRITEBYTECODE": "1"}),
+        "before: pyrovae ev<TAB>": ([before], {**COMPLETE, "PYTHONDONTWRITEBYTECODE": "1"})}
     return {
         "python -c pass": ([sys.executable, "-c", "pass"], {}),
         "pyrovae --help": ([pyrovae, "--help"], {}),
@@ -30,15 +36,25 @@ def variants() -> dict[str, tuple[list[str], dict]]:
         "pyrovae --version": ([pyrovae, "--version"], {}),
         "pyrovae fit --help": ([pyrovae, "fit", "--help"], {}),
         "python -c 'import torch'": ([sys.executable, "-c", "import torch"], {}),
+        **other,
     }
+
+
+def busy() -> list[str]:
+    """The processes using the most CPU (``ps``), and ``uptime``: what ran beside the numbers."""
+    ps = subprocess.run(["ps", "-eo", "pcpu,etime,comm", "--sort=-pcpu"], capture_output=True, text=True)
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True)
+    return [uptime.stdout.strip(), *ps.stdout.splitlines()[:6]]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--before", default=None, help="Another installation's pyrovae executable to time too.")
     parser.add_argument("--results", default=None, help="Folder for the result files [default: benchmarks/results].")
     args = parser.parse_args()
-    runs = variants()
+    runs = variants(args.before)
+    beside = busy()
     times: dict[str, list[float]] = {name: [] for name in runs}
     for name, (command, env) in runs.items():   # warm the page cache once
         subprocess.run(command, env={**os.environ, **env}, capture_output=True, check=False)
@@ -56,8 +72,9 @@ def main() -> None:
             for name, seconds in medians.items()]
     table = ("| fresh process | median s | fastest s | / `import torch` |\n|---|---|---|---|\n" + "\n".join(rows) +
              f"\n\n{args.repeats} repeats, the variants in turn; goal: `pyrovae --help` and a completion under 0.5 s.")
+    table += "\n\nAt the start (`uptime`, `ps` by CPU):\n\n" + "\n".join(f"    {line}" for line in beside)
     write_results("startup", {"machine": machine(), "repeats": args.repeats, "median_seconds": medians,
-                              "seconds": times}, table, args.results)
+                              "seconds": times, "beside": beside, "before": args.before}, table, args.results)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ is replaced only on success.
 
 Library-safe: no ``matplotlib.pyplot``, no backend choice, no change to rcParams, loggers or RNGs
 (a fixed style applies inside ``matplotlib.rc_context``). Sizes are deterministic (pixels):
-``training_curves`` is always ``CURVES_SIZE``, ``scatter`` always ``SCATTER_SIZE``; the grids grow
+``training_curves`` is always ``CURVES_SIZE``, ``scatter`` always ``SCATTER_SIZE``,
+``evaluation_figure`` always ``EVALUATION_SIZE``; the grids grow
 with the number and size of the images, see ``grid_figure_size``.
 """
 from __future__ import annotations
@@ -36,11 +37,13 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = ["DPI", "CURVES_SIZE", "SCATTER_SIZE", "MIN_GRID_WIDTH", "MAX_PIXELS", "grid_figure_size",
-           "grid_capacity", "reconstruction_figure", "sample_grid", "labelled_rows", "training_curves", "scatter"]
+           "grid_capacity", "reconstruction_figure", "sample_grid", "labelled_rows", "training_curves", "scatter",
+           "EVALUATION_SIZE", "evaluation_figure"]
 
 DPI = 100
 CURVES_SIZE = (1400, 800)  # pixels (width, height) of training_curves
 SCATTER_SIZE = (800, 640)  # pixels of scatter
+EVALUATION_SIZE = (1400, 640)  # pixels of evaluation_figure
 MIN_GRID_WIDTH = 400  # pixels: narrow grids are centred on a figure at least this wide
 MAX_PIXELS = 30000  # per side of a grid: larger ones are unreadable (and take gigabytes)
 
@@ -557,5 +560,61 @@ def scatter(groups: Mapping[Any, ArrayLike], path: str | Path, title: str = "", 
         axes.set_ylabel(ylabel)
         if title:
             lines = _wrap(title, _pixels(_CAPTION_PT), SCATTER_SIZE[0] - 4 * _MARGIN)
+            figure.suptitle("\n".join(lines), fontsize=_CAPTION_PT, parse_math=False)
+        _save(figure, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# an evaluation at a glance
+
+
+def evaluation_figure(log_px: ArrayLike, elbo: ArrayLike | None, khat: ArrayLike | None, path: str | Path,
+                      caption: str = "", khat_bad: float = 0.7) -> None:
+    """Two panels of one evaluation's per-point values: log p̂(x_i) against the proposal's ELBO_i
+    (with the line log p̂ = ELBO: log p ≥ ELBO, so points fall above it unless the estimate is
+    poor; red where k-hat > KHAT_BAD), and the histogram of PSIS k-hat with 0.5 and KHAT_BAD
+    marked. A panel without its values (no ELBO, or k-hat unknown) says so. Always ``EVALUATION_SIZE``."""
+    y = _array(log_px, "log_px").reshape(-1)
+    x = None if elbo is None else _array(elbo, "elbo").reshape(-1)
+    k = None if khat is None else _array(khat, "khat").reshape(-1)
+    for name, values in (("elbo", x), ("khat", k)):
+        if values is not None and len(values) != len(y):
+            raise ValueError(f"{name}: {len(values)} values for {len(y)} points")
+    known = None if k is None or not np.isfinite(k).any() else np.isfinite(k)
+    with _style():
+        figure = _new_figure(EVALUATION_SIZE, layout="constrained")
+        left, right = figure.subplots(1, 2)
+        left.set_title("per point: log p̂(x) against the ELBO")
+        if x is None:
+            _say(left, "no per-point ELBO for this estimator")
+        else:
+            bad = np.zeros(len(y), bool) if known is None else np.where(known, k > khat_bad, False)
+            for mask, colour, label in ((~bad, _TRAIN_COLOR, f"k-hat ≤ {khat_bad}" if known is not None else "points"),
+                                        (bad, "tab:red", f"k-hat > {khat_bad}")):
+                if mask.any():
+                    left.scatter(x[mask], y[mask], s=10, alpha=0.6, color=colour, linewidths=0,
+                                 label=f"{label} ({int(mask.sum())})")
+            finite = np.isfinite(x) & np.isfinite(y)
+            if finite.any():
+                low, high = min(x[finite].min(), y[finite].min()), max(x[finite].max(), y[finite].max())
+                left.plot([low, high], [low, high], color=_WARMUP_COLOR, linewidth=1, label="log p̂ = ELBO")
+            left.set_xlabel("ELBO of the proposal (nats)")
+            left.set_ylabel("log p̂(x) (nats)")
+            left.legend(loc="upper left", frameon=False)
+        right.set_title("PSIS k-hat of the importance weights")
+        if known is None:
+            _say(right, "k-hat unknown (too few draws per point to fit a tail)")
+        else:
+            from matplotlib.ticker import MaxNLocator
+
+            right.hist(k[known], bins=40, color=_TRAIN_COLOR, alpha=0.8)
+            right.yaxis.set_major_locator(MaxNLocator(integer=True))   # counts of points
+            for line, style in ((0.5, ":"), (khat_bad, "--")):
+                right.axvline(line, color="tab:red", linestyle=style, linewidth=1.2, label=f"k-hat = {line}")
+            right.set_xlabel("k-hat")
+            right.set_ylabel("points")
+            right.legend(loc="upper right", frameon=False)
+        if caption:
+            lines = _wrap(caption, _pixels(_CAPTION_PT), EVALUATION_SIZE[0] - 4 * _MARGIN)
             figure.suptitle("\n".join(lines), fontsize=_CAPTION_PT, parse_math=False)
         _save(figure, path)
