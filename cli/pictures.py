@@ -11,9 +11,17 @@ from pyrovae.cli.options import DATA_DIR, DEVICE, MOVED_DATASET, MOVED_PROGRAM, 
 from pyrovae.core.errors import UsageError
 from pyrovae.core.programs import rows_of
 from pyrovae.pictures.figures import MAX_PIXELS, grid_capacity, grid_figure_size, reconstruction_figure, sample_grid
-from pyrovae.pictures.plots import (draw_interpolation, draw_traversal, latent_map as draw, latent_site, picture_rows,
-                                    prior_samples, reconstructions)
+from pyrovae.pictures.plots import (draw_interpolation, draw_traversal, latent_map as draw, picture_rows, prior_samples,
+                                    reconstructions)
 from pyrovae.workflows import load_run
+
+
+def picturing(command):
+    """The options of a command that pictures RUN_DIR: --out, and where its model and data are now."""
+    for decorate in reversed([click.option("--out", required=True, type=click.Path(), help="PNG file to write."),
+                              DEVICE, DATA_DIR, MOVED_DATASET, MOVED_PROGRAM]):
+        command = decorate(command)
+    return command
 
 
 def output_png(path: str) -> Path:
@@ -27,11 +35,7 @@ def output_png(path: str) -> Path:
               help="means: E[x | z], the images a decoder paints (as samples.png); draws: x ~ p(x | z), which for "
                    "a Bernoulli likelihood is salt-and-pepper binary pixels.")
 @click.option("--seed", default=0, show_default=True, help="Seeds z (and the draws).")
-@click.option("--out", required=True, type=click.Path(), help="PNG file to write.")
-@DEVICE
-@DATA_DIR
-@MOVED_DATASET
-@MOVED_PROGRAM
+@picturing
 def sample(run_dir: str, n: int, show: str, seed: int, out: str, device: str, data_dir: str | None,
            dataset: str | None, program: str | None) -> None:
     """Images from the model's prior: z ~ p(z), then E[x | z] (or x ~ p(x | z) with --show draws)."""
@@ -49,11 +53,7 @@ def sample(run_dir: str, n: int, show: str, seed: int, out: str, device: str, da
 @click.command(short_help=short_help("reconstruct"))
 @click.argument("run_dir", type=click.Path())
 @click.option("--n", default=16, show_default=True, type=click.IntRange(min=1), help="Images to reconstruct.")
-@click.option("--out", required=True, type=click.Path(), help="PNG file to write.")
-@DEVICE
-@DATA_DIR
-@MOVED_DATASET
-@MOVED_PROGRAM
+@picturing
 def reconstruct(run_dir: str, n: int, out: str, device: str, data_dir: str | None, dataset: str | None, program: str | None) -> None:
     """Test images (training images for a guide without an encoder) above their reconstructions
     E[x | z] at the guide's mean of z."""
@@ -91,11 +91,7 @@ SITE = click.option("--site", default=None,
               help="Decoded points along the path, the ends included.")
 @click.option("--path", "path_kind", type=click.Choice(["linear", "spherical"]), default="linear", show_default=True,
               help="linear: (1 − t)·a + t·b; spherical: slerp, which stays near the shell where N(0, I) has its mass.")
-@click.option("--out", required=True, type=click.Path(), help="PNG file to write.")
-@DEVICE
-@DATA_DIR
-@MOVED_DATASET
-@MOVED_PROGRAM
+@picturing
 def interpolate(run_dir: str, images: tuple[int, int], steps: int, path_kind: str, out: str, device: str,
                 data_dir: str | None, dataset: str | None, program: str | None) -> None:
     """Two images and, between them, the decoder means E[x | z] along a path between their
@@ -120,11 +116,7 @@ def interpolate(run_dir: str, images: tuple[int, int], steps: int, path_kind: st
               help="Test points (training points for a guide without an encoder) whose posterior means rank the "
                    "units by activity, Var_x(E_q[z_u | x]).")
 @SITE
-@click.option("--out", required=True, type=click.Path(), help="PNG file to write.")
-@DEVICE
-@DATA_DIR
-@MOVED_DATASET
-@MOVED_PROGRAM
+@picturing
 def traverse(run_dir: str, units: int, steps: int, points: int, site: str | None, out: str, device: str,
              data_dir: str | None, dataset: str | None, program: str | None) -> None:
     """One row per latent unit, the most active first: E[x | z] with that unit swept from -3 to 3
@@ -132,9 +124,8 @@ def traverse(run_dir: str, units: int, steps: int, points: int, site: str | None
     path = output_png(out)
     run = _image_run(run_dir, device, data_dir, dataset, program)
     shape = run.data.dataset.image_shape
-    pictured = picture_rows(run.vae, run.data.test, run.data.train, points)
-    site = latent_site(run.vae, pictured.rows, site)
     _check_rows(units, steps, shape)
+    pictured = picture_rows(run.vae, run.data.test, run.data.train, points)
     result = draw_traversal(run.vae, pictured, site, units, steps, 3.0, shape, path,
                             caption=f"{Path(run_dir).name} · epoch {run.epoch}")
     emit({"out": str(path), "run_dir": run_dir, **result})
@@ -145,11 +136,7 @@ def traverse(run_dir: str, units: int, steps: int, points: int, site: str | None
 @click.option("--n", default=2000, show_default=True, type=click.IntRange(min=2),
               help="Test points to map (training points for a guide without an encoder).")
 @SITE
-@click.option("--out", required=True, type=click.Path(), help="PNG file to write.")
-@DEVICE
-@DATA_DIR
-@MOVED_DATASET
-@MOVED_PROGRAM
+@picturing
 def latent_map(run_dir: str, n: int, site: str | None, out: str, device: str, data_dir: str | None,
                dataset: str | None, program: str | None) -> None:
     """Posterior means of test points (training points for a guide without an encoder): the
@@ -157,7 +144,6 @@ def latent_map(run_dir: str, n: int, site: str | None, out: str, device: str, da
     path = output_png(out)
     run = load_run(run_dir, device, data_dir, dataset=dataset, program=program)
     pictured = picture_rows(run.vae, run.data.test, run.data.train, n)
-    site = latent_site(run.vae, pictured.rows, site)
     labels = run.data.dataset.test_labels if pictured.split == "test" else None   # the data keep test labels only
     points = len(pictured.rows[0])
     legend = "digit" if run.data.dataset.name.startswith("mnist") else "label"

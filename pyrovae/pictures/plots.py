@@ -182,11 +182,14 @@ def write_run_images(vae: VAE, data, run_dir: Path, n: int = 64, caption: str = 
 
 @torch.no_grad()
 def latent_map(vae: VAE, batch: Sequence[torch.Tensor], labels: torch.Tensor | None, path: Path,
-               site: str, index: torch.Tensor | None = None, caption: str = "", legend: str = "label") -> dict:
-    """The guide's means (:func:`guide_means`) of a latent site for the rows of ``batch`` (``index``:
-    their rows in a guide's table), in 2-D: the latents themselves when the site has 2 dims, else
-    their first two principal components; coloured by ``labels`` (named ``legend``)."""
-    loc = guide_means(vae, batch, index)[site].reshape(num_rows(batch), -1)
+               site: str | None = None, index: torch.Tensor | None = None, caption: str = "",
+               legend: str = "label") -> dict:
+    """The guide's means (:func:`guide_means`) of a latent site (:func:`latent_site`: the model's top
+    layer by default) for the rows of ``batch`` (``index``: their rows in a guide's table), in 2-D:
+    the latents themselves when the site has 2 dims, else their first two principal components;
+    coloured by ``labels`` (named ``legend``)."""
+    site, loc = site_means(vae, batch, index, site)
+    loc = loc.reshape(num_rows(batch), -1)
     projection = "identity"
     if loc.shape[1] > 2:
         centered = loc - loc.mean(0)
@@ -212,6 +215,18 @@ def latent_site(vae: VAE, template: Sequence[torch.Tensor], site: str | None) ->
         raise UsageError(f"{option('site', site)}: the model has no latent site of that name; pass one of "
                          f"{', '.join(sites)}")
     return site
+
+
+def site_means(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor | None,
+               site: str | None) -> tuple[str, torch.Tensor]:
+    """(site, the guide's means of it [rows, *event], :func:`guide_means`) for a site checked by
+    :func:`latent_site` that the guide has a posterior for."""
+    site = latent_site(vae, batch, site)
+    means = guide_means(vae, batch, index)
+    if site not in means:
+        raise UsageError(f"{option('site', site)}: the guide has no posterior for this site; pass one of "
+                         f"{', '.join(means)}")
+    return site, means[site]
 
 
 def draw_interpolation(vae: VAE, pictured: PictureRows, images: tuple[int, int], steps: int, spherical: bool,
@@ -240,12 +255,8 @@ def draw_traversal(vae: VAE, pictured: PictureRows, site: str | None, units: int
     """One row per unit of a latent site, the most active first (activity from the posterior means
     of the rows of ``pictured``), each swept over ``steps`` values from −span to span prior
     standard deviations (:func:`traversal`)."""
-    site = latent_site(vae, pictured.rows, site)
-    means = guide_means(vae, pictured.rows, pictured.index)
-    if site not in means:
-        raise UsageError(f"{option('site', site)}: the guide has no posterior for this site; pass one of "
-                         f"{', '.join(means)}")
-    flat = means[site].reshape(num_rows(pictured.rows), -1)
+    site, means = site_means(vae, pictured.rows, pictured.index, site)
+    flat = means.reshape(num_rows(pictured.rows), -1)
     activity = unit_variances(flat)
     order = torch.argsort(activity, descending=True, stable=True)[:units].tolist()
     values = torch.linspace(-span, span, steps).tolist()
