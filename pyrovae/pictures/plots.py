@@ -105,14 +105,25 @@ def decoded(vae: VAE, latents: dict[str, torch.Tensor], batch: Sequence[torch.Te
 
 
 @torch.no_grad()
-def prior_moments(vae: VAE, template: Sequence[torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{site: (mean, std)} [*event] of each latent site of the model, in its order (the top layer
-    first), each site given the means of the sites before it."""
+def _prior_sites(vae: VAE, template: Sequence[torch.Tensor]) -> dict[str, dict]:
+    """The model's latent sites, in its order (the top layer first), from one run of the model on
+    the first row of ``template`` with each site at its mean given the sites before it."""
     model, _ = vae.bound()
     with MeanValues():
         trace = poutine.trace(model).get_trace(None, 1.0, *rows_of(template, [0]))
-    return {name: (site["fn"].mean[0], site["fn"].stddev[0]) for name, site in sample_sites(trace)
-            if not site["is_observed"]}
+    return {name: site for name, site in sample_sites(trace) if not site["is_observed"]}
+
+
+def prior_moments(vae: VAE, template: Sequence[torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{site: (mean, std)} [*event] of each latent site of the model (:func:`_prior_sites`)."""
+    moments = {}
+    for name, site in _prior_sites(vae, template).items():
+        try:
+            moments[name] = (site["fn"].mean[0], site["fn"].stddev[0])
+        except NotImplementedError:
+            raise UsageError(f"the prior of {name!r} ({type(site['fn']).__name__}) has no closed-form mean and "
+                             "standard deviation to sweep its units around; pass another --site") from None
+    return moments
 
 
 def _path(start: torch.Tensor, end: torch.Tensor, steps: int, spherical: bool) -> torch.Tensor:
@@ -151,9 +162,10 @@ def traversal(vae: VAE, template: Sequence[torch.Tensor], site: str, units: Sequ
 
 
 def save_scatter(points: dict[str, torch.Tensor], path: Path, title: str = "", xlabel: str = "",
-                 ylabel: str = "") -> None:
+                 ylabel: str = "", legend: str = "group") -> None:
     """2-D points (e.g. data vs samples, or latent means by class) as a scatter plot."""
-    figures.scatter({label: xy.detach().cpu().numpy() for label, xy in points.items()}, Path(path), title, xlabel, ylabel)
+    figures.scatter({label: xy.detach().cpu().numpy() for label, xy in points.items()}, Path(path), title, xlabel,
+                    ylabel, legend)
 
 
 def write_run_images(vae: VAE, data, run_dir: Path, n: int = 64, caption: str = "") -> None:
@@ -201,14 +213,13 @@ def latent_map(vae: VAE, batch: Sequence[torch.Tensor], labels: torch.Tensor | N
     groups = {"unlabelled": loc} if labels is None else {str(int(c)): loc[labels == c] for c in labels.unique()}
     axis = "principal component" if projection == "pca" else site
     caption = f" · {caption}" if caption else ""
-    figures.scatter({label: xy.cpu().numpy() for label, xy in groups.items()}, Path(path),
-                    f"posterior means of {site} ({projection}){caption}", f"{axis} 1", f"{axis} 2", legend)
+    save_scatter(groups, path, f"posterior means of {site} ({projection}){caption}", f"{axis} 1", f"{axis} 2", legend)
     return {"projection": projection, "points": num_rows(batch), "site": site}
 
 
 def latent_site(vae: VAE, template: Sequence[torch.Tensor], site: str | None) -> str:
     """``site``, checked against the model's latent sites; None: the model's first (its top layer)."""
-    sites = list(prior_moments(vae, template))
+    sites = list(_prior_sites(vae, template))
     if site is None:
         return sites[0]
     if site not in sites:
@@ -243,8 +254,7 @@ def draw_interpolation(vae: VAE, pictured: PictureRows, images: tuple[int, int],
     row = torch.cat([pair[0][:1].reshape(1, -1), path_images.reshape(steps, -1), pair[0][1:].reshape(1, -1)])
     how = "spherical" if spherical else "linear"
     a, b = images
-    split = "test" if pictured.split == "test" else "training"
-    figures.labelled_rows([row.cpu()], [f"{split} {a} → {b}"], image_shape, path,
+    figures.labelled_rows([row.cpu()], [f"{pictured.split} {a} → {b}"], image_shape, path,
                           caption=f"{caption} · {pictured.images} {a} and {b} (ends) and E[x | z] along the {how} "
                                   f"path between their posterior means, {steps} steps")
     return {"images": list(images), "split": pictured.split, "steps": steps, "path": how}
