@@ -236,7 +236,7 @@ def evaluate_run(folder: RunFolder, settings: EvaluateSettings = EvaluateSetting
            "epoch": run.epoch, "seed": chosen.seed, "per_point": str(per_point) if per_point else None,
            "figure": str(figure) if figure else None}
     line = headline(out)
-    if figure is not None:
+    if figure is not None and current().is_main:   # every process has the gathered points: one draws them
         columns = result.columns()
         evaluation_figure(result.log_px, columns.get("elbo"), columns.get("khat"), figure,
                           caption=f"{Path(folder.path).name} · epoch {run.epoch} · {settings.split} points · {line}")
