@@ -42,9 +42,9 @@ def variants(before: str | None) -> dict[str, tuple[list[str], dict]]:
 
 def busy() -> list[str]:
     """The processes using the most CPU (``ps``), and ``uptime``: what ran beside the numbers."""
-    ps = subprocess.run(["ps", "-eo", "pcpu,etime,comm", "--sort=-pcpu"], capture_output=True, text=True)
+    ps = subprocess.run(["ps", "-eo", "pcpu,etime,args", "--sort=-pcpu"], capture_output=True, text=True)
     uptime = subprocess.run(["uptime"], capture_output=True, text=True)
-    return [uptime.stdout.strip(), *ps.stdout.splitlines()[:6]]
+    return [uptime.stdout.strip(), *(line[:140] for line in ps.stdout.splitlines()[:6])]
 
 
 def main() -> None:
