@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
+from pyrovae.cli.main import short_help
 from pyrovae.cli.options import emit, evaluating, given_options, options_from, run_folder, say
 from pyrovae.evaluation.settings import BDMCSettings
 from pyrovae.workflows.evaluating import BDMCRunSettings, bdmc_run
 
 
-@click.command()
+@click.command(short_help=short_help("bdmc"))
 @click.argument("run_dir", type=click.Path())
 @options_from(BDMCRunSettings, BDMCSettings)
 @evaluating

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from pyrovae.cli.main import short_help
 from pyrovae.cli.options import emit, evaluating, given_options, options_from, run_folder, say
 from pyrovae.core import heap
 from pyrovae.evaluation.settings import BATCH_SIZE, PAIRS, AISSettings, ISSettings
@@ -15,7 +16,7 @@ BATCH_SIZE_OPTION = click.option(
     help=f"Datapoints per pass [default: {BATCH_SIZE} for IS, {PAIRS:,} / chains for AIS].")
 
 
-@click.command()
+@click.command(short_help=short_help("evaluate"))
 @click.argument("run_dir", type=click.Path())
 @options_from(EvaluateSettings)
 @options_from((ISSettings, "IS"), (AISSettings, "AIS"), skip=("batch_size",))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from pyrovae.cli.main import short_help
 from pyrovae.cli.options import emit, say
 
 
@@ -31,8 +32,22 @@ def _families(config: dict, info: dict | None, program: dict | None) -> dict[str
     return rows
 
 
-def _rows(run: dict) -> dict[str, str]:
+def _marks(evaluation: dict, table: dict, epochs: int | None) -> tuple[list[str], str | None]:
+    """What to beware of in an evaluation row: ``unreliable`` (k-hat said so), ``stale`` (of an
+    earlier epoch than the run's last checkpoint, e.g. a best.pt); and which points it was of."""
+    options = evaluation.get("options") or {}
+    marks = ["unreliable"] if table.get("reliable") is False else []
+    epoch = options.get("epoch")
+    if isinstance(epoch, int) and isinstance(epochs, int) and epoch < epochs:
+        marks.append(f"stale: epoch {epoch} of {epochs}")
+    split = options.get("split") if options.get("split") in ("test", "train") else "test"
+    return marks, (f"{split} n={table['n']}" if "n" in table else None)
+
+
+def _rows(run: dict) -> tuple[dict[str, str], dict[str, tuple[list[str], str | None]]]:
+    """The table's rows of a run, and the marks and points (:func:`_marks`) of its evaluation rows."""
     config, training, evaluations = run["config"], run["training"], run["evaluations"]
+    marks: dict[str, tuple[list[str], str | None]] = {}
     rows = {**_families(config, run.get("program_info"), run.get("program")), "objective": config.get("elbo"),
             "epochs": training.get("epochs"), "minutes": _number(training.get("minutes")),
             "test ELBO": _number(training.get("test_elbo")),
@@ -44,10 +59,15 @@ def _rows(run: dict) -> dict[str, str]:
             s, o = found["summary"], found["options"]
             how = f"K={o.get('k')}" if method == "is" else f"T={o.get('steps')}"
             rows[label] = f"{s['log_likelihood']:.2f} ± {_number(s.get('log_likelihood_se'))} ({how}, n={s.get('n')})"
+            marks[label] = _marks(found, s, training.get("epochs"))
     compare = _latest(evaluations, "compare")
     if compare and "test" in compare["summary"]:
         table = compare["summary"]["test"]
-        rows["amortization gap"] = f"{table['amortization_gap']:.2f} ± {table['amortization_gap_se']:.2f}"
+        for label in ("amortization gap", "optimization gap", "approximation gap"):
+            marks[label] = _marks(compare, table, training.get("epochs"))
+        for gap in ("amortization_gap", "optimization_gap"):   # an encoder's, or a mean-field run's rows'
+            if gap in table:
+                rows[gap.replace("_", " ")] = f"{table[gap]:.2f} ± {table[gap + '_se']:.2f}"
         rows["approximation gap"] = f"{table['approximation_gap']:.2f} ± {table['approximation_gap_se']:.2f}"
     sandwich = _latest(evaluations, "bdmc")
     if sandwich:
@@ -55,19 +75,37 @@ def _rows(run: dict) -> dict[str, str]:
     rows["evaluations of this checkpoint"] = len(evaluations)
     if run["other_evaluations"]:   # of a checkpoint the run no longer holds: not this model's numbers
         rows["of other checkpoints (not shown)"] = len(run["other_evaluations"])
-    return {key: str(value) for key, value in rows.items()}
+    return {key: str(value) for key, value in rows.items()}, marks
 
 
-@click.command()
+def _marked(columns: list[tuple[dict[str, str], dict]]) -> list[dict[str, list[str]]]:
+    """Each run's marks by row, with ``other points`` where the runs side by side were evaluated
+    on different points (another split or number of them)."""
+    points: dict[str, set] = {}
+    for _, marks in columns:
+        for label, (_, where) in marks.items():
+            points.setdefault(label, set()).add(where)
+    return [{label: flags + ([f"other points: {where}"] if len(points[label]) > 1 else [])
+             for label, (flags, where) in marks.items()} for _, marks in columns]
+
+
+@click.command(short_help=short_help("show"))
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
 def show(run_dirs: tuple[str, ...]) -> None:
     """The config, training summary and the recorded evaluations of RUN_DIR(s): JSON on stdout,
     a table on stderr, one column per run (e.g. an amortized run beside a mean-field one).
     Evaluations of a checkpoint the run no longer holds (replaced by --overwrite, or trained further
-    by --resume) are counted in the table, not shown, and listed in the JSON's other_evaluations."""
+    by --resume) are counted in the table, not shown, and listed in the JSON's other_evaluations.
+    A number to beware of is marked, in the table and in each run's "flags": unreliable (k-hat), stale
+    (of an earlier epoch than the last checkpoint), other points (than the runs beside it)."""
     from pyrovae.runs import describe_run
     runs = [describe_run(run_dir) for run_dir in run_dirs]
-    columns = [_rows(run) for run in runs]
+    rows_and_marks = [_rows(run) for run in runs]
+    for run, (rows, _), flags in zip(runs, rows_and_marks, _marked(rows_and_marks)):
+        run["flags"] = {label: marks for label, marks in flags.items() if marks and label in rows}
+        for label, marks in run["flags"].items():   # in the table too, where the number is
+            rows[label] += f" [{'; '.join(marks)}]"
+    columns = [rows for rows, _ in rows_and_marks]
     labels = list(dict.fromkeys(label for column in columns for label in column))
     names = [run_dir.rstrip("/").split("/")[-1] or run_dir for run_dir in run_dirs]
     widths = [max(len(name), *(len(column.get(label, "-")) for label in labels)) for name, column in zip(names, columns)]

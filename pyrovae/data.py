@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core.errors import UsageError
+from .core.errors import UsageError, option as named
 from .core.noise import bernoulli
 from .core.options import Options, open_interval, option
 
@@ -92,12 +92,30 @@ def _mnist(data_dir: str | None) -> Dataset:
     try:
         splits = [torchvision.datasets.MNIST(root, train=train, download=download) for train in (True, False)]
     except Exception as error:  # torchvision raises RuntimeError or URLError, depending on the cause
-        raise UsageError(
-            f"MNIST is not in {root!r} and could not be downloaded ({type(error).__name__}); "
-            f"pass --data-dir (or set {DATA_DIR_ENV}) to a folder holding MNIST/raw, "
-            "or use --dataset mnist-sample") from None
+        if download:
+            raise UsageError(
+                f"MNIST is not in {root!r} and could not be downloaded ({type(error).__name__}); "
+                f"pass {named('data_dir')} (or set {DATA_DIR_ENV}) to a folder holding MNIST/raw, "
+                "or use --dataset mnist-sample") from None
+        raise UsageError(_not_found(Path(root))) from None
     train, test = (split.data.reshape(len(split.data), -1).float() / 255.0 for split in splits)
     return Dataset("mnist", train, test, (1, 28, 28), splits[1].targets)
+
+
+def _not_found(root: Path) -> str:
+    """What was looked for where MNIST was not found (no download is tried in a folder given), and
+    the folder to pass instead when ROOT is itself MNIST/ or MNIST/raw/ (a level too deep)."""
+    raw = root / "MNIST" / "raw"
+    if raw.is_dir():
+        return f"{str(raw)!r} does not hold MNIST's files as torchvision reads them (train-images-idx3-ubyte, ...); " \
+               "copy them there again, or use --dataset mnist-sample"
+    looked = f"MNIST not found: looked for {str(raw)!r} (torchvision's layout)"
+    for parent in (root.parent, root.parent.parent):
+        if (parent / "MNIST" / "raw").is_dir():
+            return f"{looked}, but {str(root)!r} is inside it; pass {named('data_dir', str(parent))}, the folder " \
+                   "that holds MNIST/"
+    return f"{looked}; pass {named('data_dir')} (or set {DATA_DIR_ENV}) to the folder that holds MNIST/raw, or " \
+           "use --dataset mnist-sample"
 
 
 def _mnist_sample() -> Dataset:

@@ -41,9 +41,12 @@ def speaking_cli() -> bool:
 
 def option(name: str, value: object = None) -> str:
     """An option as the user wrote it: ``--batch-size`` / ``--batch-size 64`` on the CLI,
-    ``batch_size`` / ``batch_size=64`` in Python; a flag (``value=True``) is ``--resume`` or ``resume=True``."""
+    ``batch_size`` / ``batch_size=64`` in Python; a flag (``value=True``) is ``--resume`` or ``resume=True``,
+    and turned off (``value=False``) ``--no-compile`` or ``compile=False``."""
     if _CLI.get():
         flag = "--" + name.replace("_", "-")
+        if value is False:
+            return "--no-" + name.replace("_", "-")
         return flag if value is None or value is True else f"{flag} {value}"
     param = PYTHON_NAMES.get(name, name.replace("-", "_"))
     return param if value is None else f"{param}={value!r}"

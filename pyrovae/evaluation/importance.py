@@ -104,7 +104,8 @@ class LogLikelihoodResult(Estimate):
             "elbo_se": standard_error(self.elbo),
             "reconstruction": float(np.mean(self.recon)),
             "kl": float(np.mean(self.kl)),
-            "iwae_bounds": {str(k): float(np.mean(v)) for k, v in sorted(self.iwae.items())},
+            # a list in increasing k: JSON keys "1", "1000", "5", "50" would sort as strings
+            "iwae_bounds": [{"k": k, "bound": float(np.mean(v))} for k, v in sorted(self.iwae.items())],
             "k": self.k,
             "ess_frac_mean": float(np.mean(self.ess_frac)),
             "khat_frac_gt_0_5": float(np.mean(khat > 0.5)) if khat_known else None,

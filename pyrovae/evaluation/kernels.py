@@ -41,6 +41,10 @@ import torch
 from pyro.distributions import constraints
 from pyro.poutine.messenger import Messenger
 
+from ..core.errors import option
+
+log = logging.getLogger(__name__)
+
 LANES, MAX_FACTORS = 16, 64  # bernoulli_log_prob: one log per lane; 2^64 fits in float32
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -99,6 +103,9 @@ def _run(kernel: Callable, compile: bool, *args: torch.Tensor) -> torch.Tensor:
         return kernel(*args)
     first = kernel not in _compiled
     if first:
+        if not _compiled:   # the first compile of a process is a silent wait of 10-40 s: say why
+            log.info(f"compiling the log densities with torch.compile (up to a minute the first time on this "
+                     f"machine, seconds once its cache is warm; {option('compile', False)} skips it)")
         _compiled[kernel] = torch.compile(kernel)
     try:
         if not first:

@@ -178,7 +178,9 @@ def fit_local(vae: VAE, data: Data, init: Init = "prior", *, index: torch.Tensor
     rows of a per-datapoint guide), or a (loc, scale) table for a one-site model. ``settings``
     (:class:`LocalFitSettings`), changed by keywords (``max_steps=500``, ``tol=None``: exactly
     ``max_steps`` steps, a fixed refinement budget). ``progress``: True for a bar on stderr, or a
-    callable(rows_done, N).
+    callable(steps_done, most_steps), most_steps = ``max_steps`` per batch of rows (a batch that
+    stops early counts as all of its steps: one batch of 1000 rows can take minutes, so the bar
+    moves by steps, not rows).
     """
     settings = configured(LocalFitSettings, settings, changes)
     data = vae.as_batch(data)
@@ -186,9 +188,10 @@ def fit_local(vae: VAE, data: Data, init: Init = "prior", *, index: torch.Tensor
     objective = make_objective("meanfield", settings.particles)
     started = time.perf_counter()
     guides, steps = [], []
+    most = settings.max_steps
     with frozen(vae), vae.param_store(), forked_rng(vae.device, settings.seed), \
-            Progress(progress, n, "fit q per point") as report:
-        for start in range(0, n, settings.batch_size):
+            Progress(progress, math.ceil(n / settings.batch_size) * most, "fit q per point", unit="step") as report:
+        for batch_number, start in enumerate(range(0, n, settings.batch_size)):
             rows = range(start, min(start + settings.batch_size, n))
             batch = rows_of(data, rows)
             rows_index = None if index is None else index[rows.start:rows.stop].to(vae.device)
@@ -197,17 +200,19 @@ def fit_local(vae: VAE, data: Data, init: Init = "prior", *, index: torch.Tensor
             else:
                 start_at = init
             local = initial_guide(vae, batch, rows_index, start_at).to(batch[0])
-            steps.append(_fit_batch(vae, local, batch, objective, settings))
+            done = batch_number * most
+            steps.append(_fit_batch(vae, local, batch, objective, settings, lambda step: report(done + step)))
             guides.append(local.requires_grad_(False))
-            report(rows.stop)
+            report(done + most)
         guide = concat_rows(guides)
         elbo = elbo_per_point(vae, data, guide, settings.eval_samples)
     return LocalFit(guide, elbo, steps, time.perf_counter() - started)
 
 
 def _fit_batch(vae: VAE, local: nn.Module, batch: tuple[torch.Tensor, ...], objective,
-               settings: LocalFitSettings) -> int:
-    """Adam on the rows of ``batch`` until the stopping rule says so; the steps taken."""
+               settings: LocalFitSettings, on_step: Callable[[int], None]) -> int:
+    """Adam on the rows of ``batch`` until the stopping rule says so, telling ``on_step`` each
+    step taken; the steps taken."""
     lr, plateau = settings.lr, Plateau(settings.window, settings.tol, settings.lr_decays)
     groups = declared(local, "local_family", "param_groups")   # a family may step some parameters more gently
     optimizer = torch.optim.Adam(groups(lr) if groups else local.parameters(), lr=lr)
@@ -231,6 +236,7 @@ def _fit_batch(vae: VAE, local: nn.Module, batch: tuple[torch.Tensor, ...], obje
         loss.backward()
         optimizer.step()
         decision = plateau.update(-loss.item() / num_rows(batch))
+        on_step(step)
         if decision == "stop":
             break
         if decision == "decay":

@@ -11,7 +11,8 @@ is replaced only on success.
 
 Library-safe: no ``matplotlib.pyplot``, no backend choice, no change to rcParams, loggers or RNGs
 (a fixed style applies inside ``matplotlib.rc_context``). Sizes are deterministic (pixels):
-``training_curves`` is always ``CURVES_SIZE``, ``scatter`` always ``SCATTER_SIZE``; the grids grow
+``training_curves`` is always ``CURVES_SIZE``, ``scatter`` always ``SCATTER_SIZE``,
+``evaluation_figure`` always ``EVALUATION_SIZE``; the grids grow
 with the number and size of the images, see ``grid_figure_size``.
 """
 from __future__ import annotations
@@ -36,11 +37,13 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = ["DPI", "CURVES_SIZE", "SCATTER_SIZE", "MIN_GRID_WIDTH", "MAX_PIXELS", "grid_figure_size",
-           "grid_capacity", "reconstruction_figure", "sample_grid", "training_curves", "scatter"]
+           "grid_capacity", "reconstruction_figure", "sample_grid", "labelled_rows", "training_curves", "scatter",
+           "EVALUATION_SIZE", "evaluation_figure"]
 
 DPI = 100
 CURVES_SIZE = (1400, 800)  # pixels (width, height) of training_curves
 SCATTER_SIZE = (800, 640)  # pixels of scatter
+EVALUATION_SIZE = (1400, 640)  # pixels of evaluation_figure
 MIN_GRID_WIDTH = 400  # pixels: narrow grids are centred on a figure at least this wide
 MAX_PIXELS = 30000  # per side of a grid: larger ones are unreadable (and take gigabytes)
 
@@ -50,7 +53,7 @@ _GAP = 6  # between images in a row; each image's 1-pixel grey frame and 2 pixel
 _PAIR_GAP = 4  # between an original row and its reconstruction row
 _BLOCK_GAP = 20  # between one original/reconstruction pair of rows and the next
 _LABEL_PAD = 10  # between a row label and its images
-_LABEL_COLUMN = 130  # row labels ("reconstruction" is 108 px wide) and their padding
+_LABEL_COLUMN = 130  # row labels ("reconstruction" is 108 px wide; "z[49]  0.123" about 95) and their padding
 _CAPTION_LINE = 21  # pixels per line of caption
 _CAPTION_PX = _LABEL_PX = 15  # font sizes
 _FRAME = 199  # light grey frame around each image
@@ -153,14 +156,15 @@ def _scale(height: int, width: int) -> int:
 
 
 def _layout(n: int, image_shape: Sequence[int], ncols: int, caption_lines: int,
-            reconstructions: bool) -> tuple[int, int, int, list[int]]:
-    """(width, height, x of the first column, y of each row of images) of a grid figure, in pixels."""
+            reconstructions: bool, labelled: bool = False) -> tuple[int, int, int, list[int]]:
+    """(width, height, x of the first column, y of each row of images) of a grid figure, in pixels:
+    pairs of rows with ``reconstructions``, a label column with ``labelled`` (or ``reconstructions``)."""
     _, height, width = _check_shape(image_shape)
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     ncols = min(_check_ncols(ncols), n)
     cell_h, cell_w = height * _scale(height, width), width * _scale(height, width)
-    left = _LABEL_COLUMN if reconstructions else 0
+    left = _LABEL_COLUMN if reconstructions or labelled else 0
     rows = math.ceil(n / ncols)
     gaps = [_PAIR_GAP, _BLOCK_GAP] * rows if reconstructions else [_GAP] * rows
     grid_w = ncols * (cell_w + _GAP) - _GAP
@@ -172,15 +176,16 @@ def _layout(n: int, image_shape: Sequence[int], ncols: int, caption_lines: int,
 
 
 def grid_figure_size(n: int, image_shape: Sequence[int], ncols: int = 8, caption_lines: int = 0,
-                     reconstructions: bool = False) -> tuple[int, int]:
-    """(width, height) in pixels of ``sample_grid`` of N images, or with ``reconstructions`` of
-    ``reconstruction_figure`` of N pairs, whose caption wraps to CAPTION_LINES lines (0: no caption).
+                     reconstructions: bool = False, labelled: bool = False) -> tuple[int, int]:
+    """(width, height) in pixels of ``sample_grid`` of N images, with ``reconstructions`` of
+    ``reconstruction_figure`` of N pairs, with ``labelled`` of ``labelled_rows`` of N images NCOLS a
+    row, whose caption wraps to CAPTION_LINES lines (0: no caption).
 
     Images are magnified by ``s = max(1, 96 // max(H, W))`` and laid out in ``c = min(ncols, n)``
-    columns 6 px apart, with 12 px margins; reconstruction figures add a 130 px label column. A line
-    of caption is 21 px (plus 12 px below the caption).
+    columns 6 px apart, with 12 px margins; reconstruction and labelled figures add a 130 px label
+    column. A line of caption is 21 px (plus 12 px below the caption).
     """
-    return _layout(n, image_shape, ncols, caption_lines, reconstructions)[:2]
+    return _layout(n, image_shape, ncols, caption_lines, reconstructions, labelled)[:2]
 
 
 def grid_capacity(image_shape: Sequence[int], ncols: int = 8, caption_lines: int = 4,
@@ -212,11 +217,11 @@ def _tiles(images: np.ndarray, ncols: int) -> np.ndarray:
 
 
 def _grid(blocks: list[np.ndarray], n: int, image_shape: Sequence[int], ncols: int, caption: str,
-          path: str | Path, labels: Sequence[str] = ()) -> None:
-    """BLOCKS of images (each tiled NCOLS a row) at the rows of ``_layout`` of N images, on a white
-    page; CAPTION centred on top, LABELS (a reconstruction figure's) right-aligned left of the rows."""
-    lines = _caption_lines(caption, _layout(n, image_shape, ncols, 0, bool(labels))[0])
-    width, height, left, tops = _layout(n, image_shape, ncols, len(lines), bool(labels))
+          path: str | Path, labels: Sequence[str] = (), paired: bool = False) -> None:
+    """BLOCKS of images (each tiled NCOLS a row) at the rows of ``_layout`` of N images (N pairs if
+    ``paired``), on a white page; CAPTION centred on top, LABELS right-aligned left of the rows."""
+    lines = _caption_lines(caption, _layout(n, image_shape, ncols, 0, paired, bool(labels))[0])
+    width, height, left, tops = _layout(n, image_shape, ncols, len(lines), paired, bool(labels))
     if max(width, height) > MAX_PIXELS:
         raise ValueError(f"a {width}x{height}-pixel figure is too large to draw (at most {MAX_PIXELS} per side); "
                          "pass fewer images or more columns")
@@ -252,7 +257,8 @@ def reconstruction_figure(originals: ArrayLike, reconstructions: ArrayLike, imag
         raise ValueError(f"originals and reconstructions differ in number: {len(x)} vs {len(x_hat)}")
     ncols = _check_ncols(ncols)
     rows = [row for i in range(0, len(x), ncols) for row in (x[i:i + ncols], x_hat[i:i + ncols])]
-    _grid(rows, len(x), image_shape, ncols, caption, path, ("original", "reconstruction") * (len(rows) // 2))
+    _grid(rows, len(x), image_shape, ncols, caption, path, ("original", "reconstruction") * (len(rows) // 2),
+          paired=True)
 
 
 def sample_grid(images: ArrayLike, image_shape: Sequence[int], path: str | Path, caption: str = "",
@@ -260,6 +266,18 @@ def sample_grid(images: ArrayLike, image_shape: Sequence[int], path: str | Path,
     """A grid of images [n, D] (values in [0, 1]), NCOLS per row, with CAPTION on top."""
     x = _images(images, image_shape, "images")
     _grid([x], len(x), image_shape, _check_ncols(ncols), caption, path)
+
+
+def labelled_rows(rows: Sequence[ArrayLike], labels: Sequence[str], image_shape: Sequence[int], path: str | Path,
+                  caption: str = "") -> None:
+    """Rows of images, each [m, D] (values in [0, 1]; every row as long), one LABEL left of each
+    and CAPTION on top: a latent traversal (a row per unit) or interpolation (a row per pair)."""
+    blocks = [_images(row, image_shape, f"row {i}") for i, row in enumerate(rows)]
+    if not blocks or len(labels) != len(blocks) or len({len(block) for block in blocks}) != 1:
+        raise ValueError(f"expected one label per row and rows of equal length, got {len(labels)} labels for rows "
+                         f"of {[len(block) for block in blocks]} images")
+    ncols = len(blocks[0])
+    _grid(blocks, ncols * len(blocks), image_shape, ncols, caption, path, list(labels))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -508,8 +526,9 @@ def _literal(label: Any) -> str:
 
 
 def scatter(groups: Mapping[Any, ArrayLike], path: str | Path, title: str = "", xlabel: str = "",
-            ylabel: str = "") -> None:
-    """Points [n, 2] per group (label -> points), one colour per group and a legend.
+            ylabel: str = "", legend: str = "group") -> None:
+    """Points [n, 2] per group (label -> points), one colour per group and a legend titled
+    LEGEND (what the groups are, e.g. "label").
 
     Colours follow the sorted labels (numeric labels numerically: digit classes 0..9 always get the
     same tab10 colours). All groups are drawn in one shuffled layer (fixed private seed), so no group
@@ -536,10 +555,66 @@ def scatter(groups: Mapping[Any, ArrayLike], path: str | Path, title: str = "", 
                           label=f"{_literal(label)}  ({len(p)})")
                    for label, colour, p in zip(labels, colours, points)]
         axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
-                    frameon=False, handletextpad=0.3, title="group (points)")
+                    frameon=False, handletextpad=0.3, title=f"{_literal(legend)} (points)")
         axes.set_xlabel(xlabel)
         axes.set_ylabel(ylabel)
         if title:
             lines = _wrap(title, _pixels(_CAPTION_PT), SCATTER_SIZE[0] - 4 * _MARGIN)
+            figure.suptitle("\n".join(lines), fontsize=_CAPTION_PT, parse_math=False)
+        _save(figure, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# an evaluation at a glance
+
+
+def evaluation_figure(log_px: ArrayLike, elbo: ArrayLike | None, khat: ArrayLike | None, path: str | Path,
+                      caption: str = "", khat_bad: float = 0.7) -> None:
+    """Two panels of one evaluation's per-point values: log p̂(x_i) against the proposal's ELBO_i
+    (with the line log p̂ = ELBO: log p ≥ ELBO, so points fall above it unless the estimate is
+    poor; red where k-hat > KHAT_BAD), and the histogram of PSIS k-hat with 0.5 and KHAT_BAD
+    marked. A panel without its values (no ELBO, or k-hat unknown) says so. Always ``EVALUATION_SIZE``."""
+    y = _array(log_px, "log_px").reshape(-1)
+    x = None if elbo is None else _array(elbo, "elbo").reshape(-1)
+    k = None if khat is None else _array(khat, "khat").reshape(-1)
+    for name, values in (("elbo", x), ("khat", k)):
+        if values is not None and len(values) != len(y):
+            raise ValueError(f"{name}: {len(values)} values for {len(y)} points")
+    known = None if k is None or not np.isfinite(k).any() else np.isfinite(k)
+    with _style():
+        figure = _new_figure(EVALUATION_SIZE, layout="constrained")
+        left, right = figure.subplots(1, 2)
+        left.set_title("per point: log p̂(x) against the ELBO")
+        if x is None:
+            _say(left, "no per-point ELBO for this estimator")
+        else:
+            bad = np.zeros(len(y), bool) if known is None else np.where(known, k > khat_bad, False)
+            for mask, colour, label in ((~bad, _TRAIN_COLOR, f"k-hat ≤ {khat_bad}" if known is not None else "points"),
+                                        (bad, "tab:red", f"k-hat > {khat_bad}")):
+                if mask.any():
+                    left.scatter(x[mask], y[mask], s=10, alpha=0.6, color=colour, linewidths=0,
+                                 label=f"{label} ({int(mask.sum())})")
+            finite = np.isfinite(x) & np.isfinite(y)
+            if finite.any():
+                low, high = min(x[finite].min(), y[finite].min()), max(x[finite].max(), y[finite].max())
+                left.plot([low, high], [low, high], color=_WARMUP_COLOR, linewidth=1, label="log p̂ = ELBO")
+            left.set_xlabel("ELBO of the proposal (nats)")
+            left.set_ylabel("log p̂(x) (nats)")
+            left.legend(loc="upper left", frameon=False)
+        right.set_title("PSIS k-hat of the importance weights")
+        if known is None:
+            _say(right, "k-hat unknown (too few draws per point to fit a tail)")
+        else:
+            from matplotlib.ticker import MaxNLocator
+
+            right.hist(k[known], bins=40, color=_TRAIN_COLOR, alpha=0.8)
+            right.yaxis.set_major_locator(MaxNLocator(integer=True))   # counts of points
+            for line, style in ((0.5, ":"), (khat_bad, "--")):
+                right.axvline(line, color="tab:red", linestyle=style, linewidth=1.2, label=f"k-hat = {line}")
+            right.set_xlabel("k-hat")
+            right.set_ylabel("points")
+            right.legend(loc="upper right", frameon=False)
+        if caption:
+            lines = _wrap(caption, _pixels(_CAPTION_PT), EVALUATION_SIZE[0] - 4 * _MARGIN)
             figure.suptitle("\n".join(lines), fontsize=_CAPTION_PT, parse_math=False)
         _save(figure, path)

@@ -38,6 +38,7 @@ from ..evaluation.settings import AISSettings, BDMCSettings, ISSettings, Setting
 from ..guides.rows import take_rows
 from ..inference.compare import CompareSettings, Comparison, format_table
 from ..inference.local_fit import fit_local
+from ..pictures.figures import evaluation_figure
 from .fitting import Run, load_run
 
 log = logging.getLogger(__name__)   # what an evaluation says on the way, unless told where (``say``)
@@ -197,6 +198,8 @@ class EvaluateSettings(Settings):
                                          "of a guide without an encoder]; prior: p(z), a bad check for IS, the "
                                          "classic start for AIS.", choices=PROPOSALS)
     per_point: str | None = setting(None, "Write per-datapoint values to this .csv or .npz file.")
+    figure: str | None = setting(None, "Draw per-point log p̂ against the ELBO and a histogram of k-hat to this .png "
+                                       "file.")
 
 
 def evaluate_run(folder: RunFolder, settings: EvaluateSettings = EvaluateSettings(), *,
@@ -204,10 +207,12 @@ def evaluate_run(folder: RunFolder, settings: EvaluateSettings = EvaluateSetting
                  progress: Report = False, say: Say | None = None) -> dict:
     """``pyrovae evaluate``: log p(x) of the run's points by importance sampling (``importance``)
     or AIS (``annealing``) from the chosen proposal (:func:`points_and_proposal`), with its SE
-    and diagnostics; the per-point values written to ``settings.per_point``, the summary
-    recorded in evaluations.jsonl and returned. A heavy-tail warning goes to ``say`` (default: this
-    module's logger)."""
+    and diagnostics; the per-point values written to ``settings.per_point`` (and drawn to
+    ``settings.figure``), the summary recorded in evaluations.jsonl and returned. A heavy-tail
+    warning, then the result in one line (:func:`headline`), go to ``say`` (default: this module's
+    logger)."""
     per_point = check_output_file(settings.per_point, "per-point", (".csv", ".npz")) if settings.per_point else None
+    figure = check_output_file(settings.figure, "figure", (".png",)) if settings.figure else None
     keeps = folder.check()
     started = time.perf_counter()
     run = folder.load()
@@ -229,10 +234,37 @@ def evaluate_run(folder: RunFolder, settings: EvaluateSettings = EvaluateSetting
         write_per_point(result, per_point)
     out = {**summary, **points.fit, "proposal": points.name, "split": settings.split, "run_dir": str(folder.path),
            "epoch": run.epoch, "seed": chosen.seed, "per_point": str(per_point) if per_point else None,
-           "seconds": round(time.perf_counter() - started, 3)}
+           "figure": str(figure) if figure else None}
+    line = headline(out)
+    if figure is not None and current().is_main:   # every process has the gathered points: one draws them
+        columns = result.columns()
+        evaluation_figure(result.log_px, columns.get("elbo"), columns.get("khat"), figure,
+                          caption=f"{Path(folder.path).name} · epoch {run.epoch} · {settings.split} points · {line}")
+    _tell(say, line)
+    out["seconds"] = round(time.perf_counter() - started, 3)
     folder.record("evaluate", {**options, "batch_size": chosen.batch_size, "chunk_size": importance.chunk_size,
                                "is_k": annealing.is_k}, out, run.checkpoint)
     return out
+
+
+def headline(summary: dict) -> str:
+    """An evaluation's result in one line: log p̂ ± SE, how it was estimated, and whether to trust
+    it, e.g. ``log p(x) = -103.94 ± 0.88 nats (IS, K=5000, n=1000) — unreliable: k-hat > 0.7 for
+    99.7% of points``."""
+    se = summary.get("log_likelihood_se")
+    value = f"log p(x) = {summary['log_likelihood']:.2f}" + (f" ± {se:.2f} nats" if se is not None else
+                                                                 " nats (no SE from one point)")
+    bad = summary.get("khat_frac_gt_0_7")
+    if summary["method"] == "ais":
+        how = f"AIS, T={summary['steps']}, chains={summary['chains']}, n={summary['n']}"
+        verdict = (f"acceptance {summary['accept_rate_mean']:.2f}; " +
+                   (f"k-hat across chains > 0.7 for {bad:.1%} of points" if bad is not None else
+                    "k-hat across chains unknown (too few chains)"))
+    else:
+        how = f"IS, K={summary['k']}, n={summary['n']}"
+        verdict = ("k-hat unknown (too few draws to fit a tail)" if summary.get("reliable") is None else
+                   f"{'reliable' if summary['reliable'] else 'unreliable'}: k-hat > 0.7 for {bad:.1%} of points")
+    return f"{value} ({how}, proposal {summary['proposal']}) — {verdict}"
 
 
 # ---------------------------------------------------------------------------- compare

@@ -328,7 +328,8 @@ def _test_elbo_by_local_fit(vae: VAE, data: PreparedData, seed: int, progress: b
     """A guide without an encoder has no q for test points: fit one for the first ``points`` of
     them with the model frozen (:mod:`pyrovae.inference.local_fit`) and report that ELBO."""
     log.info(f"fitting q for {min(points, num_rows(data.test))} test points (the guide has no encoder)")
-    fitted = fit_local(vae, rows_of(data.test, slice(0, points)), init="prior", max_steps=max_steps, seed=seed)
+    fitted = fit_local(vae, rows_of(data.test, slice(0, points)), init="prior", max_steps=max_steps, seed=seed,
+                       progress=progress)
     return {"test_elbo": float(fitted.elbo.mean()), "test_elbo_points": len(fitted.elbo),
             "test_elbo_fit_steps": max(fitted.steps)}
 

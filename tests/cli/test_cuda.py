@@ -22,7 +22,7 @@ def test_fit_and_evaluate_on_cuda(tmp_path):
     assert result.exit_code == 0, result.output
     evaluated = json.loads(result.stdout.strip().splitlines()[-1])
     # the ELBO is a lower bound of the IWAE bound at K=50, up to a few standard errors
-    assert evaluated["iwae_bounds"]["1"] <= evaluated["log_likelihood"] + 3 * evaluated["log_likelihood_se"]
+    assert evaluated["iwae_bounds"][0]["bound"] <= evaluated["log_likelihood"] + 3 * evaluated["log_likelihood_se"]
 
 
 def test_resume_on_cuda(tmp_path):

@@ -73,5 +73,6 @@ def test_the_wheel_runs_from_its_own_files(wheel, tmp_path):
     proc = subprocess.run([sys.executable, "-S", "-m", "pyrovae.cli.main", "--help"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    for command in ("fit", "evaluate", "compare", "bdmc", "show", "sample", "reconstruct", "latent-map"):
+    for command in ("fit", "evaluate", "compare", "bdmc", "show", "sample", "reconstruct", "interpolate", "traverse",
+                    "latent-map"):
         assert command in proc.stdout, command

@@ -2,6 +2,7 @@
 compiled evaluator against the eager one."""
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
@@ -106,3 +107,18 @@ def test_a_failing_compile_falls_back_to_the_same_numbers(monkeypatch):
     assert len(messages) == 1 and "no C++ compiler found" in messages[0] and "details" not in messages[0]
     assert not fused.compile_works()
     np.testing.assert_array_equal(fallback.log_px, eager.log_px)
+
+
+def test_the_first_compile_says_so_once(monkeypatch, caplog):
+    """The first torch.compile of a process is a wait of tens of seconds: one line says why
+    (through the pyrovae logger, which the CLI shows on stderr), naming the option that skips it."""
+    monkeypatch.setattr(torch, "compile", lambda fn, *args, **kwargs: fn)   # no real compile: fast
+    monkeypatch.setattr(fused, "_compiled", {})
+    monkeypatch.setattr(fused, "_compile_failed", [])
+    vae, x = small_bernoulli_vae()
+    with caplog.at_level(logging.INFO, logger="pyrovae"):
+        estimate_log_likelihood(vae, x, k=20, compile=True)
+        estimate_log_likelihood(vae, x, k=20, compile=True)
+        estimate_log_likelihood(vae, x, k=20, compile=False)
+    said = [r.getMessage() for r in caplog.records if "torch.compile" in r.getMessage()]
+    assert len(said) == 1 and "compile=False" in said[0], said

@@ -5,8 +5,10 @@ import math
 import pyro
 import pytest
 import torch
+from click.testing import CliRunner
 
 from pyrovae import runs
+from pyrovae.cli.main import cli
 from pyrovae.config import FitConfig, build_vae
 from pyrovae.core.programs import LatentLayer
 from pyrovae.core.vae import VAE
@@ -305,3 +307,24 @@ def test_semi_amortized_is_refused_where_it_cannot_serve():
     with pytest.raises(UsageError, match="cannot trace"):
         FitConfig(guide="semi-amortized", jit=True).validate()
     assert FitConfig(guide="semi-amortized").jit is False
+
+
+def test_the_per_point_fit_reports_its_steps():
+    """A batch of rows can take minutes (the test-time fit at the end of a mean-field fit): the
+    progress moves with each step, batch after batch, and ends at its total."""
+    torch.manual_seed(0)
+    vae, x = linear_gaussian_vae(), torch.randn(30, D)
+    calls = []
+    fit_local(vae, x, "prior", max_steps=20, tol=None, batch_size=20, seed=0,
+              progress=lambda done, total: calls.append((done, total)))
+    done = [d for d, _ in calls]
+    assert {total for _, total in calls} == {40}   # two batches of at most 20 steps
+    assert done == sorted(done) and done[-1] == 40 and len(set(done)) == 40
+
+
+def test_a_meanfield_fit_shows_the_test_time_fit(tmp_path, data):
+    result = CliRunner().invoke(cli, [str(a) for a in ["fit", "--dataset", data, "--out", tmp_path / "run", "--guide",
+                                                        "meanfield", "--epochs", 1, "--hidden", 8, "--latent-dim", 2,
+                                                        "--batch-size", 50, "--device", "cpu"]])
+    assert result.exit_code == 0, result.output
+    assert "fit q per point" in result.stderr and "step" in result.stderr

@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from pyrovae import runs
-from pyrovae.cli.main import cli, fit as fit_command
+from pyrovae.cli.fit import fit as fit_command
+from pyrovae.cli.main import cli
 from pyrovae.config import FitConfig, guide_options, model_options, option_classes
 from pyrovae.core.errors import UsageError
 from pyrovae.core.options import fields
