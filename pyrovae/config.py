@@ -309,14 +309,17 @@ def _type_name(hint) -> str:
     return "null" if hint is type(None) else f"a{'n' if hint is int else ''} {hint.__name__}"
 
 
-def build_vae(config: FitConfig, data_dim: int, num_train: int) -> VAE:
-    """The model and guide a config names, from the registries; refuses an objective the guide
-    cannot serve (TraceMeanField_ELBO is exact only for a mean-field guide)."""
+def build_vae(config: FitConfig, data_dim: int, num_train: int, image_shape: tuple[int, ...] | None = None) -> VAE:
+    """The model and guide a config names, from the registries, for rows of ``data_dim`` numbers
+    (``image_shape`` (C, H, W) when they are images: :attr:`pyrovae.data.Dataset.image_shape`) and
+    ``num_train`` training rows; refuses an objective the guide cannot serve (TraceMeanField_ELBO
+    is exact only for a mean-field guide)."""
     if config.program is not None:
         return load_program(config.program)
     if CUSTOM in (config.model, config.guide):
         raise UsageError("this run was trained on your own model and guide; pass them again: vae=VAE(model, guide)")
-    model = MODELS[config.model].from_options(config.model_options, data_dim)
+    shape = None if image_shape is None else tuple(int(side) for side in image_shape)
+    model = MODELS[config.model].from_options(config.model_options, data_dim, shape)
     try:
         guide = GUIDES[config.guide].from_options(config.guide_options, model, num_train)
         attach = declared(model, "model", "attach_guide")

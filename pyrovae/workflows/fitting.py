@@ -129,7 +129,7 @@ def _build(config: FitConfig, dataset: Dataset, vae: VAE | None, device: torch.d
     custom = vae is not None or config.program is not None
     train = as_batch(dataset.train)
     if vae is None:
-        vae = build_vae(config, dataset.data_dim, num_rows(train))
+        vae = build_vae(config, dataset.data_dim, num_rows(train), dataset.image_shape)
     if config.binarize is None:   # a program's: binary data for a binary observed site, as the built-in models do
         config = config.replace(binarize="dynamic" if observed_is_binary(vae, train) else "none")
     prepared = prepare_data(config, device, dataset)
@@ -438,7 +438,8 @@ def load_run(run_dir: str | Path, device: str = "auto", data_dir: str | None = N
         if vae is None and config.program is not None:
             vae = user_programs.load_program(config.program, run_dir, saved.get("program"))
         elif vae is None:
-            vae = build_vae(config, prepared.dataset.data_dim, saved.get("num_train", num_rows(prepared.train)))
+            vae = build_vae(config, prepared.dataset.data_dim, saved.get("num_train", num_rows(prepared.train)),
+                            prepared.dataset.image_shape)
         vae = vae.to(torch_device)
         index = torch.arange(min(CHECK_ROWS, num_rows(prepared.train)), device=torch_device) \
             if vae.can("per_datapoint") else None
