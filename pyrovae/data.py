@@ -43,6 +43,11 @@ class DataOptions(Options):
                                   check=open_interval(0, 1))
     binarize: str | None = option(None, "Bernoulli data: resample every epoch (default), fix once by the seed, or "
                                   "keep intensities.", choices=BINARIZE)
+    validation: int = option(0, "Training points held out as a validation split (the last N rows of the training "
+                             "data; Burda et al. held out 400 of MNIST's): its ELBO is recorded every epoch and "
+                             "RUN_DIR/best.pt keeps the checkpoint of the best one. 0: none.",
+                             check=lambda n: None if isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                             else "must be a whole number >= 0 (0: no validation split)")
 
 
 @dataclass
