@@ -321,7 +321,7 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
     if config.validation:
         result.update({"validation_elbo": last.get("validation_elbo"), "stopped_early": checkpoint.stopped_early,
                        "best_validation_elbo": None if checkpoint.best is None else checkpoint.best[0],
-                       "best_epoch": None if checkpoint.best is None else checkpoint.best[1]})
+                       "best_validation_epoch": None if checkpoint.best is None else checkpoint.best[1]})
     result["seconds"] = round(time.perf_counter() - started, 3)
     result["pictures_seconds"] = round(trainer.fit_end_seconds, 3)   # what the end of training drew
     return result
@@ -515,7 +515,8 @@ def _data_file(config: FitConfig, saved: dict, run_dir: Path, moved_to: str | No
     if not path.is_file():
         raise UsageError(f"{option('dataset')} {moved_to!r} is not a file; pass the run's .npz/.npy data file")
     found = load_dataset(str(path), None, config.test_fraction, config.seed)
-    expected = (saved.get("num_train"), saved.get("data_dim"))
+    num_train = saved.get("num_train")   # the rows trained on, without the validation split
+    expected = (None if num_train is None else num_train + config.validation, saved.get("data_dim"))
     if (len(as_batch(found.train)[0]), found.data_dim) != expected and None not in expected:
         raise UsageError(f"{moved_to!r} has {len(as_batch(found.train)[0])} training rows of {found.data_dim} "
                          f"features, but {str(run_dir)!r} trained on {expected[0]} of {expected[1]}; pass the run's "

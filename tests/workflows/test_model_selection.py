@@ -49,7 +49,7 @@ def test_best_pt_is_the_checkpoint_of_the_best_validation_elbo(selected, data, t
     best_epoch = max(elbos, key=elbos.get)
     # the seeded run peaks before its last epoch (else best.pt would be checkpoint.pt and prove little)
     assert best_epoch < EPOCHS, elbos
-    assert (result["best_epoch"], result["best_validation_elbo"]) == (best_epoch, elbos[best_epoch])
+    assert (result["best_validation_epoch"], result["best_validation_elbo"]) == (best_epoch, elbos[best_epoch])
     best = runs.load_checkpoint(out, name=runs.BEST)   # checksummed: verified on load
     assert best["epoch"] == best_epoch
     # the same seeded run stopped at that epoch holds the same weights in its checkpoint.pt
@@ -87,7 +87,7 @@ def test_patience_stops_once_the_validation_elbo_has_not_improved(selected, data
     early = tmp_path / "early"
     result = fitted(data, early, "--epochs", EPOCHS, "--validation", 40, "--patience", 2)
     assert result["epochs"] == stop and result["stopped_early"] and not result["stopped_by_time_budget"]
-    assert runs.load_checkpoint(early, name=runs.BEST)["epoch"] == result["best_epoch"] == best_epoch
+    assert runs.load_checkpoint(early, name=runs.BEST)["epoch"] == result["best_validation_epoch"] == best_epoch
 
 
 def test_checkpoint_best_evaluates_best_pt(selected):
@@ -95,7 +95,7 @@ def test_checkpoint_best_evaluates_best_pt(selected):
     evaluated = invoke("evaluate", out, "--checkpoint", "best", "--k", 10, "--limit", 5)
     assert evaluated.exit_code == 0, evaluated.output
     summary = json.loads(evaluated.output.strip().splitlines()[-1])
-    assert summary["epoch"] == result["best_epoch"] and summary["checkpoint"] == "best"
+    assert summary["epoch"] == result["best_validation_epoch"] and summary["checkpoint"] == "best"
     (record,) = runs.read_jsonl(out / runs.EVALUATIONS)
     assert record["checkpoint"] == runs.checkpoint_sha256(out, runs.BEST) != runs.checkpoint_sha256(out)
     assert record["options"]["checkpoint_file"] == runs.BEST
@@ -140,3 +140,12 @@ def test_meanfield_test_elbo_and_its_terms_are_kept_in_metrics(data, tmp_path):
     assert record["test_kl"] >= 0   # closed-form KL of Gaussians
     shown = invoke("show", out)
     assert f"{record['test_elbo']:.2f} (q fitted to 40 points)" in shown.output
+
+
+def test_a_run_with_validation_finds_its_moved_data_file(selected, data, tmp_path):
+    """The moved file is checked against the rows the run saw: its training rows and the held-out ones."""
+    out, _ = selected
+    moved = tmp_path / "moved.npz"
+    data.rename(moved)
+    result = invoke("evaluate", out, "--dataset", moved, "--k", 10, "--limit", 3, "--checkpoint", "best")
+    assert result.exit_code == 0, result.output
