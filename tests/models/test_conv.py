@@ -1,6 +1,7 @@
 """--model conv: a conv encoder and transposed-conv decoder for C x H x W images of any size,
 served to every guide with an encoder through the model's ``features`` hook, end to end on tiny
-images through fit, resume, evaluate and compare, and refused on rows that are not images."""
+images through fit, resume, evaluate (IS and AIS) and compare, and refused on rows that are not
+images. (Under torchrun: tests/training/test_distributed.py.)"""
 import json
 
 import numpy as np
@@ -90,6 +91,10 @@ def test_conv_run_fits_resumes_bit_identically_and_evaluates(images, tmp_path):
     out = json.loads(evaluated.output.strip().splitlines()[-1])
     # log p̂ ≥ the ELBO on the same draws (Jensen), and both are finite numbers of 90 pixels
     assert out["n"] == 6 and np.isfinite(out["log_likelihood"]) and out["log_likelihood"] >= out["elbo"]
+    annealed = invoke("evaluate", whole, "--method", "ais", "--steps", 4, "--chains", 2, "--is-k", 10, "--limit", 3,
+                      "--device", "cpu")   # HMC: gradients through the transposed convolutions
+    assert annealed.exit_code == 0, annealed.output
+    assert np.isfinite(json.loads(annealed.output.strip().splitlines()[-1])["log_likelihood"])
     compared = invoke("compare", whole, "--limit", 4, "--k", 20, "--steps", 5, "--device", "cpu")
     assert compared.exit_code == 0, compared.output
     gaps = json.loads(compared.output.strip().splitlines()[-1])["test"]
