@@ -24,6 +24,7 @@ import torch
 from .core.errors import UsageError
 from .core.noise import bernoulli
 from .core.options import Options, open_interval, option
+from .evaluation.settings import whole
 
 DATA_DIR_ENV = "PYROVAE_DATA_DIR"
 BUILTIN = ("mnist", "mnist-sample", "toy2d")
@@ -46,8 +47,7 @@ class DataOptions(Options):
     validation: int = option(0, "Training points held out as a validation split (the last N rows of the training "
                              "data; Burda et al. held out 400 of MNIST's): its ELBO is recorded every epoch and "
                              "RUN_DIR/best.pt keeps the checkpoint of the best one. 0: none.",
-                             check=lambda n: None if isinstance(n, int) and not isinstance(n, bool) and n >= 0
-                             else "must be a whole number >= 0 (0: no validation split)")
+                             check=whole(0))
 
 
 @dataclass
