@@ -38,14 +38,17 @@ THREADS = click.option("--threads", type=int, default=None, callback=_threads, e
                             "on one machine run faster with --threads 1 each than fighting over all cores.")
 NO_RECORD = click.option("--no-record", is_flag=True,
                          help="Do not append this result to RUN_DIR/evaluations.jsonl.")
+CHECKPOINT = click.option("--checkpoint", type=click.Choice(["last", "best"]), default="last", show_default=True,
+                          help="Which checkpoint of RUN_DIR: last (checkpoint.pt) or best (best.pt: the epoch of the "
+                               "best validation ELBO, for a run trained with --validation).")
 RESUME = click.option("--resume", is_flag=True,
                       help="Continue an interrupted evaluation with the same options from the points it saved.")
 
 
 def evaluating(command: Callable) -> Callable:
-    """The options of a command that evaluates RUN_DIR (:func:`run_folder`): where its model and
-    data are now, --resume, --no-record and --threads."""
-    for decorate in reversed([DEVICE, DATA_DIR, MOVED_DATASET, MOVED_PROGRAM, RESUME, NO_RECORD, THREADS]):
+    """The options of a command that evaluates RUN_DIR (:func:`run_folder`): which checkpoint,
+    where its model and data are now, --resume, --no-record and --threads."""
+    for decorate in reversed([CHECKPOINT, DEVICE, DATA_DIR, MOVED_DATASET, MOVED_PROGRAM, RESUME, NO_RECORD, THREADS]):
         command = decorate(command)
     return command
 

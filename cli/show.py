@@ -50,28 +50,36 @@ def _rows(run: dict) -> tuple[dict[str, str], dict[str, tuple[list[str], str | N
     marks: dict[str, tuple[list[str], str | None]] = {}
     rows = {**_families(config, run.get("program_info"), run.get("program")), "objective": config.get("elbo"),
             "epochs": training.get("epochs"), "minutes": _number(training.get("minutes")),
-            "test ELBO": _number(training.get("test_elbo")),
+            "test ELBO": _number(training.get("test_elbo")) + (f" (q fitted to {training['test_elbo_points']} points)"
+                                                               if "test_elbo_points" in training else ""),
             "best test ELBO (epoch)": (f"{training['best_test_elbo']:.2f} ({training['best_epoch']})"
                                        if "best_test_elbo" in training else "-")}
-    for method, label in (("is", "log p(x), IS"), ("ais", "log p(x), AIS")):
-        found = _latest(evaluations, "evaluate", method)
-        if found:
-            s, o = found["summary"], found["options"]
-            how = f"K={o.get('k')}" if method == "is" else f"T={o.get('steps')}"
-            rows[label] = f"{s['log_likelihood']:.2f} ± {_number(s.get('log_likelihood_se'))} ({how}, n={s.get('n')})"
-            marks[label] = _marks(found, s, training.get("epochs"))
-    compare = _latest(evaluations, "compare")
-    if compare and "test" in compare["summary"]:
-        table = compare["summary"]["test"]
-        for label in ("amortization gap", "optimization gap", "approximation gap"):
-            marks[label] = _marks(compare, table, training.get("epochs"))
-        for gap in ("amortization_gap", "optimization_gap"):   # an encoder's, or a mean-field run's rows'
-            if gap in table:
-                rows[gap.replace("_", " ")] = f"{table[gap]:.2f} ± {table[gap + '_se']:.2f}"
-        rows["approximation gap"] = f"{table['approximation_gap']:.2f} ± {table['approximation_gap_se']:.2f}"
-    sandwich = _latest(evaluations, "bdmc")
-    if sandwich:
-        rows["BDMC gap"] = f"{sandwich['summary']['gap']:.2f} (T={sandwich['summary']['steps']})"
+    if "best_validation_elbo" in training:
+        rows["validation ELBO"] = _number(training["validation_elbo"])
+        rows["best validation ELBO (epoch)"] = (f"{training['best_validation_elbo']:.2f} "
+                                                f"({training['best_validation_epoch']}: best.pt)")
+    last = [e for e in evaluations if e.get("checkpoint") == run["checkpoint"]]
+    for group, of in ((last, ""), ([e for e in evaluations if e not in last], ", best.pt")):
+        epochs = training.get("epochs") if not of else None   # best.pt is of an earlier epoch by design: not stale
+        for method, label in (("is", "log p(x), IS"), ("ais", "log p(x), AIS")):
+            found = _latest(group, "evaluate", method)
+            if found:
+                s, o = found["summary"], found["options"]
+                how = f"K={o.get('k')}" if method == "is" else f"T={o.get('steps')}"
+                rows[label + of] = (f"{s['log_likelihood']:.2f} ± {_number(s.get('log_likelihood_se'))} "
+                                    f"({how}, n={s.get('n')})")
+                marks[label + of] = _marks(found, s, epochs)
+        compare = _latest(group, "compare")
+        if compare and "test" in compare["summary"]:
+            table = compare["summary"]["test"]
+            for gap in ("amortization_gap", "optimization_gap", "approximation_gap"):   # an encoder's, or a mean-field run's rows'
+                if gap in table:
+                    label = gap.replace("_", " ") + of
+                    rows[label] = f"{table[gap]:.2f} ± {table[gap + '_se']:.2f}"
+                    marks[label] = _marks(compare, table, epochs)
+        sandwich = _latest(group, "bdmc")
+        if sandwich:
+            rows["BDMC gap" + of] = f"{sandwich['summary']['gap']:.2f} (T={sandwich['summary']['steps']})"
     rows["evaluations of this checkpoint"] = len(evaluations)
     if run["other_evaluations"]:   # of a checkpoint the run no longer holds: not this model's numbers
         rows["of other checkpoints (not shown)"] = len(run["other_evaluations"])

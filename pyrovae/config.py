@@ -49,7 +49,7 @@ PRESETS: dict[str, dict] = {
 }
 CUSTOM = "custom"       # model / guide / likelihood of a run trained on the caller's own programs
 # what may differ from a run's own options when it is resumed: how long, where, and where the data lives
-RESUMABLE = ("epochs", "minutes", "device", "data_dir", "tensorboard", "curves_every")
+RESUMABLE = ("epochs", "minutes", "patience", "device", "data_dir", "tensorboard", "curves_every")
 CHOICES = ("model", "guide", "program")   # what picks the families (not an option of any part)
 
 
@@ -177,6 +177,14 @@ class FitConfig:
         if self.binarize not in ("none", None) and self.likelihood not in ("bernoulli", CUSTOM):
             raise UsageError(f"{option('binarize', self.binarize)} only makes sense with "
                              f"{option('likelihood', 'bernoulli')}; drop it or use {option('binarize', 'none')}")
+        if self.patience and not self.validation:
+            raise UsageError(f"{option('patience', self.patience)} stops on the validation ELBO, but there is no "
+                             f"validation split; pass {option('validation', 400)} (say) too, or drop "
+                             f"{option('patience', self.patience)}")
+        if self.validation and self.guide != CUSTOM and not can(GUIDES.get(self.guide), "amortized"):
+            raise UsageError(f"{option('validation', self.validation)} needs a guide with an encoder (its ELBO is "
+                             f"of held-out points), but {option('guide', self.guide)} has no q for them; drop "
+                             f"{option('validation', self.validation)} or use an amortized guide")
         if self.jit and self.noise == "per-row":
             raise UsageError(f"{option('jit', True)} cannot trace {option('noise', 'per-row')} (the noise is drawn "
                              f"outside the traced loss); drop {option('jit', True)}")
@@ -309,14 +317,17 @@ def _type_name(hint) -> str:
     return "null" if hint is type(None) else f"a{'n' if hint is int else ''} {hint.__name__}"
 
 
-def build_vae(config: FitConfig, data_dim: int, num_train: int) -> VAE:
-    """The model and guide a config names, from the registries; refuses an objective the guide
-    cannot serve (TraceMeanField_ELBO is exact only for a mean-field guide)."""
+def build_vae(config: FitConfig, data_dim: int, num_train: int, image_shape: tuple[int, ...] | None = None) -> VAE:
+    """The model and guide a config names, from the registries, for rows of ``data_dim`` numbers
+    (``image_shape`` (C, H, W) when they are images: :attr:`pyrovae.data.Dataset.image_shape`) and
+    ``num_train`` training rows; refuses an objective the guide cannot serve (TraceMeanField_ELBO
+    is exact only for a mean-field guide)."""
     if config.program is not None:
         return load_program(config.program)
     if CUSTOM in (config.model, config.guide):
         raise UsageError("this run was trained on your own model and guide; pass them again: vae=VAE(model, guide)")
-    model = MODELS[config.model].from_options(config.model_options, data_dim)
+    shape = None if image_shape is None else tuple(int(side) for side in image_shape)
+    model = MODELS[config.model].from_options(config.model_options, data_dim, shape)
     try:
         guide = GUIDES[config.guide].from_options(config.guide_options, model, num_train)
         attach = declared(model, "model", "attach_guide")

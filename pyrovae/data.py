@@ -24,6 +24,7 @@ import torch
 from .core.errors import UsageError, option as named
 from .core.noise import bernoulli
 from .core.options import Options, open_interval, option
+from .evaluation.settings import whole
 
 DATA_DIR_ENV = "PYROVAE_DATA_DIR"
 BUILTIN = ("mnist", "mnist-sample", "toy2d")
@@ -43,6 +44,10 @@ class DataOptions(Options):
                                   check=open_interval(0, 1))
     binarize: str | None = option(None, "Bernoulli data: resample every epoch (default), fix once by the seed, or "
                                   "keep intensities.", choices=BINARIZE)
+    validation: int = option(0, "Training points held out as a validation split (the last N rows of the training "
+                             "data; Burda et al. held out 400 of MNIST's): its ELBO is recorded every epoch and "
+                             "RUN_DIR/best.pt keeps the checkpoint of the best one. 0: none.",
+                             check=whole(0))
 
 
 @dataclass
@@ -58,11 +63,7 @@ class Dataset:
 
     def __post_init__(self) -> None:
         if self.image_shape is None:
-            x = self.train if isinstance(self.train, torch.Tensor) else self.train[0]
-            if x.dim() == 3:
-                self.image_shape = (1, *x.shape[1:])
-            elif x.dim() == 4 and x.shape[1] in (1, 3):
-                self.image_shape = tuple(x.shape[1:])
+            self.image_shape = _image_shape(self.train if isinstance(self.train, torch.Tensor) else self.train[0])
 
     @property
     def data_dim(self) -> int:
@@ -190,12 +191,12 @@ def _from_file(path: Path, test_fraction: float) -> Dataset:
     return Dataset(path.stem, torch.from_numpy(train), torch.from_numpy(test), shape)
 
 
-def _image_shape(array: np.ndarray) -> tuple[int, ...] | None:
-    """Rows shaped [H, W] or [C, H, W] with C in (1, 3) are images (for sample grids)."""
+def _image_shape(array: np.ndarray | torch.Tensor) -> tuple[int, ...] | None:
+    """Rows shaped [H, W] or [C, H, W] with C in (1, 3) are images (for sample grids and --model conv)."""
     if array.ndim == 3:
-        return (1, *array.shape[1:])
+        return (1, *map(int, array.shape[1:]))
     if array.ndim == 4 and array.shape[1] in (1, 3):
-        return tuple(array.shape[1:])
+        return tuple(map(int, array.shape[1:]))
     return None
 
 

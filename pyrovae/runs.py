@@ -36,12 +36,14 @@ from .core.version import __version__
 FORMAT_VERSION = 2   # 2: the model and guide are nn.Modules of their own (pyrovae 0.2)
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"           # the checkpoint of the epoch with the best validation ELBO (fit --validation)
+CHECKPOINTS = {"last": CHECKPOINT, "best": BEST}   # what --checkpoint names
 METRICS = "metrics.jsonl"
 EVALUATIONS = "evaluations.jsonl"
 LOCK = ".lock"
 PARTIAL = ".partial"       # per-point results of interrupted evaluations
 # everything pyrovae writes in a run directory: what --overwrite deletes, and nothing else
-RUN_FILES = (CONFIG, CHECKPOINT, METRICS, EVALUATIONS, "curves.png", "samples.png", "reconstructions.png")
+RUN_FILES = (CONFIG, CHECKPOINT, BEST, METRICS, EVALUATIONS, "curves.png", "samples.png", "reconstructions.png")
 RUN_FOLDERS = (PARTIAL, "tensorboard")
 CHECKPOINT_KEYS = ("epoch", "step", "partial_loss", "partial_seen", "model", "optimizer", "rng")
 def write_json(path: Path, obj: Any) -> None:
@@ -224,15 +226,15 @@ def state_checksum(state: dict) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(run_dir: Path, state: dict) -> None:
-    """checkpoint.pt, atomically, with the checksum of its content. Serialized in memory first:
-    torch's writer turns a full disk into a RuntimeError (torch 2.14), a plain write into the
-    OSError (ENOSPC) it is."""
+def save_checkpoint(run_dir: Path, state: dict, name: str = CHECKPOINT) -> None:
+    """checkpoint.pt (or ``name``: best.pt), atomically, with the checksum of its content.
+    Serialized in memory first: torch's writer turns a full disk into a RuntimeError (torch
+    2.14), a plain write into the OSError (ENOSPC) it is."""
     state = {"format_version": FORMAT_VERSION, **state}
     state["checksum"] = state_checksum(state)
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    with atomic_path(Path(run_dir) / CHECKPOINT) as tmp:
+    with atomic_path(Path(run_dir) / name) as tmp:
         write_bytes(tmp, buffer.getbuffer())
 
 
@@ -242,10 +244,10 @@ def write_bytes(path: Path, data) -> None:
         file.write(data)
 
 
-def checkpoint_sha256(run_dir: Path) -> str | None:
-    """SHA-256 of RUN_DIR's checkpoint.pt as it is on disk (None without one): the checkpoint an
-    evaluation recorded, compared by ``show``."""
-    path = Path(run_dir) / CHECKPOINT
+def checkpoint_sha256(run_dir: Path, name: str = CHECKPOINT) -> str | None:
+    """SHA-256 of RUN_DIR's checkpoint.pt (or ``name``) as it is on disk (None without one): the
+    checkpoint an evaluation recorded, compared by ``show``."""
+    path = Path(run_dir) / name
     if not path.is_file():
         return None
     digest = hashlib.sha256()
@@ -255,10 +257,14 @@ def checkpoint_sha256(run_dir: Path) -> str | None:
     return digest.hexdigest()
 
 
-def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint as tensors only and verify it; any problem becomes a :class:`UsageError`
-    naming the fix. The state gains ``file_sha256``, the SHA-256 of the bytes it was read from."""
-    path = Path(run_dir) / CHECKPOINT
+def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu", name: str = CHECKPOINT) -> dict:
+    """Read a checkpoint (checkpoint.pt, or ``name``: best.pt) as tensors only and verify it; any
+    problem becomes a :class:`UsageError` naming the fix. The state gains ``file_sha256``, the
+    SHA-256 of the bytes it was read from."""
+    path = Path(run_dir) / name
+    if name == BEST and not path.exists() and (Path(run_dir) / CHECKPOINT).exists():
+        raise UsageError(f"{str(run_dir)!r} has no {BEST}: it was trained without a validation split; pass "
+                         f"{option('checkpoint', 'last')}, or train with {option('validation', 400)} (say)")
     if not path.exists():
         again = (f"pyrovae fit --out {run_dir} --resume" if (Path(run_dir) / CONFIG).exists()
                  else f"pyrovae fit --out {run_dir}")
@@ -343,8 +349,8 @@ def resolve_device(device: str) -> torch.device:
 
 def describe_run(run_dir: Path) -> dict:
     """What a run directory records: its config, a summary of its training, and the recorded
-    evaluations of its current checkpoint (``evaluations``) apart from those of a checkpoint it
-    no longer holds, or recorded without a checksum by an older pyrovae (``other_evaluations``);
+    evaluations of its current checkpoints, checkpoint.pt and best.pt (``evaluations``), apart
+    from those of a checkpoint it no longer holds, or recorded without a checksum by an older pyrovae (``other_evaluations``);
     a :class:`UsageError` when the folder is not a pyrovae run."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -363,13 +369,22 @@ def describe_run(run_dir: Path) -> dict:
         if tested:
             best = max(tested, key=lambda m: m["test_elbo"])
             training["best_test_elbo"], training["best_epoch"] = best["test_elbo"], best.get("epoch")
-    current = checkpoint_sha256(run_dir)
+        validated = [m for m in metrics if _number(m.get("validation_elbo")) is not None]
+        if validated:   # best.pt's epoch: the first of the best (a later tie does not replace it)
+            best = max(validated, key=lambda m: m["validation_elbo"])
+            training.update({"validation_elbo": _number(validated[-1]["validation_elbo"]),
+                             "best_validation_elbo": best["validation_elbo"],
+                             "best_validation_epoch": best.get("epoch")})
+        if _number(last.get("test_elbo_points")) is not None:   # a guide without an encoder: a test-time fit's
+            training["test_elbo_points"] = last["test_elbo_points"]
+    current, best_pt = checkpoint_sha256(run_dir), checkpoint_sha256(run_dir, BEST)
+    held = {sha for sha in (current, best_pt) if sha is not None}   # the checkpoints the run holds
     evaluations = read_jsonl(run_dir / EVALUATIONS)
     return {"run_dir": str(run_dir), "config": saved["config"], "versions": saved.get("versions"),
             "program": saved.get("program"), "program_info": saved.get("program_info"),
-            "training": training, "checkpoint": current,
-            "evaluations": [e for e in evaluations if current is not None and e.get("checkpoint") == current],
-            "other_evaluations": [e for e in evaluations if current is None or e.get("checkpoint") != current]}
+            "training": training, "checkpoint": current, "best_checkpoint": best_pt,
+            "evaluations": [e for e in evaluations if e.get("checkpoint") in held],
+            "other_evaluations": [e for e in evaluations if e.get("checkpoint") not in held]}
 
 
 def _number(value) -> float | None:

@@ -91,6 +91,19 @@ def interrupt():
     return run
 
 
+def image_shape(data_dim: int) -> tuple[int, int, int]:
+    """Rows of ``data_dim`` numbers as one-channel images of 2 x data_dim/2 pixels, which the
+    registry-wide tests give every family (a convolutional model needs an image shape)."""
+    return (1, 2, data_dim // 2)
+
+
+def family_config(model: str, guide: str, **options):
+    """A FitConfig of ``model`` and ``guide`` for the tiny rows of the registry-wide tests: one
+    conv layer of 3 channels for --model conv (2 x W images are halved once)."""
+    from pyrovae.config import FitConfig
+    return FitConfig(model=model, guide=guide, channels=(3,), **options)
+
+
 def served_families() -> list[tuple[str, str]]:
     """Every (model, guide) pair of the registries that the families agree to build (a guide may
     refuse a model, or a model a guide): what registry-wide tests run over, so a new family joins
@@ -103,8 +116,8 @@ def served_families() -> list[tuple[str, str]]:
     for model in MODELS:
         for guide in GUIDES:
             try:
-                build_vae(FitConfig(model=model, guide=guide, latent_dim=2, hidden=(4,), z1_dim=2, z1_hidden=(3,),
-                                    flow_hidden=4), 6, 5)
+                build_vae(family_config(model, guide, latent_dim=2, hidden=(4,), z1_dim=2, z1_hidden=(3,),
+                                        flow_hidden=4), 6, 5, image_shape(6))
             except UsageError:
                 continue
             served.append((model, guide))

@@ -47,11 +47,15 @@ GUIDE = _table(
 )
 MODEL = _table(
     Hook("latent_layers", None, "method () -> [LatentLayer]: its latent sites in sampling order, for the built-in guides"),
+    Hook("features", None, "method () -> (nn.Module, n): a new network from the data's rows [..., data_dim] to n "
+                           "features [..., n], which the built-in guides put in front of the encoder of each latent "
+                           "layer conditioned on x (a convolutional model's conv layers); None: the rows themselves"),
     Hook("attach_guide", None, "method (guide) -> None: a model whose prior uses the guide's q (the VampPrior) gets "
                                "it once both are built; it may refuse a guide it cannot use (ValueError)"),
     Hook("data_dim", None, "numbers per datapoint of the observed site (built-in models)"),
     Hook("cli_help", "", "one line for the CLI's --model help"),
-    Hook("Options", NoOptions, "the dataclass of its options (pyrovae.core.options); from_options(options, data_dim) builds it"),
+    Hook("Options", NoOptions, "the dataclass of its options (pyrovae.core.options); from_options(options, data_dim, "
+                               "image_shape) builds it, image_shape (C, H, W) when the rows are images, else None"),
 )
 LOCAL_FAMILY = _table(   # a per-point guide fitted with the model frozen (compare's q*); also a GUIDE
     Hook("param_groups", None, "method (lr) -> Adam parameter groups, to step some parameters more gently"),
@@ -101,6 +105,7 @@ class Model(Protocol):
 
     def __call__(self, *batch: torch.Tensor) -> None: ...
     def latent_layers(self) -> list: ...
+    def features(self) -> tuple[nn.Module, int]: ...
     def attach_guide(self, guide: Guide) -> None: ...
 
 

@@ -129,16 +129,17 @@ def widths(value: Any) -> str | None:
     return None
 
 
-def parse_widths(text: str, flag: str = "--hidden") -> tuple[int, ...]:
-    """A comma list of layer widths as typed on the command line (``400``, ``500,500``; empty is linear)."""
+def parse_widths(text: str, flag: str = "--hidden", example: str | None = None) -> tuple[int, ...]:
+    """A comma list of layer widths as typed on the command line (``400``, ``500,500``; empty is
+    linear); ``example``: the advice for text that is not one (default: hidden widths')."""
     text = text.strip()
     if text in ("", "none", "linear"):
         return ()
     try:
         parsed = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise UsageError(f"{flag} {text!r} is not a comma list of integers; write e.g. {flag} 400 or "
-                         f"{flag} 500,500 (or {flag} '' for a linear decoder)") from None
+        example = example or f"{flag} 400 or {flag} 500,500 (or {flag} '' for a linear decoder)"
+        raise UsageError(f"{flag} {text!r} is not a comma list of integers; write e.g. {example}") from None
     problem = widths(parsed)
     if problem:
         raise UsageError(f"{flag} {text!r} {problem}")

@@ -2,21 +2,40 @@
 
 One encoder MLP per latent layer, from the layer's parent (x, or an earlier latent site) to
 loc and scale = softplus(·) + ``min_scale``: positive, smooth, and no exp overflow early in
-training. For the two-layer model this is Burda et al.'s q(z1 | x) q(z2 | z1).
+training. For the two-layer model this is Burda et al.'s q(z1 | x) q(z2 | z1). A model that
+supplies a feature network for its data (its ``features`` hook: a convolutional model's conv
+layers) gets it in front of the MLP of every layer conditioned on x (:func:`encoder_nets`, which
+every built-in guide with an encoder builds its encoders with).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
 
+from ..core.contract import declared
 from ..core.nets import mlp
 from ..core.programs import LatentLayer, data_plate
 
 MIN_SCALE = 1e-4
+Features = Callable[[], tuple[nn.Module, int]]   # a model's ``features`` hook (pyrovae.core.contract.MODEL)
+
+
+def encoder_nets(layers: Sequence[LatentLayer], data_dim: int, outputs: Callable[[int], int],
+                 features: Features | None = None) -> nn.ModuleDict:
+    """One encoder per latent layer: an MLP from the layer's parent through its hidden widths to
+    ``outputs(layer.dim)`` numbers, behind a new network of the model's ``features`` for a layer
+    conditioned on x (so the guide owns its own copy: the model's decoder shares nothing with it)."""
+    dims = {"x": data_dim, **{layer.name: layer.dim for layer in layers}}
+    nets = {}
+    for layer in layers:
+        front, width = features() if features is not None and layer.parent == "x" else (None, dims[layer.parent])
+        head = mlp([width, *layer.hidden, outputs(layer.dim)])
+        nets[layer.name] = head if front is None else nn.Sequential(front, *head)   # the last layer stays [-1]
+    return nn.ModuleDict(nets)
 
 
 class AmortizedGuide(nn.Module):
@@ -26,20 +45,18 @@ class AmortizedGuide(nn.Module):
     amortized = True
     per_datapoint = False
 
-    def __init__(self, layers: Sequence[LatentLayer], data_dim: int, min_scale: float = MIN_SCALE):
+    def __init__(self, layers: Sequence[LatentLayer], data_dim: int, min_scale: float = MIN_SCALE,
+                 features: Features | None = None):
         super().__init__()
         self.layers = list(layers)
-        dims = {"x": data_dim, **{layer.name: layer.dim for layer in self.layers}}
-        self.encoders = nn.ModuleDict({layer.name: mlp([dims[layer.parent], *layer.hidden,
-                                                        self.encoder_outputs(layer.dim)])
-                                       for layer in self.layers})
+        self.encoders = encoder_nets(self.layers, data_dim, self.encoder_outputs, features)
         self.min_scale = min_scale
         # sites independent given x: closed-form KL per site is exact
         self.mean_field = all(layer.parent == "x" for layer in self.layers)
 
     @classmethod
     def from_options(cls, options, model: nn.Module, num_data: int) -> "AmortizedGuide":
-        return cls(model.latent_layers(), model.data_dim)
+        return cls(model.latent_layers(), model.data_dim, features=declared(model, "model", "features"))
 
     @staticmethod
     def encoder_outputs(dim: int) -> int:

@@ -29,10 +29,10 @@ from pyro.distributions.transforms import AffineAutoregressive, ConditionalAffin
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
-from ..core.nets import mlp
+from ..core.contract import declared
 from ..core.options import MAX_SIZE, Options, between, option
 from ..core.programs import LatentLayer, data_plate
-from .amortized import MIN_SCALE
+from .amortized import MIN_SCALE, Features, encoder_nets
 
 MADE_LR_SCALE = 0.1   # per-point fits step the MADE weights 10x more gently than the base Gaussian
 
@@ -63,15 +63,13 @@ class FlowGuide(nn.Module):
     per_datapoint = False
 
     def __init__(self, layers: Sequence[LatentLayer], data_dim: int, flows: int = 2,
-                 flow_hidden: int | None = None, min_scale: float = MIN_SCALE):
+                 flow_hidden: int | None = None, min_scale: float = MIN_SCALE, features: Features | None = None):
         super().__init__()
         if flows < 1:
             raise ValueError(f"a flow guide needs at least one flow step, got {flows}")
         self.layers, self.min_scale = list(layers), min_scale
-        dims = {"x": data_dim, **{layer.name: layer.dim for layer in self.layers}}
         # the context h has the size of the latent layer: enough to steer each of its dimensions
-        self.encoders = nn.ModuleDict({layer.name: mlp([dims[layer.parent], *layer.hidden, 3 * layer.dim])
-                                       for layer in self.layers})
+        self.encoders = encoder_nets(self.layers, data_dim, lambda dim: 3 * dim, features)
         self.flows = nn.ModuleDict({layer.name: _flow_steps(layer.dim, layer.dim, flow_hidden or 2 * layer.dim, flows)
                                     for layer in self.layers})
         self.mean_field = all(layer.parent == "x" for layer in self.layers)
@@ -82,7 +80,8 @@ class FlowGuide(nn.Module):
         if options.flow_hidden and any(options.flow_hidden < layer.dim for layer in layers):
             raise ValueError(f"--flow-hidden {options.flow_hidden} is smaller than a latent layer "
                              f"({max(layer.dim for layer in layers)} units); a MADE needs at least as many")
-        return cls(layers, model.data_dim, options.flows, options.flow_hidden or None)
+        return cls(layers, model.data_dim, options.flows, options.flow_hidden or None,
+                   features=declared(model, "model", "features"))
 
     def encode(self, name: str, parent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(μ, σ, h) of the layer ``name`` given its parent's value."""

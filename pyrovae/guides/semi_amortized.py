@@ -22,6 +22,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from ..core.contract import declared
 from ..core.options import Options, between, option, positive
 from ..core.programs import LatentLayer, bind, data_plate
 from ..core.traces import sample_sites
@@ -54,7 +55,7 @@ class SemiAmortizedGuide(nn.Module):
         if any(layer.parent != "x" for layer in layers):
             raise ValueError("a semi-amortized guide refines latent sites inferred from x alone; "
                              "this model has a latent layer conditioned on another")
-        self.encoder = AmortizedGuide(layers, data_dim)
+        self.encoder = AmortizedGuide(layers, data_dim, features=declared(model, "model", "features"))
         self.layers, self.steps, self.lr = list(layers), steps, lr
         object.__setattr__(self, "_model", bind(model))   # not a submodule: its parameters are the model's
 

@@ -38,7 +38,7 @@ from ..core.options import non_negative, positive
 from ..core.options import option as setting
 from ..core.progress import Progress, Report
 from ..core.programs import Data, as_batch, bind, is_real, num_rows, rows_of
-from ..core.traces import elbo_terms, latent_shapes, particle_traces, sample_sites
+from ..core.traces import ElboTerms, elbo_terms, latent_shapes, particle_traces, sample_sites
 from ..core.vae import VAE, frozen
 from ..evaluation.settings import Settings, configured, optional, whole
 from ..guides.meanfield import MeanFieldGuide
@@ -78,6 +78,8 @@ class LocalFit:
     elbo: torch.Tensor       # [N]: closed-form KL where exact, reconstruction averaged over eval_samples draws
     steps: list[int] = field(default_factory=list)   # Adam steps taken, per batch of rows
     seconds: float = 0.0
+    reconstruction: torch.Tensor | None = None   # [N]: the ELBO's two terms, elbo = reconstruction - kl
+    kl: torch.Tensor | None = None
 
     @property
     def loc(self) -> torch.Tensor:
@@ -205,8 +207,8 @@ def fit_local(vae: VAE, data: Data, init: Init = "prior", *, index: torch.Tensor
             guides.append(local.requires_grad_(False))
             report(done + most)
         guide = concat_rows(guides)
-        elbo = elbo_per_point(vae, data, guide, settings.eval_samples)
-    return LocalFit(guide, elbo, steps, time.perf_counter() - started)
+        terms = terms_per_point(vae, data, guide, settings.eval_samples)
+    return LocalFit(guide, terms.elbo, steps, time.perf_counter() - started, terms.reconstruction, terms.kl)
 
 
 def _fit_batch(vae: VAE, local: nn.Module, batch: tuple[torch.Tensor, ...], objective,
@@ -246,13 +248,19 @@ def _fit_batch(vae: VAE, local: nn.Module, batch: tuple[torch.Tensor, ...], obje
     return step
 
 
-@torch.no_grad()
 def elbo_per_point(vae: VAE, data: Data, guide: nn.Module | Callable, num_samples: int = 100,
                    index: torch.Tensor | None = None) -> torch.Tensor:
     """ELBO(x_i; q_i) per row of ``data``: the reconstruction averaged over ``num_samples``
     draws, the KL in closed form where exact. ``guide`` is a per-point guide over the rows of
     ``data`` (or over the rows ``index`` of its tables), or an amortized guide; a (loc, scale)
     pair stands for a one-site Gaussian table."""
+    return terms_per_point(vae, data, guide, num_samples, index).elbo
+
+
+@torch.no_grad()
+def terms_per_point(vae: VAE, data: Data, guide: nn.Module | Callable, num_samples: int = 100,
+                    index: torch.Tensor | None = None) -> ElboTerms:
+    """The reconstruction and KL per row whose difference :func:`elbo_per_point` is (same arguments)."""
     data = as_batch(data)
     if isinstance(guide, tuple):
         names = list(latent_shapes(vae.bound()[0], None, 1.0, *rows_of(data, slice(0, 1))))
@@ -265,5 +273,5 @@ def elbo_per_point(vae: VAE, data: Data, guide: nn.Module | Callable, num_sample
         rows = range(start, min(start + rows_at_once, n))
         rows_index = (torch.arange(rows.start, rows.stop, device=data[0].device) if index is None
                       else index[rows.start:rows.stop])
-        out.append(elbo_terms(model, bound_guide, rows_index, 1.0, *rows_of(data, rows), num_samples=num_samples).elbo)
-    return torch.cat(out)
+        out.append(elbo_terms(model, bound_guide, rows_index, 1.0, *rows_of(data, rows), num_samples=num_samples))
+    return ElboTerms(torch.cat([terms.reconstruction for terms in out]), torch.cat([terms.kl for terms in out]))

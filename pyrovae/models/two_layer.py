@@ -54,7 +54,8 @@ class TwoLayerModel(nn.Module):
         self.likelihood = LIKELIHOODS[likelihood](data_dim, sigma)
 
     @classmethod
-    def from_options(cls, options: TwoLayerOptions, data_dim: int) -> "TwoLayerModel":
+    def from_options(cls, options: TwoLayerOptions, data_dim: int, image_shape: tuple[int, ...] | None = None
+                     ) -> "TwoLayerModel":
         return cls(options.latent_dim, data_dim, options.hidden, options.z1_dim, options.z1_hidden,
                    options.likelihood, options.sigma)
 

@@ -49,14 +49,16 @@ class VAEModel(nn.Module):
     Options = VAEOptions
 
     def __init__(self, latent_dim: int, data_dim: int, hidden: Sequence[int] = (400,),
-                 likelihood: str = "bernoulli", sigma: str | float = 1.0):
+                 likelihood: str = "bernoulli", sigma: str | float = 1.0, decoder: nn.Module | None = None):
+        """``decoder``: f_θ from z [..., latent_dim] to [..., data_dim] (default: the MLP of ``hidden``)."""
         super().__init__()
         self.latent_dim, self.data_dim, self.hidden = latent_dim, data_dim, tuple(hidden)
-        self.decoder = mlp([latent_dim, *hidden, data_dim])
+        self.decoder = mlp([latent_dim, *hidden, data_dim]) if decoder is None else decoder
         self.likelihood = LIKELIHOODS[likelihood](data_dim, sigma)
 
     @classmethod
-    def from_options(cls, options: VAEOptions, data_dim: int) -> "VAEModel":
+    def from_options(cls, options: VAEOptions, data_dim: int, image_shape: tuple[int, ...] | None = None
+                     ) -> "VAEModel":
         return cls(options.latent_dim, data_dim, options.hidden, options.likelihood, options.sigma)
 
     def latent_layers(self) -> list[LatentLayer]:

@@ -82,7 +82,8 @@ class VampPriorModel(VAEModel):
         object.__setattr__(self, "_q", None)   # the guide's q(z | ·): not a submodule, its parameters are the guide's
 
     @classmethod
-    def from_options(cls, options: VampPriorOptions, data_dim: int) -> "VampPriorModel":
+    def from_options(cls, options: VampPriorOptions, data_dim: int, image_shape: tuple[int, ...] | None = None
+                     ) -> "VampPriorModel":
         return cls(options.latent_dim, data_dim, options.hidden, options.likelihood, options.sigma,
                    options.pseudo_inputs)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.options import Options, at_least, non_negative, option, positive
+from ..evaluation.settings import whole
 
 NOISE = ("global", "per-row")   # where training draws its reparameterization noise
 
@@ -18,6 +19,9 @@ class TrainingOptions(Options):
                              check=lambda d: None if isinstance(d, (int, float)) and 0 < d <= 1 else "must lie in (0, 1]")
     minutes: float = option(0.0, "Stop after the epoch that passes this many minutes of wall time (0: no limit).",
                             check=non_negative("", "0: no budget"))
+    patience: int = option(0, "Stop once the validation ELBO has not improved for this many epochs (early "
+                           "stopping; needs --validation); 0: train all --epochs.",
+                           check=whole(0))
     seed: int = option(0, "Seeds the weights, the data order and every draw.",
                        check=lambda s: None if isinstance(s, int) and 0 <= s < 2**32 else "must lie in [0, 2**32 - 1]")
     device: str = option("auto", "auto (CUDA when present), cpu, cuda or cuda:N.", cli=False)   # the CLI's shared --device

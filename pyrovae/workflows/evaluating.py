@@ -59,12 +59,14 @@ def _tell(say: Say | None, message: str, level: int = logging.INFO) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class RunFolder:
-    """A run folder to evaluate: where its model and data are now (``device``, ``data_dir``,
+    """A run folder to evaluate: which of its checkpoints (``checkpoint``: ``last``, checkpoint.pt,
+    or ``best``, best.pt), where its model and data are now (``device``, ``data_dir``,
     ``dataset``, ``program``, as for :func:`~pyrovae.workflows.load_run`), whether to continue an
     interrupted evaluation (``resume``), and whether to leave the result out of its
     evaluations.jsonl (``no_record``)."""
 
     path: str | Path
+    checkpoint: str = "last"
     device: str = "auto"
     data_dir: str | None = None
     dataset: str | None = None
@@ -91,13 +93,16 @@ class RunFolder:
         return True
 
     def load(self) -> Run:
-        return load_run(self.path, self.device, self.data_dir, dataset=self.dataset, program=self.program)
+        return load_run(self.path, self.device, self.data_dir, dataset=self.dataset, program=self.program,
+                        checkpoint=self.checkpoint)
 
     def partial_path(self, command: str, options: dict) -> Path:
         """Where an interrupted evaluation with these options keeps its finished points: one file
         whatever the checkpoint (``options["checkpoint"]``, and its epoch), so that resuming with
         another checkpoint says so."""
         keyed = {key: value for key, value in options.items() if key not in ("checkpoint", "epoch")}
+        if self.checkpoint != "last":   # best.pt's points apart from checkpoint.pt's (whose files keep their names)
+            keyed["checkpoint_file"] = runs.CHECKPOINTS[self.checkpoint]
         return Path(self.path) / runs.PARTIAL / f"{command}-{fingerprint(keyed)}.npz"
 
     def keep(self, keeps: bool, command: str, options: dict) -> Keep:
@@ -110,7 +115,8 @@ class RunFolder:
         """One line in evaluations.jsonl (rank 0's, unless ``no_record``), naming the checkpoint
         (its SHA-256) the result came from."""
         if not self.no_record and current().is_main:
-            runs.record_evaluation(Path(self.path), command, options, summary, checkpoint)
+            runs.record_evaluation(Path(self.path), command, {**options, "checkpoint_file":
+                                                              runs.CHECKPOINTS[self.checkpoint]}, summary, checkpoint)
 
 
 def check_output_file(path: str | Path, name: str, suffixes: tuple[str, ...]) -> Path:
@@ -233,7 +239,7 @@ def evaluate_run(folder: RunFolder, settings: EvaluateSettings = EvaluateSetting
     if per_point is not None:
         write_per_point(result, per_point)
     out = {**summary, **points.fit, "proposal": points.name, "split": settings.split, "run_dir": str(folder.path),
-           "epoch": run.epoch, "seed": chosen.seed, "per_point": str(per_point) if per_point else None,
+           "epoch": run.epoch, "checkpoint": run.which, "seed": chosen.seed, "per_point": str(per_point) if per_point else None,
            "figure": str(figure) if figure else None}
     line = headline(out)
     if figure is not None and current().is_main:   # every process has the gathered points: one draws them
@@ -294,8 +300,8 @@ def compare_run(folder: RunFolder, settings: CompareRunSettings = CompareRunSett
     returned."""
     keeps = folder.check()
     run = folder.load()
-    result = {"run_dir": str(folder.path), "guide": run.config.guide, "epoch": run.epoch, "k": compare.k,
-              "seed": compare.seed}
+    result = {"run_dir": str(folder.path), "guide": run.config.guide, "epoch": run.epoch, "checkpoint": run.which,
+              "k": compare.k, "seed": compare.seed}
     if folder.resume and not any((Path(folder.path) / runs.PARTIAL).glob("compare-*.npz")):
         raise UsageError(f"{str(folder.path)!r} holds no interrupted comparison to resume; run without "
                          f"{option('resume', True)}")
@@ -351,7 +357,7 @@ def bdmc_run(folder: RunFolder, settings: BDMCRunSettings = BDMCRunSettings(), *
     _tell(say, f"BDMC on {n} simulated points, T = {annealing.steps}: {summary['forward_lower_bound']:.3f} <= "
                f"log p(x) <= {summary['reverse_upper_bound']:.3f} (gap {summary['gap']:.3f} ± {summary['gap_se']:.3f} "
                "nats)")
-    out = {**summary, "run_dir": str(folder.path), "epoch": run.epoch,
+    out = {**summary, "run_dir": str(folder.path), "epoch": run.epoch, "checkpoint": run.which,
            "seconds": round(time.perf_counter() - started, 3)}
     folder.record("bdmc", {"n": n, "steps": annealing.steps, "chains": annealing.chains, "leapfrog": annealing.leapfrog,
                            "is_k": annealing.is_k, "proposal": proposal, "seed": annealing.seed, "epoch": run.epoch},

@@ -45,20 +45,40 @@ class PreparedData:
     dataset: Dataset
     train: tuple[torch.Tensor, ...]   # intensities (dynamic binarization) or the fixed training values
     test: tuple[torch.Tensor, ...]    # binarized once, by the seed, when the likelihood is Bernoulli
+    validation: tuple[torch.Tensor, ...] | None = None   # the last --validation training rows, binarized as test
 
 
 def prepare_data(config: FitConfig, device: torch.device, dataset: Dataset | None = None) -> PreparedData:
     """The data a run trains and is evaluated on: the test split (and the train split, for
-    ``--binarize static``) binarized once with the seed, so test ELBOs compare across epochs and runs."""
+    ``--binarize static``) binarized once with the seed, so test ELBOs compare across epochs and
+    runs; the last ``config.validation`` training rows held out as a validation split, binarized
+    once too (by a generator of its own: the other splits draw as in a run without one)."""
     dataset = dataset or load_dataset(config.dataset, config.data_dir, config.test_fraction, config.seed)
     check_for_likelihood(dataset, config.likelihood)
     train, test = as_batch(dataset.train), as_batch(dataset.test)
+    train, validation = split_validation(train, config.validation)
     if config.binarize != "none":
         generator = torch.Generator().manual_seed(config.seed + 1)
         test = (binarize(test[0], generator), *test[1:])
         if config.binarize == "static":
             train = (binarize(train[0], generator), *train[1:])
-    return PreparedData(dataset, tuple(t.to(device) for t in train), tuple(t.to(device) for t in test))
+        if validation is not None:
+            validation = (binarize(validation[0], torch.Generator().manual_seed(config.seed + 2)), *validation[1:])
+    on_device = lambda rows: None if rows is None else tuple(t.to(device) for t in rows)
+    return PreparedData(dataset, on_device(train), on_device(test), on_device(validation))
+
+
+def split_validation(train: tuple[torch.Tensor, ...], held_out: int
+                     ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
+    """(the training rows but the last ``held_out``, those last rows; None for 0): a split that
+    depends on nothing but the data, so a resumed or reloaded run holds out the same points."""
+    if not held_out:
+        return train, None
+    n = num_rows(train)
+    if held_out >= n:
+        raise UsageError(f"{option('validation', held_out)} holds out every training row (the data have {n}); pass "
+                         f"a smaller {option('validation')} (at most {n - 1})")
+    return rows_of(train, slice(0, n - held_out)), rows_of(train, slice(n - held_out, n))
 
 
 def fit(config: FitConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
@@ -127,9 +147,12 @@ def _build(config: FitConfig, dataset: Dataset, vae: VAE | None, device: torch.d
     """The VAE (the config's families, its --program, or the caller's own), checked on the data,
     with what the run needs resolved from the programs: the binarization of a program's data."""
     custom = vae is not None or config.program is not None
-    train = as_batch(dataset.train)
+    train, _ = split_validation(as_batch(dataset.train), config.validation)
     if vae is None:
-        vae = build_vae(config, dataset.data_dim, num_rows(train))
+        vae = build_vae(config, dataset.data_dim, num_rows(train), dataset.image_shape)
+    if config.validation and not vae.can("amortized"):   # your own guide (the config's families are checked)
+        raise UsageError(f"{option('validation', config.validation)} needs a guide with an encoder (its ELBO is of "
+                         f"held-out points), but this guide has no q for them; drop {option('validation')}")
     if config.binarize is None:   # a program's: binary data for a binary observed site, as the built-in models do
         config = config.replace(binarize="dynamic" if observed_is_binary(vae, train) else "none")
     prepared = prepare_data(config, device, dataset)
@@ -249,8 +272,9 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
     if vae.can("per_datapoint") and local.local_steps:
         # the joint step's loss (JIT-compiled where it is), without DDP: each process steps its own rows
         callbacks.append(LocalSteps(vae, loss_module, local.local_steps, num_rows(data.train), local.local_tol))
+    checkpoint = Checkpoint(run_dir, config.patience)
     if context.is_main:   # only rank 0 writes the run directory
-        callbacks += [Metrics(run_dir, data.test, config.eval_train_points), Checkpoint(run_dir)]
+        callbacks += [Metrics(run_dir, data.test, config.eval_train_points, validation=data.validation), checkpoint]
     callbacks += [TimeBudget(config.minutes), *extra]
     if on_epoch is not None and context.is_main:
         callbacks.append(_OnEpoch(on_epoch))
@@ -268,9 +292,9 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
     started = time.perf_counter()
     try:
         trainer.run(*start)
-        if context.is_main and not vae.can("amortized"):   # no encoder: the test ELBO needs a fit of q
-            test_fit = after_training(lambda: _test_elbo_by_local_fit(vae, data, config.seed, progress),
-                                      "fitting q for the test points (the guide has no encoder)", trainer.epochs_done)
+        if context.is_main and not vae.can("amortized") and trainer.epochs_done:   # no encoder: q is fitted
+            after_training(lambda: _record_test_fit(run_dir, _test_elbo_by_local_fit(vae, data, config.seed, progress)),
+                           "fitting q for the test points (the guide has no encoder)", trainer.epochs_done)
     except TrainingInterrupted as error:
         again = (f"pyrovae fit --out {run_dir} --resume --epochs {config.epochs}" if speaking_cli()
                  else f"fit(config, {str(run_dir)!r}, resume=True)")
@@ -284,16 +308,20 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
     if not context.is_main:
         return None   # rank 0 reports
     if trainer.stop_reason:
-        log.info(f"{trainer.stop_reason}; stopping (continue with {option('resume', True)})")
+        again = f"a larger {option('patience')}" if checkpoint.stopped_early else option("resume", True)
+        log.info(f"{trainer.stop_reason}; stopping (continue with {again})")
     metrics = runs.read_jsonl(run_dir / runs.METRICS)
     last = metrics[-1] if metrics else {}
-    result = {"run_dir": str(run_dir), "epochs": len(metrics), "test_elbo": last.get("test_elbo"),
-              "train_elbo": last.get("train_elbo"), "test_reconstruction": last.get("test_reconstruction"),
-              "test_kl": last.get("test_kl"), "seed": config.seed, "device": str(device),
+    result = {"run_dir": str(run_dir), "epochs": len(metrics), "seed": config.seed, "device": str(device),
+              **{key: last.get(key) for key in ("test_elbo", "train_elbo", "test_reconstruction", "test_kl")},
+              **{key: last[key] for key in TEST_FIT_KEYS if key in last},
               "seconds_per_epoch": statistics.median([m["train_seconds"] for m in metrics]) if metrics else None,
-              "stopped_by_time_budget": bool(trainer.stop_reason), "processes": context.world}
-    if not vae.can("amortized") and metrics:
-        result.update(test_fit)
+              "stopped_by_time_budget": bool(trainer.stop_reason) and not checkpoint.stopped_early,
+              "processes": context.world}
+    if config.validation:
+        result.update({"validation_elbo": last.get("validation_elbo"), "stopped_early": checkpoint.stopped_early,
+                       "best_validation_elbo": None if checkpoint.best is None else checkpoint.best[0],
+                       "best_validation_epoch": None if checkpoint.best is None else checkpoint.best[1]})
     result["seconds"] = round(time.perf_counter() - started, 3)
     result["pictures_seconds"] = round(trainer.fit_end_seconds, 3)   # what the end of training drew
     return result
@@ -323,15 +351,29 @@ class _OnEpoch(Callback):
         self.hook(record)
 
 
+TEST_FIT_KEYS = ("test_elbo_points", "test_elbo_fit_steps")   # what a test-time fit adds to its epoch's record
+
+
 def _test_elbo_by_local_fit(vae: VAE, data: PreparedData, seed: int, progress: bool, points: int = 1000,
                             max_steps: int = 500) -> dict:
     """A guide without an encoder has no q for test points: fit one for the first ``points`` of
-    them with the model frozen (:mod:`pyrovae.inference.local_fit`) and report that ELBO."""
+    them with the model frozen (:mod:`pyrovae.inference.local_fit`); that q's ELBO and its two
+    terms, as an epoch's record names them."""
     log.info(f"fitting q for {min(points, num_rows(data.test))} test points (the guide has no encoder)")
     fitted = fit_local(vae, rows_of(data.test, slice(0, points)), init="prior", max_steps=max_steps, seed=seed,
                        progress=progress)
-    return {"test_elbo": float(fitted.elbo.mean()), "test_elbo_points": len(fitted.elbo),
+    return {"test_elbo": float(fitted.elbo.mean()), "test_reconstruction": float(fitted.reconstruction.mean()),
+            "test_kl": float(fitted.kl.mean()), "test_elbo_points": len(fitted.elbo),
             "test_elbo_fit_steps": max(fitted.steps)}
+
+
+def _record_test_fit(run_dir: Path, test_fit: dict) -> None:
+    """The test-time fit's numbers in the record of the epoch it fitted (the last in
+    metrics.jsonl, whose model is checkpoint.pt's)."""
+    metrics = runs.read_jsonl(run_dir / runs.METRICS)
+    if metrics:
+        metrics[-1].update(test_fit)
+        runs.write_jsonl(run_dir / runs.METRICS, metrics)
 
 
 def _write_config(run_dir: Path, config: FitConfig, data: PreparedData, device: torch.device, custom: bool,
@@ -392,7 +434,8 @@ class Run:
     data: PreparedData
     run_dir: Path
     epoch: int
-    checkpoint: str | None = None   # SHA-256 of the checkpoint.pt it was loaded from
+    checkpoint: str | None = None   # SHA-256 of the checkpoint file it was loaded from
+    which: str = "last"             # that file: checkpoint.pt (last) or best.pt (best)
 
     def points(self, split: str, limit: int | None = None, seed: int = 0
                ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
@@ -409,8 +452,10 @@ class Run:
 
 
 def load_run(run_dir: str | Path, device: str = "auto", data_dir: str | None = None, vae: VAE | None = None,
-             data: Dataset | None = None, dataset: str | None = None, program: str | None = None) -> Run:
-    """Load RUN_DIR's config, data (test set binarized as in training) and checkpoint.
+             data: Dataset | None = None, dataset: str | None = None, program: str | None = None,
+             checkpoint: str = "last") -> Run:
+    """Load RUN_DIR's config, data (test set binarized as in training) and checkpoint: the last
+    (checkpoint.pt), or with ``checkpoint="best"`` the one of the best validation ELBO (best.pt).
 
     ``data_dir`` (MNIST), ``dataset`` (a data file) or ``program`` (the FILE.py:FACTORY of a
     ``--program`` run) say where the run's data or program is now, if it moved since training. A
@@ -418,6 +463,8 @@ def load_run(run_dir: str | Path, device: str = "auto", data_dir: str | None = N
     ``data=``); a ``--program`` run finds its own.
     """
     run_dir = Path(run_dir)
+    if checkpoint not in runs.CHECKPOINTS:
+        raise UsageError(f"unknown {option('checkpoint', checkpoint)}; use {' or '.join(runs.CHECKPOINTS)}")
     if not run_dir.is_dir():
         raise UsageError(f"RUN_DIR {str(run_dir)!r} is not a folder; pass the {option('out')} folder of `pyrovae fit`")
     saved = runs.read_config(run_dir)
@@ -433,20 +480,21 @@ def load_run(run_dir: str | Path, device: str = "auto", data_dir: str | None = N
     if data is None:
         config.dataset = _data_file(config, saved, run_dir, dataset)
     torch_device = runs.resolve_device(device)
-    state = runs.load_checkpoint(run_dir, map_location=torch_device)
+    state = runs.load_checkpoint(run_dir, map_location=torch_device, name=runs.CHECKPOINTS[checkpoint])
     prepared = prepare_data(config, torch_device, data)
     with forked_rng():   # initial weights (overwritten below) draw from torch's RNG
         if vae is None and config.program is not None:
             vae = user_programs.load_program(config.program, run_dir, saved.get("program"))
         elif vae is None:
-            vae = build_vae(config, prepared.dataset.data_dim, saved.get("num_train", num_rows(prepared.train)))
+            vae = build_vae(config, prepared.dataset.data_dim, saved.get("num_train", num_rows(prepared.train)),
+                            prepared.dataset.image_shape)
         vae = vae.to(torch_device)
         index = torch.arange(min(CHECK_ROWS, num_rows(prepared.train)), device=torch_device) \
             if vae.can("per_datapoint") else None
         vae.prepare(_as_trained(config, prepared.train), index)   # adopts pyro.param sites before the load
     load_model_state(vae, state, run_dir)
     vae.eval()
-    return Run(vae, config, prepared, run_dir, state["epoch"], state["file_sha256"])
+    return Run(vae, config, prepared, run_dir, state["epoch"], state["file_sha256"], checkpoint)
 
 
 def _data_file(config: FitConfig, saved: dict, run_dir: Path, moved_to: str | None) -> str:
@@ -467,7 +515,8 @@ def _data_file(config: FitConfig, saved: dict, run_dir: Path, moved_to: str | No
     if not path.is_file():
         raise UsageError(f"{option('dataset')} {moved_to!r} is not a file; pass the run's .npz/.npy data file")
     found = load_dataset(str(path), None, config.test_fraction, config.seed)
-    expected = (saved.get("num_train"), saved.get("data_dim"))
+    num_train = saved.get("num_train")   # the rows trained on, without the validation split
+    expected = (None if num_train is None else num_train + config.validation, saved.get("data_dim"))
     if (len(as_batch(found.train)[0]), found.data_dim) != expected and None not in expected:
         raise UsageError(f"{moved_to!r} has {len(as_batch(found.train)[0])} training rows of {found.data_dim} "
                          f"features, but {str(run_dir)!r} trained on {expected[0]} of {expected[1]}; pass the run's "

@@ -22,11 +22,12 @@ TENSORBOARD_DIR = "tensorboard"
 
 class Metrics(Callback):
     """After each epoch: the train ELBO on the first ``train_points`` rows (as this epoch saw
-    them) and the test ELBO (for a guide that can encode new points), appended to metrics.jsonl."""
+    them), and the test and ``validation`` ELBOs (for a guide that can encode new points),
+    appended to metrics.jsonl."""
 
     def __init__(self, run_dir: Path, test: Batch | None, train_points: int = 10_000,
-                 log: Callable[[str], None] | None = None):
-        self.run_dir, self.test, self.train_points = run_dir, test, train_points
+                 log: Callable[[str], None] | None = None, validation: Batch | None = None):
+        self.run_dir, self.test, self.train_points, self.validation = run_dir, test, train_points, validation
         self.log = log or logging.getLogger(__name__).info   # the epoch lines (the CLI shows them on stderr)
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
@@ -36,37 +37,61 @@ class Metrics(Callback):
                               indexed=vae.can("per_datapoint"))
         record.update({"train_elbo": train["elbo"], "train_reconstruction": train["reconstruction"],
                        "train_kl": train["kl"]})
-        if self.test is not None and vae.can("amortized"):
-            test = evaluate_elbo(vae, self.test)
-            record.update({f"test_{key}": value for key, value in test.items()})
+        for split, rows in (("test", self.test), ("validation", self.validation)):
+            if rows is not None and vae.can("amortized"):
+                record.update({f"{split}_{key}": value for key, value in evaluate_elbo(vae, rows).items()})
         record["eval_seconds"] = round(time.perf_counter() - started, 4)
         runs.append_jsonl(self.run_dir / runs.METRICS, record)
-        test_text = f", test ELBO {record['test_elbo']:.3f}" if "test_elbo" in record else ""
-        self.log(f"epoch {record['epoch']}: train ELBO {record['train_elbo']:.3f}{test_text} nats "
+        shown = "".join(f", {split} ELBO {record[split + '_elbo']:.3f}" for split in ("test", "validation")
+                        if split + "_elbo" in record)
+        self.log(f"epoch {record['epoch']}: train ELBO {record['train_elbo']:.3f}{shown} nats "
                  f"({record['train_seconds']:.1f} s)")
 
 
 class Checkpoint(Callback):
     """checkpoint.pt after every epoch and on an interrupt (mid-epoch: the epoch's starting RNG
     state, its step and running loss, so a resumed run replays the epoch's draws and skips the
-    steps it took). Written atomically: a crash leaves the previous checkpoint."""
+    steps it took). Written atomically: a crash leaves the previous checkpoint.
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
+    With a validation split (the epoch's ``validation_elbo``, from :class:`Metrics` before it):
+    best.pt, the same checkpoint of the first epoch with the best validation ELBO so far, written
+    before checkpoint.pt, so that a crash between the two leaves a best.pt the resumed run, which
+    replays that epoch, writes again. The best so far is read back from metrics.jsonl when the
+    fit starts (a resumed run's, trimmed to its checkpoint). ``patience`` > 0: stop once that
+    many epochs have passed without a better one (``stopped_early``)."""
 
-    def save(self, trainer: Trainer, epoch: int, step: int, partial: tuple[float, int],
-             data_rng: torch.Tensor) -> None:
+    def __init__(self, run_dir: Path, patience: int = 0):
+        self.run_dir, self.patience = run_dir, patience
+        self.best: tuple[float, int] | None = None   # (validation ELBO, epoch) of best.pt
+        self.stopped_early = False
+
+    def state(self, trainer: Trainer, epoch: int, step: int, partial: tuple[float, int],
+              data_rng: torch.Tensor) -> dict:
         rng = rng_state(trainer.generator)
         rng["data"] = data_rng
-        runs.save_checkpoint(self.run_dir, {
-            "epoch": epoch, "step": step, "partial_loss": partial[0], "partial_seen": partial[1],
-            "model": trainer.vae.state_dict(), "optimizer": trainer.optimizer.state_dict(), "rng": rng})
+        return {"epoch": epoch, "step": step, "partial_loss": partial[0], "partial_seen": partial[1],
+                "model": trainer.vae.state_dict(), "optimizer": trainer.optimizer.state_dict(), "rng": rng}
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        validated = [(m["validation_elbo"], m["epoch"]) for m in runs.read_jsonl(self.run_dir / runs.METRICS)
+                     if isinstance(m.get("validation_elbo"), (int, float))]
+        self.best = max(validated, key=lambda best: best[0], default=None)   # the first of equals
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
-        self.save(trainer, trainer.epoch + 1, 0, (0.0, 0), trainer.generator.get_state())
+        state = self.state(trainer, trainer.epoch + 1, 0, (0.0, 0), trainer.generator.get_state())
+        value = record.get("validation_elbo")
+        if value is not None and (self.best is None or value > self.best[0]):
+            runs.save_checkpoint(self.run_dir, state, runs.BEST)
+            self.best = (value, record["epoch"])
+        runs.save_checkpoint(self.run_dir, state)
+        if self.patience and self.best is not None and record["epoch"] - self.best[1] >= self.patience:
+            self.stopped_early = True
+            trainer.stop(f"no better validation ELBO in {self.patience} epochs (the best, {self.best[0]:.3f} nats "
+                         f"at epoch {self.best[1]}, is in {runs.BEST})")
 
     def on_interrupt(self, trainer: Trainer) -> None:
-        self.save(trainer, trainer.epoch, trainer.step, (trainer.loss_sum, trainer.seen), trainer.epoch_rng)
+        runs.save_checkpoint(self.run_dir, self.state(trainer, trainer.epoch, trainer.step,
+                                                      (trainer.loss_sum, trainer.seen), trainer.epoch_rng))
 
 
 def caption(run_dir: Path, description: str, record: dict | None) -> str:
@@ -142,7 +167,7 @@ class TensorBoard(Callback):
             if key == "epoch" or not isinstance(value, (int, float)):
                 continue
             split, _, name = key.partition("_")
-            tag = f"{split}/{name}" if split in ("train", "test") and name else f"run/{key}"
+            tag = f"{split}/{name}" if split in ("train", "test", "validation") and name else f"run/{key}"
             self.writer.add_scalar(tag, value, step)
         self.writer.flush()
 

@@ -110,7 +110,7 @@ def test_resume_refuses_options_that_differ_and_names_them(run):
     before = files_of(run)
     line = one_line(invoke("fit", "--out", run, "--resume", "--epochs", 4, "--lr", 0.01, "--hidden", 200), 2)
     assert "--lr 0.01 (the run has 0.001)" in line and "--hidden 200 (the run has 16)" in line
-    assert "--epochs, --minutes, --device, --data-dir" in line
+    assert "--epochs, --minutes, --patience, --device, --data-dir" in line
     assert files_of(run) == before
     # what may change on resume does
     result = invoke("fit", "--out", run, "--resume", "--epochs", 3, "--minutes", 5, "--device", "cpu", "--quiet",
@@ -118,7 +118,7 @@ def test_resume_refuses_options_that_differ_and_names_them(run):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["epochs"] == 3
     help_text = invoke("fit", "--help").output
-    assert "--epochs, --minutes, --device, --data-dir, --tensorboard, --curves-every may differ" in \
+    assert "--epochs, --minutes, --patience, --device, --data-dir, --tensorboard, --curves-every may differ" in \
         " ".join(help_text.split())
 
 

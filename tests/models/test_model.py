@@ -4,29 +4,29 @@ import math
 
 import pyro
 import pytest
-from conftest import served_families
+from conftest import family_config, image_shape, served_families
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
-from pyrovae.config import FitConfig, build_vae
+from pyrovae.config import build_vae
 from pyrovae.core.contract import can
 from pyrovae.core.vae import VAE
 from pyrovae.guides import MeanFieldGuide
 from pyrovae.models import MIN_SIGMA, VAEModel, parse_sigma
 from pyrovae.models.likelihoods import Normal
 
-LATENT, DATA, NUM_DATA, BATCH = 3, 7, 40, 5
+LATENT, DATA, NUM_DATA, BATCH = 3, 8, 40, 5   # rows of 8: 2 x 4 images for --model conv
 LIKELIHOODS = [("bernoulli", 1.0), ("normal", 0.5), ("normal", "learned"), ("normal", "learned-pixel")]
 FAMILIES = served_families()   # the registries' pairs (two-layer with semi-amortized is refused)
 
 
 def make_vae(likelihood="bernoulli", sigma=1.0, hidden=(6,), model="vae", guide="amortized"):
     torch.manual_seed(1)
-    config = FitConfig(likelihood=likelihood, sigma=str(sigma), hidden=hidden, latent_dim=LATENT, model=model,
-                       guide=guide, z1_dim=4, z1_hidden=(5,), flow_hidden=8)
-    return build_vae(config, DATA, NUM_DATA)
+    config = family_config(model, guide, likelihood=likelihood, sigma=str(sigma), hidden=hidden, latent_dim=LATENT,
+                           z1_dim=4, z1_hidden=(5,), flow_hidden=8)
+    return build_vae(config, DATA, NUM_DATA, image_shape(DATA))
 
 
 def make_batch(likelihood, n=BATCH):

@@ -3,7 +3,7 @@ import math
 
 import pyro
 import pytest
-from conftest import served_families
+from conftest import family_config, image_shape, served_families
 import torch
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
@@ -206,9 +206,9 @@ def test_every_family_elbo_estimators_agree(model_name, guide_name):
     Carlo, and agree within SE when it is closed-form (mean-field guides); Trace_ELBO, IWAE with
     K = 1 and (for mean-field guides) TraceMeanField_ELBO estimate the same ELBO."""
     torch.manual_seed(4)
-    config = FitConfig(model=model_name, guide=guide_name, latent_dim=LATENT, hidden=(5,), z1_dim=3,
-                       z1_hidden=(4,), flow_hidden=6)
-    vae = build_vae(config, DATA, NUM_DATA)
+    config = family_config(model_name, guide_name, latent_dim=LATENT, hidden=(5,), z1_dim=3, z1_hidden=(4,),
+                           flow_hidden=6)
+    vae = build_vae(config, DATA, NUM_DATA, image_shape(DATA))
     with torch.no_grad():   # make q differ from the prior, so the KL terms matter
         for p in vae.guide.parameters():
             p.add_(0.1 * torch.randn_like(p))

@@ -63,6 +63,25 @@ def test_distributed_training_equals_one_process_and_resumes(tmp_path, data):
     assert [r["epoch"] for r in records] == [1, 2]
 
 
+def test_distributed_conv_with_validation_equals_one_process(tmp_path):
+    """--model conv (the guide's encoder convolutional too) and a validation split with best.pt
+    under torchrun: the same weights as one process, best.pt of the same epoch."""
+    rng = np.random.default_rng(1)
+    images = tmp_path / "images.npz"
+    np.savez(images, train=rng.random((160, 4, 6), dtype=np.float32), test=rng.random((20, 4, 6), dtype=np.float32))
+    conv = ["--model", "conv", "--channels", "3", "--validation", "32", "--epochs", "2", *TINY]
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    result = run([*PYROVAE, "fit", "--dataset", images, "--out", single, *conv, "--noise", "per-row"])
+    assert result.returncode == 0, result.stderr
+    result = run([*TORCHRUN, "fit", "--dataset", images, "--out", ddp, *conv])
+    assert result.returncode == 0, result.stderr
+    for name in ("checkpoint.pt", "best.pt"):
+        a, b = (torch.load(folder / name, weights_only=True) for folder in (single, ddp))
+        assert a["epoch"] == b["epoch"]
+        for key in a["model"]:
+            torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-5, atol=1e-6, msg=f"{name} {key}")
+
+
 def test_distributed_evaluation_equals_one_process(tmp_path, data):
     run_dir = tmp_path / "run"
     assert run([*PYROVAE, "fit", "--dataset", data, "--out", run_dir, "--epochs", 1, *TINY]).returncode == 0
