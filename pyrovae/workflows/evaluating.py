@@ -217,7 +217,8 @@ def evaluate_run(folder: RunFolder, settings: EvaluateSettings = EvaluateSetting
                                  progress=progress)
     options = {"command": "evaluate", "method": settings.method, "split": settings.split, "limit": settings.limit,
                "proposal": points.name, "seed": chosen.seed, "epoch": run.epoch,
-               **({"steps": annealing.steps, "chains": annealing.chains, "leapfrog": annealing.leapfrog} if ais
+               **({"steps": annealing.steps, "chains": annealing.chains, "leapfrog": annealing.leapfrog,
+                   "adapt_step_size": annealing.adapt_step_size, "tune_points": annealing.tune_points} if ais
                   else {"k": importance.k})}
     estimator = AnnealedImportanceSampling(annealing) if ais else ImportanceSampling(importance)
     result = estimator.estimate(run.vae, points.data, points.proposal, progress=progress,
@@ -311,7 +312,9 @@ def bdmc_run(folder: RunFolder, settings: BDMCRunSettings = BDMCRunSettings(), *
     options = {"command": "bdmc", "epoch": run.epoch, "checkpoint": run.checkpoint}   # points of this checkpoint only
     path = folder.partial_path("bdmc", {**options, "n": n, "steps": annealing.steps, "chains": annealing.chains,
                                         "leapfrog": annealing.leapfrog, "is_k": annealing.is_k, "proposal": proposal,
-                                        "seed": annealing.seed, "batch_size": annealing.batch_size})
+                                        "seed": annealing.seed, "batch_size": annealing.batch_size,
+                                        "adapt_step_size": annealing.adapt_step_size,
+                                        "tune_points": annealing.tune_points})
     keep = Keep(path if keeps or folder.resume else None, folder.resume, options)
     result = BDMC(annealing).estimate(run.vae, template, "guide" if proposal == "encoder" else proposal,
                                       progress=progress, keep=keep)
@@ -322,6 +325,7 @@ def bdmc_run(folder: RunFolder, settings: BDMCRunSettings = BDMCRunSettings(), *
     out = {**summary, "run_dir": str(folder.path), "epoch": run.epoch,
            "seconds": round(time.perf_counter() - started, 3)}
     folder.record("bdmc", {"n": n, "steps": annealing.steps, "chains": annealing.chains, "leapfrog": annealing.leapfrog,
-                           "is_k": annealing.is_k, "proposal": proposal, "seed": annealing.seed, "epoch": run.epoch},
+                           "is_k": annealing.is_k, "proposal": proposal, "seed": annealing.seed, "epoch": run.epoch,
+                           "adapt_step_size": annealing.adapt_step_size, "tune_points": annealing.tune_points},
                   out, run.checkpoint)
     return out
