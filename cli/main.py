@@ -298,6 +298,7 @@ def _image_run(run_dir: str, device: str, data_dir: str | None, dataset: str | N
 
 
 from pyrovae.cli.bdmc import bdmc  # noqa: E402
+from pyrovae.cli.certify import certify  # noqa: E402
 from pyrovae.cli.compare import compare  # noqa: E402
 from pyrovae.cli.evaluate import evaluate  # noqa: E402
 from pyrovae.cli.show import show  # noqa: E402
@@ -305,6 +306,7 @@ from pyrovae.cli.show import show  # noqa: E402
 cli.add_command(evaluate)
 cli.add_command(compare)
 cli.add_command(bdmc)
+cli.add_command(certify)
 cli.add_command(show)
 
 

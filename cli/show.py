@@ -49,6 +49,11 @@ def _rows(run: dict) -> dict[str, str]:
         table = compare["summary"]["test"]
         rows["amortization gap"] = f"{table['amortization_gap']:.2f} ± {table['amortization_gap_se']:.2f}"
         rows["approximation gap"] = f"{table['approximation_gap']:.2f} ± {table['approximation_gap_se']:.2f}"
+    certified = _latest(evaluations, "certify")
+    if certified:
+        s = certified["summary"]
+        rows["log p(x), certified"] = (f"{s['log_likelihood']:.2f} ± {_number(s.get('log_likelihood_se'))} (T={s['steps']}, "
+                                       f"gap {s['bdmc_gap']:.3f}, n={s['n']}{'' if s['certified'] else ', NOT certified'})")
     sandwich = _latest(evaluations, "bdmc")
     if sandwich:
         rows["BDMC gap"] = f"{sandwich['summary']['gap']:.2f} (T={sandwich['summary']['steps']})"
