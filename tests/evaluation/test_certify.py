@@ -107,7 +107,7 @@ def test_step_sizes_are_checked_when_made():
 
 
 def test_an_interrupted_certificate_resumes_to_the_same_per_point_values(case, tmp_path, monkeypatch):
-    protocol = Certification(**{**PROTOCOL, "batch_size": 13, "is_k": 20, "check_points": 5})
+    protocol = Certification(**{**PROTOCOL, "target_gap": 100, "batch_size": 30, "is_k": 20, "check_points": 5})
     whole = protocol.certify(case.vae, case.x)
     real, calls = ais_module.ais_batch, [0]
 
@@ -121,7 +121,7 @@ def test_an_interrupted_certificate_resumes_to_the_same_per_point_values(case, t
     keep = Keep(tmp_path / "certify.npz", False, {"run": "test"})
     with monkeypatch.context() as patch:
         patch.setattr(ais_module, "ais_batch", wrapped)
-        with pytest.raises(EvaluationInterrupted, match="stopped after 13 of 60 points"):
+        with pytest.raises(EvaluationInterrupted, match="stopped after 30 of 60 points"):
             protocol.certify(case.vae, case.x, keep=keep)
     assert (tmp_path / "certify.npz").exists()
     resumed = protocol.certify(case.vae, case.x, keep=Keep(keep.path, True, keep.options))
