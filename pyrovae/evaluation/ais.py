@@ -28,6 +28,7 @@ import torch
 from pyro import poutine
 
 from ..core import interrupts
+from ..core.distributed import current
 from ..core.errors import option
 from ..core.noise import forked_rng
 from ..core.progress import Progress, Report
@@ -36,7 +37,7 @@ from ..core.traces import sample_sites, unconditioned_observation
 from ..core.vae import VAE
 from . import diagnostics
 from .chains import ais_batch
-from .driver import Keep, evaluate_points, fingerprint
+from .driver import EvaluationInterrupted, Keep, Partial, evaluate_points, fingerprint
 from .estimator import Estimate, Estimator, standard_error
 from .importance import importance_batch
 from .proposals import Proposal, proposal_guide
@@ -121,11 +122,11 @@ class AnnealedImportanceSampling(Estimator):
         n, data_dim = num_rows(data), vae.check(data, continuous=True).data_dim
         settings = self.settings.but(compile=self.settings.compiles(self.settings.passes(n)))
         guide, name, _ = proposal_guide(vae, proposal, n)
-        settings = tuned(vae, guide, data, settings, progress)
         unsupported: set[str] = set()
         partial = keep.open(n, {"method": "ais", "steps": settings.steps, "chains": settings.chains,
                                 "leapfrog": settings.leapfrog, "proposal": name, "seed": settings.seed, "n": n,
                                 "is_k": settings.is_k, **kernel_options(settings)})
+        settings = tuned(vae, guide, data, settings, partial, progress)
         report = Progress(progress, n * settings.steps, "AIS", unit="point-step")
         done = int(partial.done.sum()) * settings.steps   # point-steps finished before this batch
 
@@ -185,18 +186,26 @@ def tune_step_sizes(vae: VAE, guide: Callable, data: tuple[torch.Tensor, ...], s
     return tuple(float(v) for v in np.concatenate([per_temperature[:1], per_temperature]))
 
 
-def tuned(vae: VAE, guide: Callable, data: tuple[torch.Tensor, ...], settings: AISSettings,
+def tuned(vae: VAE, guide: Callable, data: tuple[torch.Tensor, ...], settings: AISSettings, partial: Partial,
           progress: Report = False) -> AISSettings:
     """``settings`` with step sizes per temperature: as given, from a tuning round
-    (:func:`tune_step_sizes`) when None, or none when they are to adapt during the run."""
+    (:func:`tune_step_sizes`) when None, or none when they are to adapt during the run. A signal
+    during the tuning round stops the evaluation as one during its first batch would: ``partial``
+    (the estimate's finished points, none on a first run) is saved for a resume, which tunes again."""
     if settings.step_sizes is not None or settings.adapt_step_size:
         return settings
-    return settings.but(step_sizes=tune_step_sizes(vae, guide, data, settings, progress=progress))
+    try:
+        return settings.but(step_sizes=tune_step_sizes(vae, guide, data, settings, progress=progress))
+    except EvaluationInterrupted:
+        if current().is_main:
+            partial.save()
+        raise EvaluationInterrupted(int(partial.done.sum()), partial.n, partial.path) from None
 
 
 def kernel_options(settings: AISSettings) -> dict:
-    """What the per-point values depend on besides T, C and L: the step sizes (their fingerprint),
-    or that they adapted during the run."""
+    """What the per-point values depend on besides T, C and L: step sizes given (their
+    fingerprint), or tuned (a function of the points, the seed and ``tune_points``), or adapted
+    during the run."""
     return {"adapt_step_size": settings.adapt_step_size, "tune_points": settings.tune_points,
             "step_sizes": None if settings.step_sizes is None else fingerprint({"step_sizes": settings.step_sizes})}
 
@@ -288,11 +297,11 @@ class BDMC(Estimator):
         settings = self.settings.but(compile=self.settings.compiles(2 * self.settings.passes(n)))
         data, latents = simulate(vae, template, settings.seed)
         guide, name, _ = proposal_guide(vae, proposal, n)
-        # the forward chains' kernels, tuned on the simulated points, serve the reverse chains too
-        settings = tuned(vae, guide, data, settings, progress)
         partial = keep.open(n, {"method": "bdmc", "steps": settings.steps, "chains": settings.chains,
                                 "leapfrog": settings.leapfrog, "proposal": name, "seed": settings.seed, "n": n,
                                 "is_k": settings.is_k, **kernel_options(settings)})
+        # the forward chains' kernels, tuned on the simulated points, serve the reverse chains too
+        settings = tuned(vae, guide, data, settings, partial, progress)
         report = Progress(progress, 2 * n * settings.steps, "BDMC", unit="point-step")
         done = 2 * int(partial.done.sum()) * settings.steps   # point-steps finished before this batch
 
