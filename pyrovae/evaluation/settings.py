@@ -148,10 +148,6 @@ class AISSettings(SamplingSettings):
                 raise UsageError(f"{named('step_sizes')} fixes every step size; drop {named('adapt_step_size', True)}")
             object.__setattr__(self, "step_sizes", tuple(float(v) for v in self.step_sizes))
 
-    def tuned(self) -> bool:
-        """Whether the estimate's chains run with step sizes fixed before them (not adapted)."""
-        return not self.adapt_step_size
-
     def reference(self) -> ISSettings | None:
         """The reference IS estimate's settings: ``is_k`` draws from the same proposal with the same
         seed, never compiled (None when ``is_k`` is 0)."""
