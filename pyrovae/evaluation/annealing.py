@@ -54,6 +54,7 @@ Noise = Callable[[int, tuple[int, ...]], Tensor]
 TARGET_ACCEPT = 0.65
 STEP_SIZE_UP, STEP_SIZE_DOWN = 1.02, 0.98   # Wu et al. (2017) and Cremer et al. (2018) code
 STEP_SIZE_MIN, STEP_SIZE_MAX = 1e-4, 0.5
+JITTER = 0.4   # ε drawn uniformly from [0.6 ε, 1.4 ε] per transition and chain when jittered (Neal 2011, 5.4.2.2)
 
 
 # ---------------------------------------------------------------------------- schedule
@@ -271,7 +272,7 @@ def anneal(log_densities: LogDensities, z0: Tensor, betas: Union[Tensor, Sequenc
            log0: Union[float, Tensor, None] = None,
            progress: Optional[Callable[[int, int], None]] = None,
            step_scale: Union[Tensor, Sequence[float], None] = None,
-           record_step_sizes: bool = False) -> Annealed:
+           record_step_sizes: bool = False, jitter: Optional[Noise] = None) -> Annealed:
     """Annealed importance sampling from z0 [C, B, D] along ``betas`` β_0..β_T:
 
         log w = log0 + Σ_{t=1}^T (β_t - β_{t-1}) ℓ(z_{t-1}),   z_t = HMC_{β_t}(z_{t-1}),
@@ -295,7 +296,12 @@ def anneal(log_densities: LogDensities, z0: Tensor, betas: Union[Tensor, Sequenc
     ``step_size · step_scale[t-1]``, a step size per temperature fixed before the run (tuned in a
     first round, Huang et al. 2020), so that every transition is a fixed kernel.
     ``record_step_sizes`` keeps every chain's step size after each transition (the tuning round:
-    :attr:`Annealed.step_sizes`). ``progress(t, T)`` is called after every transition.
+    :attr:`Annealed.step_sizes`). ``jitter(t, (C, B))``, uniform draws u, makes transition t use
+    ε (1 + ``JITTER`` (2u - 1)) instead of ε: a step size drawn independently of the state keeps
+    each transition a fixed f_β-invariant kernel (a mixture of HMC kernels), and breaks the
+    periodic trajectories a fixed ε·L can fall into on near-Gaussian targets, which leave chains
+    where they started (Neal 2011, section 5.4.2.2); recorded and adapted step sizes are the
+    centres ε. ``progress(t, T)`` is called after every transition.
 
     log w is accumulated in float64 whatever z's dtype; z, log densities and step sizes keep
     theirs. Costs 1 + T·L calls of ``log_densities``.
@@ -332,7 +338,9 @@ def anneal(log_densities: LogDensities, z0: Tensor, betas: Union[Tensor, Sequenc
             log_u = torch.log(rand(t, shape[:-1]).to(device=device, dtype=torch.float64))
             if scale is not None:
                 eps = base * scale[t - 1]
-            state, accept_prob = hmc_transition(log_densities, state, beta[t], eps, leapfrog,
+            used = eps if jitter is None else \
+                eps * (1 + JITTER * (2 * jitter(t, shape[:-1]).to(device=device, dtype=eps.dtype) - 1))
+            state, accept_prob = hmc_transition(log_densities, state, beta[t], used, leapfrog,
                                                 momentum, log_u)
             accept_sum += accept_prob
             if adapt:

@@ -258,7 +258,8 @@ def ais_batch(vae: VAE, guide: Callable, batch: tuple[torch.Tensor, ...], rows: 
     gets (its rows; default: ``rows``); ``progress(t, T)`` after every transition.
 
     The step sizes: ``settings.step_sizes`` per temperature, frozen (times each point's start
-    scale); or, with ``settings.adapt_step_size``, adapted per chain during the run. ``tune``
+    scale); or, with ``settings.adapt_step_size``, adapted per chain during the run; either way
+    jittered per transition and chain (:data:`~.annealing.JITTER`, from seeded noise). ``tune``
     makes this the tuning round instead: adapted chains on their own seeds, whose values add
     ``step_ratio`` [B, T], the median over chains of the step size after each transition over the
     point's start scale (what :func:`~.ais.tune_step_sizes` takes the median of)."""
@@ -286,6 +287,7 @@ def ais_batch(vae: VAE, guide: Callable, batch: tuple[torch.Tensor, ...], rows: 
         result = anneal(target.log_densities, u0.detach(), betas, leapfrog=settings.leapfrog, step_size=base,
                         randn=_noise_source(seed, stream * 7919 + 1, chains, rows, like, "normal"),
                         rand=_noise_source(seed, stream * 7919 + 2, chains, rows, like, "uniform"),
+                        jitter=_noise_source(seed, stream * 7919 + 3, chains, rows, like, "uniform"),
                         adapt=adapt, step_scale=scale, record_step_sizes=tune, progress=progress)
     log_w = result.log_w                                  # [C, B]
     weights = torch.softmax(log_w, 0)
