@@ -33,6 +33,7 @@ COMMANDS = {
     "evaluate": ("pyrovae.cli.evaluate", "log p(x) of a run by IS or AIS, with diagnostics."),
     "compare": ("pyrovae.cli.compare", "The amortization and approximation gaps of a run."),
     "bdmc": ("pyrovae.cli.bdmc", "The BDMC sandwich of log p(x) on simulated data."),
+    "certify": ("pyrovae.cli.certify", "log p(x) by Wu et al.'s protocol: BDMC-chosen T, frozen kernels."),
     "show": ("pyrovae.cli.show", "What runs recorded, side by side."),
     "sample": ("pyrovae.cli.pictures", "Images from the model's prior."),
     "reconstruct": ("pyrovae.cli.pictures", "Images above their reconstructions."),

@@ -77,6 +77,13 @@ def _rows(run: dict) -> tuple[dict[str, str], dict[str, tuple[list[str], str | N
                     label = gap.replace("_", " ") + of
                     rows[label] = f"{table[gap]:.2f} ± {table[gap + '_se']:.2f}"
                     marks[label] = _marks(compare, table, epochs)
+        certified = _latest(group, "certify")
+        if certified:
+            s = certified["summary"]
+            rows["log p(x), certified" + of] = (
+                f"{s['log_likelihood']:.2f} ± {_number(s.get('log_likelihood_se'))} (T={s['steps']}, "
+                f"gap {s['bdmc_gap']:.3f}, n={s['n']}{'' if s['certified'] else ', NOT certified'})")
+            marks["log p(x), certified" + of] = _marks(certified, s, epochs)
         sandwich = _latest(group, "bdmc")
         if sandwich:
             rows["BDMC gap" + of] = f"{sandwich['summary']['gap']:.2f} (T={sandwich['summary']['steps']})"

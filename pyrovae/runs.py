@@ -42,8 +42,10 @@ METRICS = "metrics.jsonl"
 EVALUATIONS = "evaluations.jsonl"
 LOCK = ".lock"
 PARTIAL = ".partial"       # per-point results of interrupted evaluations
+CERTIFICATE = "certificate.md"   # pyrovae certify's page
 # everything pyrovae writes in a run directory: what --overwrite deletes, and nothing else
-RUN_FILES = (CONFIG, CHECKPOINT, BEST, METRICS, EVALUATIONS, "curves.png", "samples.png", "reconstructions.png")
+RUN_FILES = (CONFIG, CHECKPOINT, BEST, METRICS, EVALUATIONS, CERTIFICATE, "curves.png", "samples.png",
+             "reconstructions.png")
 RUN_FOLDERS = (PARTIAL, "tensorboard")
 CHECKPOINT_KEYS = ("epoch", "step", "partial_loss", "partial_seen", "model", "optimizer", "rng")
 def write_json(path: Path, obj: Any) -> None:

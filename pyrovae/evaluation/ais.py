@@ -28,6 +28,7 @@ import torch
 from pyro import poutine
 
 from ..core import interrupts
+from ..core.distributed import current
 from ..core.errors import option
 from ..core.noise import forked_rng
 from ..core.progress import Progress, Report
@@ -36,13 +37,14 @@ from ..core.traces import sample_sites, unconditioned_observation
 from ..core.vae import VAE
 from . import diagnostics
 from .chains import ais_batch
-from .driver import Keep, evaluate_points
+from .driver import EvaluationInterrupted, Keep, Partial, evaluate_points, fingerprint
 from .estimator import Estimate, Estimator, standard_error
 from .importance import importance_batch
 from .proposals import Proposal, proposal_guide
 from .settings import CHAINS, IS_K, LEAPFROG, PAIRS, STEPS, AISSettings, BDMCSettings
 
-__all__ = ["AISSettings", "AnnealedImportanceSampling", "AISResult", "estimate_log_likelihood_ais", "BDMCSettings",
+__all__ = ["AISSettings", "AnnealedImportanceSampling", "AISResult", "estimate_log_likelihood_ais", "tune_step_sizes",
+           "BDMCSettings",
            "BDMC", "BDMCResult", "bdmc", "simulate", "STEPS", "CHAINS", "LEAPFROG", "IS_K", "PAIRS"]
 
 
@@ -63,6 +65,8 @@ class AISResult(Estimate):
     chain_ess: np.ndarray        # (Σ w)² / Σ w² / C: 1 when the chains agree
     khat: np.ndarray | None = None          # PSIS k-hat across chains, when C allows
     reference: dict = field(default_factory=dict)   # ELBO and IS estimate of the same points
+    step_sizes: tuple[float, ...] | None = None     # per temperature, fixed before the run (None: adapted in it)
+    tune_points: int = 0                            # points of the round that tuned them
 
     def columns(self) -> dict[str, np.ndarray]:
         """index, log_px, acceptance, step size, the chains' ESS, k-hat, the reference IS estimate
@@ -85,6 +89,7 @@ class AISResult(Estimate):
             "step_size": {"median": float(np.median(self.step_size)), "min": float(np.min(self.step_size)),
                           "max": float(np.max(self.step_size))},
             "chain_ess_frac_mean": float(np.mean(self.chain_ess)),
+            **kernel_summary(self.step_sizes, self.tune_points),
             "khat_frac_gt_0_7": None if self.khat is None else float(np.mean(self.khat > 0.7)),
             "khat_reason": None if self.khat is not None else (
                 f"k-hat across chains needs at least {diagnostics.MIN_KHAT_DRAWS} chains; "
@@ -120,7 +125,8 @@ class AnnealedImportanceSampling(Estimator):
         unsupported: set[str] = set()
         partial = keep.open(n, {"method": "ais", "steps": settings.steps, "chains": settings.chains,
                                 "leapfrog": settings.leapfrog, "proposal": name, "seed": settings.seed, "n": n,
-                                "is_k": settings.is_k})
+                                "is_k": settings.is_k, **kernel_options(settings)})
+        settings = tuned(vae, guide, data, settings, partial, progress)
         report = Progress(progress, n * settings.steps, "AIS", unit="point-step")
         done = int(partial.done.sum()) * settings.steps   # point-steps finished before this batch
 
@@ -143,7 +149,8 @@ class AnnealedImportanceSampling(Estimator):
                          data_dim=data_dim, log_px=values["log_px"], log_w=values["log_w"],
                          accept_rate=values["accept_rate"], step_size=values["step_size"],
                          chain_ess=values["chain_ess"], khat=values.get("khat"), reference=reference,
-                         chunk_invariant=not unsupported)
+                         chunk_invariant=not unsupported, step_sizes=settings.step_sizes,
+                         tune_points=min(settings.tune_points, n) if settings.step_sizes else 0)
 
 
 def estimate_log_likelihood_ais(vae: VAE, data: Data, *, proposal: Proposal = "guide", progress: Report = False,
@@ -155,6 +162,62 @@ def estimate_log_likelihood_ais(vae: VAE, data: Data, *, proposal: Proposal = "g
     :func:`~.importance.estimate_log_likelihood`."""
     return AnnealedImportanceSampling(**settings).estimate(vae, data, proposal, progress=progress,
                                                            keep=Keep(partial_path, resume, options or {}))
+
+
+def tune_step_sizes(vae: VAE, guide: Callable, data: tuple[torch.Tensor, ...], settings: AISSettings, *,
+                    progress: Report = False) -> tuple[float, ...]:
+    """The tuning round (Huang et al. 2020): AIS on the first ``settings.tune_points`` rows of
+    ``data`` with every chain's step size adapted toward 65% acceptance, on seeds of its own; per
+    temperature β_1..β_T, the median over those points of each point's median over its chains of
+    the adapted step size, as a multiple of the point's start scale (β_0, which no forward
+    transition targets, takes β_1's). Its weights are thrown away: the estimate's chains then run
+    with these step sizes frozen and fresh seeds. Batched and dealt out like any evaluation."""
+    n = min(settings.tune_points, num_rows(data))
+    report = Progress(progress, n * settings.steps, "AIS tuning", unit="point-step")
+
+    def evaluate(rows: range) -> dict[str, np.ndarray]:
+        values = ais_batch(vae, guide, rows_of(data, rows), rows, settings, tune=True,
+                           progress=_transitions(report, rows.start * settings.steps, len(rows)))
+        return {"step_ratio": values["step_ratio"]}
+
+    with report:
+        ratio = evaluate_points(vae, Keep().open(n, {}), settings.points_per_batch(), evaluate)["step_ratio"]
+    per_temperature = np.median(ratio, axis=0)   # [T]
+    return tuple(float(v) for v in np.concatenate([per_temperature[:1], per_temperature]))
+
+
+def tuned(vae: VAE, guide: Callable, data: tuple[torch.Tensor, ...], settings: AISSettings, partial: Partial,
+          progress: Report = False) -> AISSettings:
+    """``settings`` with step sizes per temperature: as given, from a tuning round
+    (:func:`tune_step_sizes`) when None, or none when they are to adapt during the run. A signal
+    during the tuning round stops the evaluation as one during its first batch would: ``partial``
+    (the estimate's finished points, none on a first run) is saved for a resume, which tunes again."""
+    if settings.step_sizes is not None or settings.adapt_step_size:
+        return settings
+    try:
+        return settings.but(step_sizes=tune_step_sizes(vae, guide, data, settings, progress=progress))
+    except EvaluationInterrupted:
+        if current().is_main:
+            partial.save()
+        raise EvaluationInterrupted(int(partial.done.sum()), partial.n, partial.path) from None
+
+
+def kernel_options(settings: AISSettings) -> dict:
+    """What the per-point values depend on besides T, C and L: step sizes given (their
+    fingerprint), or tuned (a function of the points, the seed and ``tune_points``), or adapted
+    during the run."""
+    return {"adapt_step_size": settings.adapt_step_size, "tune_points": settings.tune_points,
+            "step_sizes": None if settings.step_sizes is None else fingerprint({"step_sizes": settings.step_sizes})}
+
+
+def kernel_summary(step_sizes: tuple[float, ...] | None, tune_points: int) -> dict:
+    """How the HMC step sizes were set, for a summary: frozen after a tuning round (with their range
+    as multiples of each point's start scale), or adapted during the run."""
+    if step_sizes is None:
+        return {"step_sizes": "adapted during the run"}
+    return {"step_sizes": "tuned, then frozen", "tune_points": tune_points,
+            "step_size_scale": {"min": min(step_sizes), "median": float(np.median(step_sizes)),
+                                "max": max(step_sizes)}}
 
 
 def _transitions(report: Progress, done: int, points: int) -> Callable[[int, int], None]:
@@ -192,10 +255,16 @@ class BDMCResult:
     is_log_likelihood: np.ndarray | None = None
     elbo: np.ndarray | None = None
     is_k: int = 0
+    accept_rate: np.ndarray | None = None          # the forward chains' mean acceptance probability
+    step_sizes: tuple[float, ...] | None = None     # per temperature, both directions (None: adapted)
+    tune_points: int = 0
 
     def summary(self) -> dict:
         out = {"method": "bdmc", "n": len(self.lower), "steps": self.steps, "chains": self.chains,
-               "leapfrog": self.leapfrog, "proposal": self.proposal, "seed": self.seed}
+               "leapfrog": self.leapfrog, "proposal": self.proposal, "seed": self.seed,
+               **kernel_summary(self.step_sizes, self.tune_points)}
+        if self.accept_rate is not None:
+            out["accept_rate_mean"] = float(np.mean(self.accept_rate))
         for name, values in (("forward_lower_bound", self.lower), ("reverse_upper_bound", self.upper),
                              ("gap", self.upper - self.lower)):
             out[name], out[f"{name}_se"] = diagnostics.mean_and_se(values)
@@ -230,7 +299,9 @@ class BDMC(Estimator):
         guide, name, _ = proposal_guide(vae, proposal, n)
         partial = keep.open(n, {"method": "bdmc", "steps": settings.steps, "chains": settings.chains,
                                 "leapfrog": settings.leapfrog, "proposal": name, "seed": settings.seed, "n": n,
-                                "is_k": settings.is_k})
+                                "is_k": settings.is_k, **kernel_options(settings)})
+        # the forward chains' kernels, tuned on the simulated points, serve the reverse chains too
+        settings = tuned(vae, guide, data, settings, partial, progress)
         report = Progress(progress, 2 * n * settings.steps, "BDMC", unit="point-step")
         done = 2 * int(partial.done.sum()) * settings.steps   # point-steps finished before this batch
 
@@ -242,7 +313,7 @@ class BDMC(Estimator):
             reverse = ais_batch(vae, guide, batch, rows, settings, progress=_transitions(report, done, len(rows)),
                                 reverse_from={site: value[rows.start:rows.stop] for site, value in latents.items()})
             done += len(rows) * settings.steps
-            values = {"forward": forward["log_px"], "reverse": reverse["log_px"]}
+            values = {"forward": forward["log_px"], "reverse": reverse["log_px"], "accept_rate": forward["accept_rate"]}
             if settings.is_k:
                 values["is"], values["elbo"] = _reference(vae, guide, batch, rows, settings)
             return values
@@ -250,7 +321,8 @@ class BDMC(Estimator):
         with report:
             out = evaluate_points(vae, partial, settings.points_per_batch(), evaluate)
         return BDMCResult(settings.steps, settings.chains, settings.leapfrog, name, settings.seed, out["forward"],
-                          out["reverse"], data, out.get("is"), out.get("elbo"), settings.is_k)
+                          out["reverse"], data, out.get("is"), out.get("elbo"), settings.is_k, out["accept_rate"],
+                          settings.step_sizes, min(settings.tune_points, n) if settings.step_sizes else 0)
 
 
 def simulate(vae: VAE, template: tuple[torch.Tensor, ...], seed: int

@@ -54,6 +54,7 @@ Noise = Callable[[int, tuple[int, ...]], Tensor]
 TARGET_ACCEPT = 0.65
 STEP_SIZE_UP, STEP_SIZE_DOWN = 1.02, 0.98   # Wu et al. (2017) and Cremer et al. (2018) code
 STEP_SIZE_MIN, STEP_SIZE_MAX = 1e-4, 0.5
+JITTER = 0.4   # ε drawn uniformly from [0.6 ε, 1.4 ε] per transition and chain when jittered (Neal 2011, 5.4.2.2)
 
 
 # ---------------------------------------------------------------------------- schedule
@@ -212,6 +213,8 @@ class Annealed:
     step_size: [C, B] final step sizes (feed them to a next run).
     accept_rate: [C, B] float64 mean Metropolis acceptance probability over the transitions.
     transitions: T; evaluations: calls of ``log_densities`` (1 + T·L).
+    step_sizes: [T, C, B] the step size of every chain after each transition t = 1..T (with
+        ``record_step_sizes``; else None): a tuning round's step size per temperature.
     """
 
     log_w: Tensor
@@ -222,6 +225,7 @@ class Annealed:
     accept_rate: Tensor
     transitions: int
     evaluations: int
+    step_sizes: Optional[Tensor] = None
 
 
 def _as_betas(betas: Union[Tensor, Sequence[float]]) -> list[float]:
@@ -241,6 +245,19 @@ def _as_step_size(step_size: Union[float, Tensor], z0: Tensor) -> Tensor:
     return eps
 
 
+def _as_step_scale(step_scale: Union[Tensor, Sequence[float], None], steps: int, adapt: bool) -> Optional[list[float]]:
+    if step_scale is None:
+        return None
+    if adapt:
+        raise UsageError(f"{option('step_scale')} fixes the step size of every transition; it cannot be adapted "
+                         f"as well: pass {option('adapt', False)}")
+    scale = torch.as_tensor(step_scale, dtype=torch.float64).detach().cpu()
+    if scale.shape != (steps,) or not bool(torch.all(torch.isfinite(scale) & (scale > 0))):
+        raise UsageError(f"{option('step_scale')} must hold {steps} positive finite numbers (one per transition), "
+                         f"got shape {tuple(scale.shape)}")
+    return scale.tolist()
+
+
 def _global_noise(draw: Callable[..., Tensor], dtype: torch.dtype, device: torch.device) -> Noise:
     """``draw`` (torch.randn or torch.rand) from torch's global generator, ignoring t."""
     def noise(t: int, size: tuple[int, ...]) -> Tensor:
@@ -253,7 +270,9 @@ def anneal(log_densities: LogDensities, z0: Tensor, betas: Union[Tensor, Sequenc
            randn: Optional[Noise] = None, rand: Optional[Noise] = None,
            target_accept: float = TARGET_ACCEPT, adapt: bool = True,
            log0: Union[float, Tensor, None] = None,
-           progress: Optional[Callable[[int, int], None]] = None) -> Annealed:
+           progress: Optional[Callable[[int, int], None]] = None,
+           step_scale: Union[Tensor, Sequence[float], None] = None,
+           record_step_sizes: bool = False, jitter: Optional[Noise] = None) -> Annealed:
     """Annealed importance sampling from z0 [C, B, D] along ``betas`` β_0..β_T:
 
         log w = log0 + Σ_{t=1}^T (β_t - β_{t-1}) ℓ(z_{t-1}),   z_t = HMC_{β_t}(z_{t-1}),
@@ -273,7 +292,16 @@ def anneal(log_densities: LogDensities, z0: Tensor, betas: Union[Tensor, Sequenc
     kernel depend on its own past, which voids the proof of E[w] = p(x); the resulting bias is
     small in practice (below the Monte Carlo error in this package's Gaussian tests; Wu et al.
     and Cremer et al. also adapt during the run), and ``adapt=False`` with step sizes from a
-    pilot run restores exactness. ``progress(t, T)`` is called after every transition.
+    pilot run restores exactness. ``step_scale`` [T] (with ``adapt=False``): transition t uses
+    ``step_size · step_scale[t-1]``, a step size per temperature fixed before the run (tuned in a
+    first round, Huang et al. 2020), so that every transition is a fixed kernel.
+    ``record_step_sizes`` keeps every chain's step size after each transition (the tuning round:
+    :attr:`Annealed.step_sizes`). ``jitter(t, (C, B))``, uniform draws u, makes transition t use
+    ε (1 + ``JITTER`` (2u - 1)) instead of ε: a step size drawn independently of the state keeps
+    each transition a fixed f_β-invariant kernel (a mixture of HMC kernels), and breaks the
+    periodic trajectories a fixed ε·L can fall into on near-Gaussian targets, which leave chains
+    where they started (Neal 2011, section 5.4.2.2); recorded and adapted step sizes are the
+    centres ε. ``progress(t, T)`` is called after every transition.
 
     log w is accumulated in float64 whatever z's dtype; z, log densities and step sizes keep
     theirs. Costs 1 + T·L calls of ``log_densities``.
@@ -293,8 +321,10 @@ def anneal(log_densities: LogDensities, z0: Tensor, betas: Union[Tensor, Sequenc
     if rand is None:
         rand = _global_noise(torch.rand, torch.float64, device)
 
+    scale = _as_step_scale(step_scale, steps, adapt)
     with torch.no_grad():
-        eps = _as_step_size(step_size, z0)
+        eps = base = _as_step_size(step_size, z0)
+        history = [] if record_step_sizes else None
         log_w = torch.zeros(shape[:-1], dtype=torch.float64, device=device)
         if log0 is not None:
             log_w = log_w + torch.as_tensor(log0, dtype=torch.float64, device=device).broadcast_to(shape[:-1])
@@ -306,13 +336,20 @@ def anneal(log_densities: LogDensities, z0: Tensor, betas: Union[Tensor, Sequenc
                 log_w = log_w + d_beta * state.log_ratio()
             momentum = randn(t, shape).to(device=device, dtype=z0.dtype)
             log_u = torch.log(rand(t, shape[:-1]).to(device=device, dtype=torch.float64))
-            state, accept_prob = hmc_transition(log_densities, state, beta[t], eps, leapfrog,
+            if scale is not None:
+                eps = base * scale[t - 1]
+            used = eps if jitter is None else \
+                eps * (1 + JITTER * (2 * jitter(t, shape[:-1]).to(device=device, dtype=eps.dtype) - 1))
+            state, accept_prob = hmc_transition(log_densities, state, beta[t], used, leapfrog,
                                                 momentum, log_u)
             accept_sum += accept_prob
             if adapt:
                 eps = adapt_step_size(eps, accept_prob, target_accept)
+            if history is not None:
+                history.append(eps)
             if progress is not None:
                 progress(t, steps)
     return Annealed(log_w=log_w, z=state.z, log_q=state.log_q, log_p=state.log_p, step_size=eps,
                      accept_rate=accept_sum / steps, transitions=steps,
-                     evaluations=1 + steps * leapfrog)
+                     evaluations=1 + steps * leapfrog,
+                     step_sizes=None if history is None else torch.stack(history))

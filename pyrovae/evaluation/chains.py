@@ -47,7 +47,7 @@ from .settings import AISSettings
 
 STEP_SIZE = 0.01                           # the first step size where the start's scale is unknown
 STEP_SIZE_FRACTION = 0.5                   # else half the start density's smallest standard deviation
-AIS_STREAM, REVERSE_STREAM = 2, 3          # noise streams beside importance sampling's 0 and 1
+AIS_STREAM, REVERSE_STREAM, TUNE_STREAM = 2, 3, 4   # noise streams beside importance sampling's 0 and 1
 
 
 # ---------------------------------------------------------------------------- coordinates
@@ -187,7 +187,7 @@ class _Target:
     def initial_step_size(self, probe_fns: dict) -> torch.Tensor:
         """Per point [B]: ``STEP_SIZE_FRACTION`` of the start density's smallest standard
         deviation in its coordinates (HMC is stable for steps below about twice it), clamped to
-        [1e-3, 0.5]; ``STEP_SIZE`` where a site's scale is unknown. Adaptation takes over from there."""
+        [1e-3, 0.5]; ``STEP_SIZE`` where a site's scale is unknown. Tuned step sizes are multiples of it."""
         scales = []
         for fn in probe_fns.values():
             base = fn.base_dist if isinstance(fn, torch.distributions.TransformedDistribution) else fn
@@ -239,37 +239,56 @@ def _noise_source(seed: int, stream: int, chains: int, rows: range, like: torch.
     return draw
 
 
+def transition_scales(step_sizes: tuple[float, ...], reverse: bool) -> list[float]:
+    """Per transition t = 1..T, the step size (a multiple of each point's start scale) of the
+    temperature it targets, from ``step_sizes`` per temperature β_0..β_T: forward transition t
+    targets β_t, reverse transition t targets β_(T-t), so both directions use the same kernels."""
+    steps = len(step_sizes) - 1
+    return [step_sizes[steps - t] if reverse else step_sizes[t] for t in range(1, steps + 1)]
+
+
 def ais_batch(vae: VAE, guide: Callable, batch: tuple[torch.Tensor, ...], rows: range, settings: AISSettings, *,
-              index: torch.Tensor | None = None, reverse_from: dict | None = None,
+              index: torch.Tensor | None = None, reverse_from: dict | None = None, tune: bool = False,
               progress: Callable[[int, int], None] | None = None, unsupported: set | None = None
               ) -> dict[str, np.ndarray]:
     """Per-point AIS values of one batch: log p̂ = log mean_c w_c over the chains (or, with
     ``reverse_from``, the values of an exact posterior sample per site, the reverse estimate
     -log mean_c w_rev,c), the chains' log weights, acceptance, step sizes, and the chains' ESS.
     ``rows`` are the points' global numbers, which seed their draws; ``index`` is what the guide
-    gets (its rows; default: ``rows``); ``progress(t, T)`` after every transition."""
+    gets (its rows; default: ``rows``); ``progress(t, T)`` after every transition.
+
+    The step sizes: ``settings.step_sizes`` per temperature, frozen (times each point's start
+    scale); or, with ``settings.adapt_step_size``, adapted per chain during the run; either way
+    jittered per transition and chain (:data:`~.annealing.JITTER`, from seeded noise). ``tune``
+    makes this the tuning round instead: adapted chains on their own seeds, whose values add
+    ``step_ratio`` [B, T], the median over chains of the step size after each transition over the
+    point's start scale (what :func:`~.ais.tune_step_sizes` takes the median of)."""
     model, like = vae.bound()[0], batch[0]
     chains, seed = settings.chains, settings.seed
+    if not (tune or settings.adapt_step_size or settings.step_sizes is not None):
+        raise ValueError("ais_batch needs settings.step_sizes (tune them first), adapt_step_size or tune=True")
     index = torch.arange(rows.start, rows.stop, device=like.device) if index is None else index
     reuse = can(program_of(guide), "mean_field")
     target = _Target(model, guide, batch, index, chains, reuse, bool(settings.compile))
     betas = sigmoid_schedule(settings.steps)
-    stream = AIS_STREAM
+    stream = TUNE_STREAM if tune else AIS_STREAM   # the tuning round's chains are not the estimate's
     if reverse_from is None:
-        u0 = target.start(lambda name, shape: noise(seed, AIS_STREAM ^ site_stream(name), range(chains), rows,
+        u0 = target.start(lambda name, shape: noise(seed, stream ^ site_stream(name), range(chains), rows,
                                                     tuple(shape), like))
     else:
         u0 = target.coordinates_of({name: value.expand(chains, *value.shape) for name, value in reverse_from.items()})
         betas, stream = betas.flip(0), REVERSE_STREAM
     if unsupported is not None:
         unsupported |= target.unsupported
+    adapt = tune or settings.adapt_step_size
+    scale = None if adapt else transition_scales(settings.step_sizes, reverse_from is not None)
+    base = target.step_size.expand(chains, -1)   # each point's start scale
     with frozen(vae):
-        # each chain's step size starts at the start density's scale and adapts (annealing.adapt_step_size)
-        result = anneal(target.log_densities, u0.detach(), betas, leapfrog=settings.leapfrog,
-                        step_size=target.step_size.expand(chains, -1),
+        result = anneal(target.log_densities, u0.detach(), betas, leapfrog=settings.leapfrog, step_size=base,
                         randn=_noise_source(seed, stream * 7919 + 1, chains, rows, like, "normal"),
                         rand=_noise_source(seed, stream * 7919 + 2, chains, rows, like, "uniform"),
-                        progress=progress)
+                        jitter=_noise_source(seed, stream * 7919 + 3, chains, rows, like, "uniform"),
+                        adapt=adapt, step_scale=scale, record_step_sizes=tune, progress=progress)
     log_w = result.log_w                                  # [C, B]
     weights = torch.softmax(log_w, 0)
     # forward: log mean w estimates log p(x) from below; reverse: E[w] = 1 / p(x), an upper bound
@@ -279,4 +298,6 @@ def ais_batch(vae: VAE, guide: Callable, batch: tuple[torch.Tensor, ...], rows: 
               "log_w": log_w.T}
     if chains >= diagnostics.MIN_KHAT_DRAWS:
         values["khat"] = torch.as_tensor(diagnostics.psis_khat(log_w.T))
+    if tune:
+        values["step_ratio"] = (result.step_sizes / base).median(1).values.T   # [B, T]
     return {name: value.detach().cpu().double().numpy() for name, value in values.items()}

@@ -7,18 +7,19 @@ lives in one place.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from typing import Any, TypeVar
 
-import torch
-
 from ..core.errors import UsageError
+from ..core.errors import option as named
 from ..core.options import Check, Options, fields, option
 
 COMPILE_PAIRS = 1_000_000  # auto-compile from here: ~5 s of eager work vs 1 s of compiling (11 s the first time)
 BATCH_SIZE, CHUNK_SIZE = 200, 50           # IS: datapoints x particles per decoder pass (benchmarks/bench_evaluate.py)
 STEPS, CHAINS, LEAPFROG = 1000, 16, 5      # AIS: Wu et al. (2017) use up to 10,000 steps and 16 chains
 IS_K = 1000                                # AIS: importance samples of the reference IS estimate
+TUNE_POINTS = 100                          # AIS: points of the round that tunes the step sizes
 PAIRS = 10_000                             # AIS: (chain, point) pairs per batch: [pairs, pixels] buffers ~31 MB
 
 S = TypeVar("S", bound="Settings")
@@ -94,31 +95,58 @@ class ISSettings(SamplingSettings):
     chunk_size: int = option(CHUNK_SIZE, "Particles per decoder pass.", check=whole(1))
 
 
-def _frozen_step_sizes(value: Any) -> str | None:
-    return None if value is None else "is not available yet (tuned-then-frozen step sizes come with issue 22)"
+def _step_sizes(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, (tuple, list)) or not value or not all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value):
+        return "must be a sequence of positive finite numbers, one per temperature (or None: tuned first)"
+    return None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AISSettings(SamplingSettings):
     """Annealed importance sampling's (:mod:`.ais`): ``steps`` intermediate distributions (a sigmoid
-    schedule), ``chains`` per point, HMC with ``leapfrog`` steps and per-chain adapted step sizes;
-    ``batch_size`` points anneal together (memory is flat in ``steps``); ``is_k`` importance samples
-    of a reference IS estimate on the same points (0: none)."""
+    schedule), ``chains`` per point, HMC with ``leapfrog`` steps; ``batch_size`` points anneal
+    together (memory is flat in ``steps``); ``is_k`` importance samples of a reference IS estimate
+    on the same points (0: none).
+
+    The HMC step sizes are fixed before the chains whose weights are reported (Huang et al. 2020):
+    ``step_sizes`` gives one per temperature β_0..β_T, as multiples of each point's start scale
+    (half the smallest standard deviation of its q); when None, a tuning round on the first
+    ``tune_points`` points, with step sizes adapted toward 65% acceptance and other seeds, fixes
+    them. Every transition is then a fixed kernel and the estimate a stochastic lower bound.
+    ``adapt_step_size`` instead adapts each chain's step size during the run (Wu et al. 2017's
+    code): a bias below the Monte Carlo error in practice, but no longer a bound by construction."""
 
     steps: int = option(STEPS, "Intermediate distributions T (a sigmoid schedule). The cost is T x chains x "
                                "leapfrog decoder passes (forward and backward) per point: the defaults cost about 50 "
                                "times K=5000 IS.", check=whole(1))
     chains: int = option(CHAINS, "Chains per point.", check=whole(1))
-    leapfrog: int = option(LEAPFROG, "Leapfrog steps per HMC transition (step sizes adapt per chain toward 65% "
-                                     "acceptance).", check=whole(1))
+    leapfrog: int = option(LEAPFROG, "Leapfrog steps per HMC transition.", check=whole(1))
     is_k: int = option(IS_K, "Importance samples of a reference IS estimate on the same points (0: none).",
                        check=whole(0))
     batch_size: int | None = option(None, f"Points annealed together [default: {PAIRS:,} / chains].",
                                     check=optional(whole(1)))
-    # where tuned-then-frozen HMC step sizes go: one per temperature ([steps], or [steps, points]),
-    # used instead of adapting each chain's; refused until they are implemented
-    step_sizes: torch.Tensor | None = option(None, "Frozen HMC step sizes per temperature (not available yet).",
-                                             cli=False, check=_frozen_step_sizes)
+    tune_points: int = option(TUNE_POINTS, "Points of the tuning round that fixes the HMC step size per "
+                                           "temperature before the estimate's chains run (the first ones).",
+                              check=whole(1))
+    adapt_step_size: bool = option(False, "Adapt each chain's HMC step size during the run instead (toward 65% "
+                                          "acceptance, Wu et al. 2017's code): no tuning round, but the chains' "
+                                          "kernels depend on their past, so the estimate is no longer a stochastic "
+                                          "lower bound by construction.", flag=True)
+    step_sizes: tuple[float, ...] | None = option(None, "HMC step sizes per temperature beta_0..beta_T, as multiples "
+                                                        "of each point's start scale (None: tuned first).",
+                                                  cli=False, check=_step_sizes)
+
+    def check(self) -> None:
+        if self.step_sizes is not None:
+            if len(self.step_sizes) != self.steps + 1:
+                raise UsageError(f"{named('step_sizes')} must hold steps + 1 = {self.steps + 1} numbers (one per "
+                                 f"temperature), got {len(self.step_sizes)}")
+            if self.adapt_step_size:
+                raise UsageError(f"{named('step_sizes')} fixes every step size; drop {named('adapt_step_size', True)}")
+            object.__setattr__(self, "step_sizes", tuple(float(v) for v in self.step_sizes))
 
     def reference(self) -> ISSettings | None:
         """The reference IS estimate's settings: ``is_k`` draws from the same proposal with the same

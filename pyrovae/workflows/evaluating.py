@@ -26,10 +26,12 @@ import torch
 from .. import runs
 from ..core.distributed import current
 from ..core.errors import UsageError, option
+from ..core.files import atomic_path
 from ..core.options import option as setting
 from ..core.progress import Report
 from ..core.programs import rows_of
 from ..evaluation.ais import BDMC, AnnealedImportanceSampling
+from ..evaluation.certify import Certification, CertifySettings
 from ..evaluation.driver import Keep, fingerprint
 from ..evaluation.estimator import write_per_point
 from ..evaluation.importance import ImportanceSampling
@@ -228,7 +230,8 @@ def evaluate_run(folder: RunFolder, settings: EvaluateSettings = EvaluateSetting
                                  progress=progress)
     options = {"command": "evaluate", "method": settings.method, "split": settings.split, "limit": settings.limit,
                "proposal": points.name, "seed": chosen.seed, "epoch": run.epoch,
-               **({"steps": annealing.steps, "chains": annealing.chains, "leapfrog": annealing.leapfrog} if ais
+               **({"steps": annealing.steps, "chains": annealing.chains, "leapfrog": annealing.leapfrog,
+                   "adapt_step_size": annealing.adapt_step_size, "tune_points": annealing.tune_points} if ais
                   else {"k": importance.k})}
     estimator = AnnealedImportanceSampling(annealing) if ais else ImportanceSampling(importance)
     result = estimator.estimate(run.vae, points.data, points.proposal, progress=progress,
@@ -349,7 +352,9 @@ def bdmc_run(folder: RunFolder, settings: BDMCRunSettings = BDMCRunSettings(), *
     options = {"command": "bdmc", "epoch": run.epoch, "checkpoint": run.checkpoint}   # points of this checkpoint only
     path = folder.partial_path("bdmc", {**options, "n": n, "steps": annealing.steps, "chains": annealing.chains,
                                         "leapfrog": annealing.leapfrog, "is_k": annealing.is_k, "proposal": proposal,
-                                        "seed": annealing.seed, "batch_size": annealing.batch_size})
+                                        "seed": annealing.seed, "batch_size": annealing.batch_size,
+                                        "adapt_step_size": annealing.adapt_step_size,
+                                        "tune_points": annealing.tune_points})
     keep = Keep(path if keeps or folder.resume else None, folder.resume, options)
     result = BDMC(annealing).estimate(run.vae, template, "guide" if proposal == "encoder" else proposal,
                                       progress=progress, keep=keep)
@@ -360,6 +365,78 @@ def bdmc_run(folder: RunFolder, settings: BDMCRunSettings = BDMCRunSettings(), *
     out = {**summary, "run_dir": str(folder.path), "epoch": run.epoch, "checkpoint": run.which,
            "seconds": round(time.perf_counter() - started, 3)}
     folder.record("bdmc", {"n": n, "steps": annealing.steps, "chains": annealing.chains, "leapfrog": annealing.leapfrog,
-                           "is_k": annealing.is_k, "proposal": proposal, "seed": annealing.seed, "epoch": run.epoch},
+                           "is_k": annealing.is_k, "proposal": proposal, "seed": annealing.seed, "epoch": run.epoch,
+                           "adapt_step_size": annealing.adapt_step_size, "tune_points": annealing.tune_points},
                   out, run.checkpoint)
     return out
+
+
+# ---------------------------------------------------------------------------- certify
+
+@dataclass(frozen=True, kw_only=True)
+class CertifyRunSettings(Settings):
+    """``certify``'s own: which test points."""
+
+    limit: int | None = setting(None, "Certify only the first LIMIT test points [default: all].",
+                                check=optional(whole(1), "omit it to certify every test point"))
+
+
+def certify_run(folder: RunFolder, settings: CertifyRunSettings = CertifyRunSettings(), *,
+                certify: CertifySettings = CertifySettings(), progress: Report = False,
+                say: Say | None = None) -> dict:
+    """``pyrovae certify``: Wu et al.'s protocol on the run's test points
+    (:class:`~pyrovae.evaluation.certify.Certification`): BDMC on points simulated from the model
+    (the test rows as templates) chooses T, AIS with tuned-then-frozen kernels estimates log p(x)
+    at T, a check at 2T confirms it. The certificate (JSON) is recorded in evaluations.jsonl, tied
+    to the checkpoint, written as RUN_DIR/certificate.md, and returned; each stage is said to
+    ``say``. The estimate's finished points survive an interrupt (``--resume``)."""
+    keeps = folder.check()
+    started = time.perf_counter()
+    run = folder.load()
+    points = points_and_proposal(run, "test", None, limit=settings.limit, seed=certify.seed, progress=progress)
+    bdmc_proposal = "guide" if run.vae.can("amortized") else "prior"
+    options = {"command": "certify", "limit": settings.limit, "proposal": points.name, "epoch": run.epoch,
+               **certify.as_dict()}
+    keep = folder.keep(keeps, "certify", {**options, "checkpoint": run.checkpoint})
+    certificate = Certification(certify).certify(run.vae, points.data, run.data.test, points.proposal,
+                                                 bdmc_proposal=bdmc_proposal, progress=progress, keep=keep,
+                                                 say=lambda line: _tell(say, line))
+    out = {**certificate.summary(), **points.fit, "bdmc_proposal": bdmc_proposal, "run_dir": str(folder.path),
+           "epoch": run.epoch, "seed": certify.seed, "checkpoint": run.checkpoint, "versions": runs.versions(),
+           "seconds_wall": round(time.perf_counter() - started, 3)}
+    if not out["certified"]:
+        _tell(say, "pyrovae: warning: not certified: the estimates at T and 2T differ by more than the target; "
+                   f"rerun with a larger {option('steps')} or {option('target-gap')}", logging.WARNING)
+    folder.record("certify", options, out, run.checkpoint)
+    if keeps and current().is_main:
+        with atomic_path(Path(folder.path) / runs.CERTIFICATE) as tmp:
+            tmp.write_text(certificate_markdown(out))
+    return out
+
+
+def certificate_markdown(c: dict) -> str:
+    """A certificate's JSON as a short markdown page."""
+    def pm(value, se, digits=3):
+        return "-" if value is None else f"{value:.{digits}f}" + ("" if se is None else f" ± {se:.{digits}f}")
+    check = c["convergence"]
+    verdict = "**certified**" if c["certified"] else "**not certified** (the estimates at T and 2T disagree)"
+    lines = [f"# log p(x) certificate: {c['run_dir']}", "",
+             f"{verdict}: log p(x) = **{pm(c['log_likelihood'], c['log_likelihood_se'])} nats** on {c['n']} test "
+             f"points (epoch {c['epoch']}, checkpoint sha256 {str(c['checkpoint'])[:16]}…).", "",
+             "| what | value |", "|---|---|",
+             f"| AIS (T = {c['steps']}, {c['chains']} chains, {c['leapfrog']} leapfrog steps, from {c['proposal']}) | "
+             f"{pm(c['log_likelihood'], c['log_likelihood_se'])} |",
+             f"| BDMC gap at T = {c['steps']} ({c['bdmc_n']} simulated points) | {pm(c['bdmc_gap'], c['bdmc_gap_se'])} "
+             f"(upper bound {c['bdmc_gap_upper']:.3f} ≤ target {c['target_gap']}) |",
+             f"| BDMC ladder (T: gap) | " + ", ".join(f"{r['steps']}: {r['gap']:.3f}" for r in c["bdmc_ladder"]) + " |",
+             f"| check on {check['points']} points: log p̂ at 2T − at T | "
+             f"{pm(check['difference'], check['difference_se'])} ({'agrees' if check['agrees'] else 'disagrees'}) |",
+             f"| HMC acceptance | {c['accept_rate_mean']:.3f} (step sizes {c['step_sizes']} on {c['tune_points']} "
+             f"points) |",
+             f"| IS, K = {c['is_k']}, same points | {pm(c['is_log_likelihood'], c['is_log_likelihood_se'])} "
+             f"(AIS − IS = {pm(c['ais_minus_is'], None)}) |",
+             f"| ELBO, same points | {pm(c['elbo'], c['elbo_se'])} |",
+             f"| seconds | {c['seconds_wall']:.0f} (BDMC {c['seconds']['bdmc']:.0f}, estimate "
+             f"{c['seconds']['estimate']:.0f}, check {c['seconds']['check']:.0f}) |",
+             f"| versions | " + ", ".join(f"{k} {v}" for k, v in c["versions"].items()) + " |", ""]
+    return "\n".join(lines)

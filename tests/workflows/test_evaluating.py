@@ -58,8 +58,8 @@ def test_settings_are_checked_when_made_and_name_the_parameter(general):
         AISSettings(chains=2.5)
     with pytest.raises(UsageError, match="no setting kk; its settings are seed, compile, k, batch_size, chunk_size"):
         estimate_log_likelihood(general.vae, general.x, kk=3)
-    with pytest.raises(UsageError, match="^step_sizes is not available yet"):
-        AISSettings(step_sizes=torch.ones(3))   # frozen per-temperature step sizes: refused, never ignored
+    with pytest.raises(UsageError, match="^step_sizes must be a sequence of positive finite numbers"):
+        AISSettings(step_sizes=torch.ones(3))   # frozen per-temperature step sizes: a tuple of floats, checked
     with pytest.raises(UsageError, match=r"^unknown log_px 'gibbs'; use is, ais"):
         CompareSettings(log_px="gibbs")
     with pytest.raises(UsageError, match=r"^lr must be a positive number, got 0"):
