@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import click
 
+from pyrovae.cli.main import short_help
 from pyrovae.cli.options import emit, evaluating, given_options, options_from, run_folder, say
 from pyrovae.core import heap
 from pyrovae.evaluation.certify import CertifySettings
 from pyrovae.workflows.evaluating import CertifyRunSettings, certify_run
 
 
-@click.command()
+@click.command(short_help=short_help("certify"))
 @click.argument("run_dir", type=click.Path())
 @options_from(CertifyRunSettings, CertifySettings)
 @evaluating

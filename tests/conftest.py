@@ -108,7 +108,7 @@ def served_families() -> list[tuple[str, str]]:
     """Every (model, guide) pair of the registries that the families agree to build (a guide may
     refuse a model, or a model a guide): what registry-wide tests run over, so a new family joins
     them by its registry line alone."""
-    from pyrovae.config import FitConfig, build_vae
+    from pyrovae.config import build_vae
     from pyrovae.core.errors import UsageError
     from pyrovae.guides import GUIDES
     from pyrovae.models import MODELS

@@ -428,7 +428,7 @@ def certificate_markdown(c: dict) -> str:
              f"{pm(c['log_likelihood'], c['log_likelihood_se'])} |",
              f"| BDMC gap at T = {c['steps']} ({c['bdmc_n']} simulated points) | {pm(c['bdmc_gap'], c['bdmc_gap_se'])} "
              f"(upper bound {c['bdmc_gap_upper']:.3f} ≤ target {c['target_gap']}) |",
-             f"| BDMC ladder (T: gap) | " + ", ".join(f"{r['steps']}: {r['gap']:.3f}" for r in c["bdmc_ladder"]) + " |",
+             "| BDMC ladder (T: gap) | " + ", ".join(f"{r['steps']}: {r['gap']:.3f}" for r in c["bdmc_ladder"]) + " |",
              f"| check on {check['points']} points: log p̂ at 2T − at T | "
              f"{pm(check['difference'], check['difference_se'])} ({'agrees' if check['agrees'] else 'disagrees'}) |",
              f"| HMC acceptance | {c['accept_rate_mean']:.3f} (step sizes {c['step_sizes']} on {c['tune_points']} "
@@ -438,5 +438,5 @@ def certificate_markdown(c: dict) -> str:
              f"| ELBO, same points | {pm(c['elbo'], c['elbo_se'])} |",
              f"| seconds | {c['seconds_wall']:.0f} (BDMC {c['seconds']['bdmc']:.0f}, estimate "
              f"{c['seconds']['estimate']:.0f}, check {c['seconds']['check']:.0f}) |",
-             f"| versions | " + ", ".join(f"{k} {v}" for k, v in c["versions"].items()) + " |", ""]
+             "| versions | " + ", ".join(f"{k} {v}" for k, v in c["versions"].items()) + " |", ""]
     return "\n".join(lines)
