@@ -1,17 +1,23 @@
-"""Seconds per MNIST epoch: `pyrovae fit` against the plain PyTorch loop (benchmarks/plain_vae.py).
+"""Seconds per MNIST epoch: `pyrovae fit` against the loops its users would write instead.
 
-Each repeat runs both, each in a fresh subprocess, in alternating order (plain first in even
-repeats, pyrovae first in odd ones) so drifts of the machine hit both alike:
+Two peers, neither importing pyrovae: the plain PyTorch loop (benchmarks/plain_vae.py: its own
+modules, torch.bernoulli on each batch of 128, torch's Adam at 1e-3, a test ELBO per epoch) and
+the Pyro-example loop (benchmarks/pyro_example_vae.py: Pyro's examples/vae/vae.py style, model
+and guide methods, SVI with JitTrace_ELBO and pyro.optim.Adam, svi.evaluate_loss on the test set
+per epoch). Each repeat runs the three, each in a fresh subprocess, in an order rotated by one
+per repeat (over three repeats each takes each place once), so drifts of the machine hit all alike:
 
     plain:   python benchmarks/plain_vae.py --data-dir DIR --epochs E --seed S [--threads N]
+    pyro:    python benchmarks/pyro_example_vae.py --data-dir DIR --epochs E --seed S [--threads N]
     pyrovae: pyrovae fit --dataset mnist --data-dir DIR --epochs E --out TMP --overwrite --quiet --seed S
              [--threads N, or OMP_NUM_THREADS=N MKL_NUM_THREADS=N if fit has no --threads] [--pyrovae-args]
 
 Measured, per repeat: seconds per epoch as a user waits for them (pyrovae's JSON `seconds` / epochs,
-which includes its test ELBO, checkpoints and pictures; the plain loop's training + test ELBO);
-the training part alone (the sum of metrics.jsonl's `train_seconds` / epochs; the plain loop's
-train seconds / epochs); each subprocess's wall-clock from outside (with Python start and data
-loading); and the ratios pyrovae / plain. The table gives the medians over repeats.
+which includes its test ELBO, checkpoints and pictures; a peer's training + test ELBO); the
+training part alone (the sum of metrics.jsonl's `train_seconds` / epochs; a peer's train seconds
+/ epochs); each subprocess's wall-clock from outside (with Python start and data loading); and
+the ratios pyrovae / peer. The table gives the medians over repeats; the JSON also records the
+1-minute load average before every run and the busiest processes at the start and the end.
 
     python benchmarks/bench_epoch.py --data-dir ../shared/data [--epochs 3] [--repeats 3] [--seed 0]
                                      [--threads N] [--pyrovae-args "--no-jit"] [--results DIR]
@@ -23,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -33,17 +38,31 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import command_line, machine, write_results   # benchmarks/ is the script's folder, first on sys.path
+
 HERE = Path(__file__).resolve().parent
-PLAIN = HERE / "plain_vae.py"
+PEERS = {"plain": HERE / "plain_vae.py", "pyro": HERE / "pyro_example_vae.py"}
+NAMES = {"pyrovae": "pyrovae fit", "plain": "plain PyTorch loop", "pyro": "Pyro-example loop (JitTrace_ELBO)"}
+KEYS = ("epoch_s", "epoch_no_pictures_s", "train_s", "eval_s", "wall_s", "test_elbo")
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def busiest(count: int = 5) -> list[str]:
+    """The processes using the most CPU (ps), to say what ran beside the measurement."""
+    done = subprocess.run(["ps", "-eo", "pcpu,etime,args", "--sort=-pcpu"], capture_output=True, text=True)
+    return [line[:160] for line in done.stdout.splitlines()[1:count + 1]]
+
+
 def run_json(command: list[str], env: dict | None = None) -> tuple[dict, float]:
     """The last JSON line a subprocess prints on stdout (its stderr passes through), and its wall time."""
-    log("$ " + shlex.join(command))
+    log(f"$ {shlex.join(command)}   (load {load()})")
     started = time.perf_counter()
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
     wall = time.perf_counter() - started
@@ -58,15 +77,15 @@ def pyrovae_command() -> str:
     return str(beside) if beside.exists() else (shutil.which("pyrovae") or sys.exit("no pyrovae console script"))
 
 
-def plain_run(args) -> dict:
-    command = [sys.executable, str(PLAIN), "--data-dir", args.data_dir, "--epochs", str(args.epochs),
+def peer_run(args, name: str) -> dict:
+    command = [sys.executable, str(PEERS[name]), "--data-dir", args.data_dir, "--epochs", str(args.epochs),
                "--seed", str(args.seed)] + (["--threads", str(args.threads)] if args.threads else [])
+    load_before = load()
     out, wall = run_json(command)
-    e = out["epochs"]
-    return {"epoch_s": out["total"]["epoch_seconds"] / e, "epoch_no_pictures_s": out["total"]["epoch_seconds"] / e,
-            "train_s": out["total"]["train_seconds"] / e,
-            "eval_s": out["total"]["eval_seconds"] / e, "wall_s": wall, "test_elbo": out["test_elbo"],
-            "threads": out["torch_threads"]}
+    e, total = out["epochs"], out["total"]
+    return {"epoch_s": total["epoch_seconds"] / e, "epoch_no_pictures_s": total["epoch_seconds"] / e,
+            "train_s": total["train_seconds"] / e, "eval_s": total["eval_seconds"] / e, "wall_s": wall,
+            "test_elbo": out["test_elbo"], "threads": out["torch_threads"], "load_before": load_before}
 
 
 def pyrovae_run(args, exe: str, threads_option: bool) -> dict:
@@ -76,6 +95,7 @@ def pyrovae_run(args, exe: str, threads_option: bool) -> dict:
         extra += ["--threads", str(args.threads)]
     elif args.threads:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    load_before = load()
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         command = [exe, "fit", "--dataset", "mnist", "--data-dir", args.data_dir, "--epochs", str(args.epochs),
@@ -86,7 +106,7 @@ def pyrovae_run(args, exe: str, threads_option: bool) -> dict:
     return {"epoch_s": out["seconds"] / e, "epoch_no_pictures_s": (out["seconds"] - out.get("pictures_seconds", 0.0)) / e,
             "train_s": sum(m["train_seconds"] for m in metrics) / e,
             "eval_s": sum(m.get("eval_seconds", 0.0) for m in metrics) / e, "wall_s": wall,
-            "test_elbo": out.get("test_elbo")}
+            "test_elbo": out.get("test_elbo"), "pictures_s": out.get("pictures_seconds"), "load_before": load_before}
 
 
 def median_of(values: list) -> float | None:
@@ -94,66 +114,24 @@ def median_of(values: list) -> float | None:
     return statistics.median(known) if known else None
 
 
-def machine_info(threads: int | None) -> dict:
-    """common.machine() if it imports; else the same keys, inlined (pyrovae may be mid-restructuring)."""
-    try:
-        from common import machine
-        info = machine()
-    except Exception:   # noqa: BLE001
-        import torch
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), "unknown") if Path("/proc/cpuinfo").exists() else "unknown"
-        try:
-            import pyro
-            pyro_version = pyro.__version__
-        except Exception:   # noqa: BLE001
-            pyro_version = "unknown"
-        info = {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-                "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-                "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "pyro": pyro_version,
-                "python": platform.python_version(), "cuda": torch.cuda.is_available()}
-    if threads:
-        info["torch_threads"] = threads   # what the subprocesses used, not this process
-    return info
-
-
-def write(name: str, results: dict, table: str, folder: str | None = None) -> None:
-    """common.write_results if it works; else the same two files and the JSON on stdout."""
-    try:
-        from common import write_results
-
-        import pyrovae.runs  # noqa: F401  (write_results writes through it)
-    except Exception:   # noqa: BLE001
-        pass
-    else:
-        write_results(name, results, table, folder)
-        return
-    info = results["machine"]
-    header = (f"Machine: {info['cpu']}, {info['cpu_count']} CPUs, torch {info['torch']} "
-              f"({info['torch_threads']} threads), pyro {info['pyro']}, Python {info['python']}, "
-              f"{info['platform']}.\n\n")
-    out = Path(folder) if folder else HERE / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / f"{name}.md").write_text(header + table + "\n")
-    print(json.dumps(results), flush=True)
-
-
 def table(results: dict) -> str:
     m, a = results["median"], results["args"]
     extra = f" {a['pyrovae_args']}" if a["pyrovae_args"] else ""
-    no_pictures = m.get("pyrovae_epoch_no_pictures_s")
-    ratio_no_pictures = no_pictures / m["plain_epoch_s"] if no_pictures else float("nan")
     rows = [f"| MNIST, {a['epochs']} epochs, {a['repeats']} repeats, medians | s / epoch (fit's JSON seconds / epochs) "
             f"| s / epoch without the pictures drawn at the end | s / epoch (training only) | subprocess wall s "
             f"| test ELBO |",
-            "|---|---|---|---|---|---|",
-            f"| pyrovae fit{extra} | {m['pyrovae_epoch_s']:.2f} | {no_pictures or float('nan'):.2f} "
-            f"| {m['pyrovae_train_s']:.2f} | {m['pyrovae_wall_s']:.1f} | {m['pyrovae_test_elbo'] or float('nan'):.2f} |",
-            f"| plain PyTorch loop | {m['plain_epoch_s']:.2f} | {m['plain_epoch_s']:.2f} | {m['plain_train_s']:.2f} "
-            f"| {m['plain_wall_s']:.1f} | {m['plain_test_elbo']:.2f} |",
-            f"| ratio pyrovae / plain | {m['ratio_epoch']:.2f} | {ratio_no_pictures:.2f} | {m['ratio_train']:.2f} "
-            f"| {m['ratio_wall']:.2f} | |"]
+            "|---|---|---|---|---|---|"]
+    for who in ("pyrovae", "plain", "pyro"):
+        rows.append(f"| {NAMES[who]}{extra if who == 'pyrovae' else ''} | {m[f'{who}_epoch_s']:.2f} "
+                    f"| {m[f'{who}_epoch_no_pictures_s']:.2f} | {m[f'{who}_train_s']:.2f} | {m[f'{who}_wall_s']:.1f} "
+                    f"| {m[f'{who}_test_elbo']:.2f} |")
+    for peer in ("plain", "pyro"):
+        r = lambda key: m[f"ratio_{peer}_{key}"]   # noqa: E731
+        rows.append(f"| ratio pyrovae / {NAMES[peer]} | **{r('epoch_s'):.2f}** | {r('epoch_no_pictures_s'):.2f} "
+                    f"| {r('train_s'):.2f} | {r('wall_s'):.2f} | |")
+    loads = [row[who]["load_before"] for row in results["repeats"] for who in ("pyrovae", "plain", "pyro")]
+    rows += ["", f"1-minute load average before each run: {min(loads)} to {max(loads)}. Busiest processes at the "
+             "start: " + "; ".join(f"`{line.strip()}`" for line in results["busiest_at_start"][:3]) + "."]
     return "\n".join(rows)
 
 
@@ -176,29 +154,34 @@ def main() -> None:
     args.data_dir = str(Path(args.data_dir).resolve())
     exe = pyrovae_command()
     threads_option = "--threads" in subprocess.run([exe, "fit", "--help"], capture_output=True, text=True).stdout
+    info = machine()
+    if args.threads:
+        info["torch_threads"] = args.threads   # what the subprocesses used, not this process
+    at_start = busiest()
+    runs = {"pyrovae": lambda: pyrovae_run(args, exe, threads_option), "plain": lambda: peer_run(args, "plain"),
+            "pyro": lambda: peer_run(args, "pyro")}
+    order = list(runs)
     repeats = []
     for r in range(args.repeats):
-        steps = [("plain", lambda: plain_run(args)), ("pyrovae", lambda: pyrovae_run(args, exe, threads_option))]
-        row = {name: step() for name, step in (steps if r % 2 == 0 else steps[::-1])}
-        row["ratio_epoch"] = row["pyrovae"]["epoch_s"] / row["plain"]["epoch_s"]
-        row["ratio_train"] = row["pyrovae"]["train_s"] / row["plain"]["train_s"]
-        row["ratio_wall"] = row["pyrovae"]["wall_s"] / row["plain"]["wall_s"]
+        turn = order[r % 3:] + order[:r % 3]
+        row = {who: runs[who]() for who in turn}
+        row["order"] = turn
+        for peer in ("plain", "pyro"):
+            for key in ("epoch_s", "epoch_no_pictures_s", "train_s", "wall_s"):
+                row[f"ratio_{peer}_{key}"] = row["pyrovae"][key] / row[peer][key]
         repeats.append(row)
-        pv, pl = row["pyrovae"], row["plain"]
+        pv, pl, py = row["pyrovae"], row["plain"], row["pyro"]
         log(f"repeat {r + 1}: pyrovae {pv['epoch_s']:.2f} s/epoch ({pv['train_s']:.2f} training), "
-            f"plain {pl['epoch_s']:.2f} ({pl['train_s']:.2f}); "
-            f"ratio {row['ratio_epoch']:.2f} ({row['ratio_train']:.2f} training)")
-    median = {f"{who}_{key}": median_of([row[who][key] for row in repeats])
-              for who in ("pyrovae", "plain") for key in ("epoch_s", "epoch_no_pictures_s", "train_s", "eval_s",
-                                                          "wall_s", "test_elbo")}
-    median.update({key: statistics.median(row[key] for row in repeats)
-                   for key in ("ratio_epoch", "ratio_train", "ratio_wall")})
-    results = {"machine": machine_info(args.threads), "args": vars(args),
+            f"plain {pl['epoch_s']:.2f} ({pl['train_s']:.2f}), pyro {py['epoch_s']:.2f} ({py['train_s']:.2f}); "
+            f"ratios {row['ratio_plain_epoch_s']:.2f} and {row['ratio_pyro_epoch_s']:.2f}")
+    median = {f"{who}_{key}": median_of([row[who][key] for row in repeats]) for who in runs for key in KEYS}
+    median.update({key: statistics.median(row[key] for row in repeats) for key in repeats[0] if key.startswith("ratio")})
+    results = {"machine": info, "args": vars(args),
                "pyrovae_threads_via": ("--threads" if threads_option else "OMP_NUM_THREADS") if args.threads else None,
-               "repeats": repeats, "median": median, "command": " ".join(sys.argv)}
-    write("epoch", results, table(results), args.results)
+               "busiest_at_start": at_start, "busiest_at_end": busiest(), "load_at_end": load(),
+               "repeats": repeats, "median": median, "command": command_line()}
+    write_results("epoch", results, table(results), args.results)
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(HERE))
     main()

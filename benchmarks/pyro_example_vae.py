@@ -1,0 +1,158 @@
+"""A VAE on MNIST as a Pyro user writes it today: the loop of Pyro's ``examples/vae/vae.py``.
+
+The second speed reference of pyrovae's `fit` (the first is the plain PyTorch loop,
+benchmarks/plain_vae.py). It imports nothing from pyrovae. In the style of Pyro's example:
+
+    an Encoder and a Decoder nn.Module; a VAE nn.Module whose ``model`` and ``guide`` methods
+    register them with ``pyro.module`` and sample inside ``pyro.plate("data", batch)``;
+    SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), loss=JitTrace_ELBO());
+    svi.step(x) on each batch, svi.evaluate_loss(x) over the test set after every epoch.
+
+As in the example the loss is the batch's sum, -Σ_i ELBO_i, without the N/B scale (Adam's
+steps do not depend on a constant factor of the gradient, up to its eps). The network and the
+data are those of the other two peers, so that the three loops do the same arithmetic and
+differ only in how it is driven: encoder 784-400-(50 loc, 50 scale), ReLU,
+scale = softplus(raw) + 1e-4; decoder 50-400-784, ReLU, Bernoulli logits (the example's Softplus
+hidden units and sigmoid means cost about the same); MNIST in memory, batch 128,
+torch.randperm shuffling and torch.bernoulli binarization on each batch from a torch.Generator
+seeded by --seed; the test images binarized once by the seed, evaluated in batches of 1000.
+
+    python benchmarks/pyro_example_vae.py --data-dir ../shared/data --epochs 3 [--seed 0] [--threads 2]
+                                          [--limit 2000] [--no-jit]
+
+One JSON object on stdout (the keys of plain_vae.py's), progress on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
+from pyro.optim import Adam
+from torch import nn
+
+from plain_vae import load_mnist
+
+
+class Encoder(nn.Module):
+    """x -> (loc, scale) of q(z | x)."""
+
+    def __init__(self, z_dim: int, hidden_dim: int):
+        super().__init__()
+        self.hidden = nn.Linear(784, hidden_dim)
+        self.loc = nn.Linear(hidden_dim, z_dim)
+        self.raw_scale = nn.Linear(hidden_dim, z_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = F.relu(self.hidden(x.reshape(-1, 784)))
+        return self.loc(h), F.softplus(self.raw_scale(h)) + 1e-4
+
+
+class Decoder(nn.Module):
+    """z -> the Bernoulli logits of x's 784 pixels."""
+
+    def __init__(self, z_dim: int, hidden_dim: int):
+        super().__init__()
+        self.hidden = nn.Linear(z_dim, hidden_dim)
+        self.logits = nn.Linear(hidden_dim, 784)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.logits(F.relu(self.hidden(z)))
+
+
+class VAE(nn.Module):
+    def __init__(self, z_dim: int = 50, hidden_dim: int = 400):
+        super().__init__()
+        self.encoder, self.decoder = Encoder(z_dim, hidden_dim), Decoder(z_dim, hidden_dim)
+        self.z_dim = z_dim
+
+    def model(self, x: torch.Tensor) -> None:
+        """p(z) p(x | z): z ~ N(0, I), x ~ Bernoulli(logits = decoder(z))."""
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z_loc = x.new_zeros(torch.Size((x.shape[0], self.z_dim)))
+            z = pyro.sample("latent", dist.Normal(z_loc, torch.ones_like(z_loc)).to_event(1))
+            pyro.sample("obs", dist.Bernoulli(logits=self.decoder(z), validate_args=False).to_event(1),
+                        obs=x.reshape(-1, 784))
+
+    def guide(self, x: torch.Tensor) -> None:
+        """q(z | x) = N(encoder(x))."""
+        pyro.module("encoder", self.encoder)
+        with pyro.plate("data", x.shape[0]):
+            z_loc, z_scale = self.encoder(x)
+            pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
+
+
+def train_epoch(svi: SVI, intensities: torch.Tensor, generator: torch.Generator, batch_size: int = 128) -> float:
+    """One epoch of svi.step; returns the mean training loss, -ELBO in nats per point."""
+    n = len(intensities)
+    order = torch.randperm(n, generator=generator)
+    total = 0.0
+    for start in range(0, n, batch_size):
+        x = torch.bernoulli(intensities[order[start:start + batch_size]], generator=generator)
+        total += svi.step(x)
+    return total / n
+
+
+def test_elbo(svi: SVI, x_test: torch.Tensor, batch_size: int = 1000) -> float:
+    return -sum(svi.evaluate_loss(x_test[i:i + batch_size]) for i in range(0, len(x_test), batch_size)) / len(x_test)
+
+
+def run(data_dir: str, epochs: int = 3, seed: int = 0, threads: int | None = None, limit: int | None = None,
+        jit: bool = True) -> dict:
+    started = time.perf_counter()
+    if threads:
+        torch.set_num_threads(threads)
+    train, test = load_mnist(data_dir, True)[:limit], load_mnist(data_dir, False)
+    x_test = torch.bernoulli(test, generator=torch.Generator().manual_seed(seed))   # fixed once
+    generator = torch.Generator().manual_seed(seed)
+    pyro.set_rng_seed(seed)   # weights and the guide's draws
+    pyro.clear_param_store()
+    vae = VAE()
+    svi = SVI(vae.model, vae.guide, Adam({"lr": 1e-3}), loss=JitTrace_ELBO() if jit else Trace_ELBO())
+    setup_seconds = time.perf_counter() - started
+    records = []
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        loss = train_epoch(svi, train, generator)
+        t1 = time.perf_counter()
+        test_value = test_elbo(svi, x_test)
+        t2 = time.perf_counter()
+        records.append({"epoch": epoch, "train_seconds": round(t1 - t0, 4), "eval_seconds": round(t2 - t1, 4),
+                        "epoch_seconds": round(t2 - t0, 4), "train_loss": loss, "test_elbo": test_value})
+        print(f"epoch {epoch}: train loss {loss:.2f}, test ELBO {test_value:.2f} nats "
+              f"({t1 - t0:.2f} s train, {t2 - t1:.2f} s test)", file=sys.stderr, flush=True)
+    total = {key: round(sum(r[key] for r in records), 4) for key in ("train_seconds", "eval_seconds", "epoch_seconds")}
+    return {"jit": jit, "seed": seed, "epochs": epochs, "train_points": len(train), "test_points": len(x_test),
+            "batch_size": 128, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "pyro": pyro.__version__, "per_epoch": records, "total": total, "setup_seconds": round(setup_seconds, 4),
+            "median_epoch_seconds": statistics.median(r["epoch_seconds"] for r in records) if records else None,
+            "test_elbo": records[-1]["test_elbo"] if records else None,
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=os.environ.get("PYROVAE_DATA_DIR"),
+                        help="folder holding MNIST/raw (default: $PYROVAE_DATA_DIR)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N training points")
+    parser.add_argument("--no-jit", dest="jit", action="store_false", help="Trace_ELBO instead of JitTrace_ELBO")
+    args = parser.parse_args()
+    if not args.data_dir or not os.path.isdir(os.path.join(args.data_dir, "MNIST", "raw")):
+        parser.error("pass --data-dir (or set PYROVAE_DATA_DIR) to a folder holding MNIST/raw")
+    print(json.dumps(run(args.data_dir, args.epochs, args.seed, args.threads, args.limit, args.jit)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
