@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import command_line, machine, write_results   # benchmarks/ is the script's folder, first on sys.path
+from common import command_line, machine, write_results  # benchmarks/: the script's folder, first on sys.path
 
 HERE = Path(__file__).resolve().parent
 PEERS = {"plain": HERE / "plain_vae.py", "pyro": HERE / "pyro_example_vae.py"}
@@ -56,7 +56,7 @@ def load() -> float:
 
 def busiest(count: int = 5) -> list[str]:
     """The processes using the most CPU (ps), to say what ran beside the measurement."""
-    done = subprocess.run(["ps", "-eo", "pcpu,etime,args", "--sort=-pcpu"], capture_output=True, text=True)
+    done = subprocess.run(["ps", "-eo", "pcpu,etime,args", "--sort=-pcpu"], capture_output=True, text=True, check=False)
     return [line[:160] for line in done.stdout.splitlines()[1:count + 1]]
 
 
@@ -126,12 +126,12 @@ def table(results: dict) -> str:
                     f"| {m[f'{who}_epoch_no_pictures_s']:.2f} | {m[f'{who}_train_s']:.2f} | {m[f'{who}_wall_s']:.1f} "
                     f"| {m[f'{who}_test_elbo']:.2f} |")
     for peer in ("plain", "pyro"):
-        r = lambda key: m[f"ratio_{peer}_{key}"]   # noqa: E731
-        rows.append(f"| ratio pyrovae / {NAMES[peer]} | **{r('epoch_s'):.2f}** | {r('epoch_no_pictures_s'):.2f} "
-                    f"| {r('train_s'):.2f} | {r('wall_s'):.2f} | |")
+        r = {key: m[f"ratio_{peer}_{key}"] for key in ("epoch_s", "epoch_no_pictures_s", "train_s", "wall_s")}
+        rows.append(f"| ratio pyrovae / {NAMES[peer]} | **{r['epoch_s']:.2f}** | {r['epoch_no_pictures_s']:.2f} "
+                    f"| {r['train_s']:.2f} | {r['wall_s']:.2f} | |")
     loads = [row[who]["load_before"] for row in results["repeats"] for who in ("pyrovae", "plain", "pyro")]
-    rows += ["", f"1-minute load average before each run: {min(loads)} to {max(loads)}. Busiest processes at the "
-             "start: " + "; ".join(f"`{line.strip()}`" for line in results["busiest_at_start"][:3]) + "."]
+    rows += ["", (f"1-minute load average before each run: {min(loads)} to {max(loads)}. Busiest processes at the "
+                  "start: ") + "; ".join(f"`{line.strip()}`" for line in results["busiest_at_start"][:3]) + "."]
     return "\n".join(rows)
 
 

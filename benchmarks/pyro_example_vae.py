@@ -35,11 +35,10 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from plain_vae import load_mnist
 from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
 from pyro.optim import Adam
 from torch import nn
-
-from plain_vae import load_mnist
 
 
 class Encoder(nn.Module):
