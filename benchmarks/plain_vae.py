@@ -42,6 +42,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -136,6 +137,53 @@ def load_mnist(data_dir: str, train: bool) -> torch.Tensor:
     return images.reshape(len(images), -1).float() / 255
 
 
+def timed_epochs(epochs: int, train: Callable[[], float], test: Callable[[], float]) -> tuple[list[dict], dict]:
+    """``epochs`` times train() (the mean training loss) then test() (the test ELBO), timed; the
+    per-epoch records (printed on stderr as they come) and the sums of their seconds."""
+    records = []
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        loss = train()
+        t1 = time.perf_counter()
+        test_value = test()
+        t2 = time.perf_counter()
+        records.append({"epoch": epoch, "train_seconds": round(t1 - t0, 4), "eval_seconds": round(t2 - t1, 4),
+                        "epoch_seconds": round(t2 - t0, 4), "train_loss": loss, "test_elbo": test_value})
+        print(f"epoch {epoch}: train loss {loss:.2f}, test ELBO {test_value:.2f} nats "
+              f"({t1 - t0:.2f} s train, {t2 - t1:.2f} s test)", file=sys.stderr, flush=True)
+    total = {key: round(sum(r[key] for r in records), 4) for key in ("train_seconds", "eval_seconds", "epoch_seconds")}
+    return records, total
+
+
+def summary(records: list[dict], total: dict, setup_seconds: float, started: float) -> dict:
+    """The keys both loops report after their own."""
+    return {"batch_size": 128, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "per_epoch": records, "total": total, "setup_seconds": round(setup_seconds, 4),
+            "median_train_seconds": statistics.median(r["train_seconds"] for r in records) if records else None,
+            "median_epoch_seconds": statistics.median(r["epoch_seconds"] for r in records) if records else None,
+            "test_elbo": records[-1]["test_elbo"] if records else None,
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """The options both loops take."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=os.environ.get("PYROVAE_DATA_DIR"),
+                        help="folder holding MNIST/raw (default: $PYROVAE_DATA_DIR)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N training points")
+    return parser
+
+
+def checked(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    args = parser.parse_args()
+    if not args.data_dir or not os.path.isdir(os.path.join(args.data_dir, "MNIST", "raw")):
+        parser.error("pass --data-dir (or set PYROVAE_DATA_DIR) to a folder holding MNIST/raw")
+    return args
+
+
 def run(data_dir: str, epochs: int = 3, seed: int = 0, threads: int | None = None, limit: int | None = None,
         elbo: str = "trace", x_test: torch.Tensor | None = None) -> dict:
     started = time.perf_counter()
@@ -149,41 +197,24 @@ def run(data_dir: str, epochs: int = 3, seed: int = 0, threads: int | None = Non
     vae = VAE()
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
     setup_seconds = time.perf_counter() - started
-    records = []
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
+
+    def train_one() -> float:
         vae.train()
-        loss = train_epoch(vae, optimizer, train, generator, elbo)
-        t1 = time.perf_counter()
+        return train_epoch(vae, optimizer, train, generator, elbo)
+
+    def test_one() -> float:
         vae.eval()
-        test_value = test_elbo(vae, x_test)
-        t2 = time.perf_counter()
-        records.append({"epoch": epoch, "train_seconds": round(t1 - t0, 4), "eval_seconds": round(t2 - t1, 4),
-                        "epoch_seconds": round(t2 - t0, 4), "train_loss": loss, "test_elbo": test_value})
-        print(f"epoch {epoch}: train loss {loss:.2f}, test ELBO {test_value:.2f} nats "
-              f"({t1 - t0:.2f} s train, {t2 - t1:.2f} s test)", file=sys.stderr, flush=True)
-    total = {key: round(sum(r[key] for r in records), 4) for key in ("train_seconds", "eval_seconds", "epoch_seconds")}
+        return test_elbo(vae, x_test)
+
+    records, total = timed_epochs(epochs, train_one, test_one)
     return {"elbo": elbo, "seed": seed, "epochs": epochs, "train_points": len(train), "test_points": len(x_test),
-            "batch_size": 128, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "per_epoch": records, "total": total, "setup_seconds": round(setup_seconds, 4),
-            "median_train_seconds": statistics.median(r["train_seconds"] for r in records) if records else None,
-            "median_epoch_seconds": statistics.median(r["epoch_seconds"] for r in records) if records else None,
-            "test_elbo": records[-1]["test_elbo"] if records else None,
-            "seconds": round(time.perf_counter() - started, 3)}
+            **summary(records, total, setup_seconds, started)}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default=os.environ.get("PYROVAE_DATA_DIR"),
-                        help="folder holding MNIST/raw (default: $PYROVAE_DATA_DIR)")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N training points")
+    parser = arguments(__doc__)
     parser.add_argument("--elbo", choices=("trace", "meanfield"), default="trace")
-    args = parser.parse_args()
-    if not args.data_dir or not os.path.isdir(os.path.join(args.data_dir, "MNIST", "raw")):
-        parser.error("pass --data-dir (or set PYROVAE_DATA_DIR) to a folder holding MNIST/raw")
+    args = checked(parser)
     print(json.dumps(run(args.data_dir, args.epochs, args.seed, args.threads, args.limit, args.elbo)), flush=True)
 
 

@@ -24,18 +24,14 @@ One JSON object on stdout (the keys of plain_vae.py's), progress on stderr.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import statistics
-import sys
 import time
 
 import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from plain_vae import load_mnist
+from plain_vae import arguments, checked, load_mnist, summary, timed_epochs
 from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
 from pyro.optim import Adam
 from torch import nn
@@ -118,38 +114,15 @@ def run(data_dir: str, epochs: int = 3, seed: int = 0, threads: int | None = Non
     vae = VAE()
     svi = SVI(vae.model, vae.guide, Adam({"lr": 1e-3}), loss=JitTrace_ELBO() if jit else Trace_ELBO())
     setup_seconds = time.perf_counter() - started
-    records = []
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        loss = train_epoch(svi, train, generator)
-        t1 = time.perf_counter()
-        test_value = test_elbo(svi, x_test)
-        t2 = time.perf_counter()
-        records.append({"epoch": epoch, "train_seconds": round(t1 - t0, 4), "eval_seconds": round(t2 - t1, 4),
-                        "epoch_seconds": round(t2 - t0, 4), "train_loss": loss, "test_elbo": test_value})
-        print(f"epoch {epoch}: train loss {loss:.2f}, test ELBO {test_value:.2f} nats "
-              f"({t1 - t0:.2f} s train, {t2 - t1:.2f} s test)", file=sys.stderr, flush=True)
-    total = {key: round(sum(r[key] for r in records), 4) for key in ("train_seconds", "eval_seconds", "epoch_seconds")}
+    records, total = timed_epochs(epochs, lambda: train_epoch(svi, train, generator), lambda: test_elbo(svi, x_test))
     return {"jit": jit, "seed": seed, "epochs": epochs, "train_points": len(train), "test_points": len(x_test),
-            "batch_size": 128, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "pyro": pyro.__version__, "per_epoch": records, "total": total, "setup_seconds": round(setup_seconds, 4),
-            "median_epoch_seconds": statistics.median(r["epoch_seconds"] for r in records) if records else None,
-            "test_elbo": records[-1]["test_elbo"] if records else None,
-            "seconds": round(time.perf_counter() - started, 3)}
+            "pyro": pyro.__version__, **summary(records, total, setup_seconds, started)}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default=os.environ.get("PYROVAE_DATA_DIR"),
-                        help="folder holding MNIST/raw (default: $PYROVAE_DATA_DIR)")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N training points")
+    parser = arguments(__doc__)
     parser.add_argument("--no-jit", dest="jit", action="store_false", help="Trace_ELBO instead of JitTrace_ELBO")
-    args = parser.parse_args()
-    if not args.data_dir or not os.path.isdir(os.path.join(args.data_dir, "MNIST", "raw")):
-        parser.error("pass --data-dir (or set PYROVAE_DATA_DIR) to a folder holding MNIST/raw")
+    args = checked(parser)
     print(json.dumps(run(args.data_dir, args.epochs, args.seed, args.threads, args.limit, args.jit)), flush=True)
 
 
