@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -122,3 +123,25 @@ def served_families() -> list[tuple[str, str]]:
                 continue
             served.append((model, guide))
     return served
+
+
+# CLI helpers of the io tests: a small run's options, the CLI as a subprocess, and its one error line
+TINY = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "50", "--quiet", "--device", "cpu"]
+PYROVAE = [sys.executable, "-m", "pyrovae.cli.main"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def one_line(result, code: int, kind: str = "error") -> str:
+    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    return only_line(result.stderr, kind)
+
+
+def only_line(stderr: str, kind: str = "error") -> str:
+    lines = [line for line in stderr.replace("\r", "\n").splitlines()
+             if line.startswith("pyrovae:") or "Traceback" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"pyrovae: {kind}: "), stderr
+    return lines[0]

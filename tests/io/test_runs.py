@@ -18,34 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 import pyrovae.evaluation.importance as importance
+from conftest import PYROVAE, TINY, invoke, one_line, only_line
 from pyrovae import runs
-from pyrovae.cli.main import cli
 from pyrovae.pictures import plots
 from pyrovae.workflows import load_run
 from pyrovae.workflows import run_callbacks as callbacks
 
-TINY = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "50", "--quiet", "--device", "cpu"]
-PYROVAE = [sys.executable, "-m", "pyrovae.cli.main"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_line(result, code: int, kind: str = "error") -> str:
-    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    return only_line(result.stderr, kind)
-
-
-def only_line(stderr: str, kind: str = "error") -> str:
-    lines = [line for line in stderr.replace("\r", "\n").splitlines()
-             if line.startswith("pyrovae:") or "Traceback" in line]
-    assert len(lines) == 1 and lines[0].startswith(f"pyrovae: {kind}: "), stderr
-    return lines[0]
 
 
 def files_of(folder: Path) -> dict[str, bytes]:

@@ -9,37 +9,21 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import pyrovae.evaluation.importance as importance
 import pyrovae.inference.compare as compare_module
+from conftest import PYROVAE, TINY, invoke, one_line
 from pyrovae import runs
-from pyrovae.cli.main import cli
 from pyrovae.config import FitConfig
 from pyrovae.core.errors import UsageError
 from pyrovae.workflows import fit
 
-TINY = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "50", "--quiet", "--device", "cpu"]
-PYROVAE = [sys.executable, "-m", "pyrovae.cli.main"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_line(result, code: int, kind: str = "error") -> str:
-    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = [line for line in result.stderr.splitlines() if line.startswith("pyrovae:") or "Traceback" in line]
-    assert len(lines) == 1 and lines[0].startswith(f"pyrovae: {kind}: "), result.stderr
-    return lines[0]
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
