@@ -51,12 +51,15 @@ Data = Union[torch.Tensor, Sequence[torch.Tensor]]
 
 class LatentLayer(NamedTuple):
     """A latent site as the built-in guides see it: q(name | parent) from an MLP with ``hidden``
-    widths; ``parent`` is ``"x"`` (the data) or the name of an earlier latent site."""
+    widths, its ``activation`` and ``init`` the model's (:mod:`pyrovae.core.nets`); ``parent`` is
+    ``"x"`` (the data) or the name of an earlier latent site."""
 
     name: str
     dim: int
     parent: str
     hidden: tuple[int, ...]
+    activation: str = "relu"
+    init: str = "torch"
 
 
 def data_plate(x: torch.Tensor) -> pyro.plate:

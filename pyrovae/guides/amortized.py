@@ -27,13 +27,13 @@ Features = Callable[[], tuple[nn.Module, int]]   # a model's ``features`` hook (
 def encoder_nets(layers: Sequence[LatentLayer], data_dim: int, outputs: Callable[[int], int],
                  features: Features | None = None) -> nn.ModuleDict:
     """One encoder per latent layer: an MLP from the layer's parent through its hidden widths to
-    ``outputs(layer.dim)`` numbers, behind a new network of the model's ``features`` for a layer
+    ``outputs(layer.dim)`` numbers (the layer's activation and initialisation), behind a new network of the model's ``features`` for a layer
     conditioned on x (so the guide owns its own copy: the model's decoder shares nothing with it)."""
     dims = {"x": data_dim, **{layer.name: layer.dim for layer in layers}}
     nets = {}
     for layer in layers:
         front, width = features() if features is not None and layer.parent == "x" else (None, dims[layer.parent])
-        head = mlp([width, *layer.hidden, outputs(layer.dim)])
+        head = mlp([width, *layer.hidden, outputs(layer.dim)], layer.activation, layer.init)
         nets[layer.name] = head if front is None else nn.Sequential(front, *head)   # the last layer stays [-1]
     return nn.ModuleDict(nets)
 

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..core.errors import UsageError, option as named
-from ..core.nets import ReLU, mlp
+from ..core.nets import ReLU, initialize, mlp
 from ..core.options import option, parse_widths, widths
 from .vae import VAEModel, VAEOptions
 
@@ -59,6 +59,12 @@ class ConvOptions(VAEOptions):
                                        parse=functools.partial(parse_widths, example="--channels 32,64 (one number "
                                                                                      "per conv layer)"),
                                        check=_channels)
+
+    def check(self) -> None:
+        super().check()
+        if self.activation != "relu":   # its conv stacks are ReLU networks throughout
+            raise UsageError(f"{named('activation', self.activation)} is for the MLP models; {named('model', 'conv')} "
+                             f"uses ReLU between its layers; drop {named('activation')}")
 
 
 class ConvEncoder(nn.Module):
@@ -118,10 +124,11 @@ class ConvModel(VAEModel):
     Options = ConvOptions
 
     def __init__(self, latent_dim: int, image_shape: Sequence[int], channels: Sequence[int] = (32, 64),
-                 hidden: Sequence[int] = (400,), likelihood: str = "bernoulli", sigma: str | float = 1.0):
+                 hidden: Sequence[int] = (400,), likelihood: str = "bernoulli", sigma: str | float = 1.0,
+                 init: str = "torch"):
         self.image_shape, self.channels = tuple(int(s) for s in image_shape), tuple(channels)
         super().__init__(latent_dim, math.prod(self.image_shape), hidden, likelihood, sigma,
-                         decoder=ConvDecoder(latent_dim, hidden, self.image_shape, self.channels))
+                         decoder=ConvDecoder(latent_dim, hidden, self.image_shape, self.channels), init=init)
 
     @classmethod
     def from_options(cls, options: ConvOptions, data_dim: int, image_shape: tuple[int, ...] | None = None
@@ -136,9 +143,9 @@ class ConvModel(VAEModel):
                              f"images {len(options.channels)} times, to less than a pixel; pass at most "
                              f"{max(1, int(math.log2(min(height, width))))} conv layers")
         return cls(options.latent_dim, image_shape, options.channels, options.hidden, options.likelihood,
-                   options.sigma)
+                   options.sigma, options.init)
 
     def features(self) -> tuple[nn.Module, int]:
         """A new conv stack for a guide's encoder, and its number of features."""
-        encoder = ConvEncoder(self.image_shape, self.channels)
+        encoder = initialize(ConvEncoder(self.image_shape, self.channels), self.init)
         return encoder, encoder.out_features

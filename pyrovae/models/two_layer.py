@@ -6,8 +6,8 @@
 
 with the guide q(z1 | x) q(z2 | z1). Burda et al.'s MNIST sizes: 100 units in z1 with two
 hidden layers of 200 between x and z1, 50 units in z2 with two hidden layers of 100 between z1
-and z2. σ(·) is softplus + 1e-4 here (they used exp), and the hidden units are ReLU (they
-used tanh). The prior of z1 depends on z2, so no closed-form KL: the ELBO is Monte Carlo.
+and z2. σ(·) is softplus + 1e-4 here (they used exp); the hidden units are ReLU by default
+(``--activation tanh`` is theirs, as ``--preset burda-2layer`` sets). The prior of z1 depends on z2, so no closed-form KL: the ELBO is Monte Carlo.
 """
 from __future__ import annotations
 
@@ -45,24 +45,26 @@ class TwoLayerModel(nn.Module):
 
     def __init__(self, latent_dim: int, data_dim: int, hidden: Sequence[int] = (200, 200),
                  z1_dim: int = 100, z1_hidden: Sequence[int] = (100, 100),
-                 likelihood: str = "bernoulli", sigma: str | float = 1.0):
+                 likelihood: str = "bernoulli", sigma: str | float = 1.0, activation: str = "relu",
+                 init: str = "torch"):
         super().__init__()
         self.latent_dim, self.z1_dim, self.data_dim = latent_dim, z1_dim, data_dim
         self.hidden, self.z1_hidden = tuple(hidden), tuple(z1_hidden)
-        self.prior_net = mlp([latent_dim, *z1_hidden, 2 * z1_dim])
-        self.decoder = mlp([z1_dim, *hidden, data_dim])
+        self.activation, self.init = activation, init
+        self.prior_net = mlp([latent_dim, *z1_hidden, 2 * z1_dim], activation, init)
+        self.decoder = mlp([z1_dim, *hidden, data_dim], activation, init)
         self.likelihood = LIKELIHOODS[likelihood](data_dim, sigma)
 
     @classmethod
     def from_options(cls, options: TwoLayerOptions, data_dim: int, image_shape: tuple[int, ...] | None = None
                      ) -> "TwoLayerModel":
         return cls(options.latent_dim, data_dim, options.hidden, options.z1_dim, options.z1_hidden,
-                   options.likelihood, options.sigma)
+                   options.likelihood, options.sigma, options.activation, options.init)
 
     def latent_layers(self) -> list[LatentLayer]:
         """The guide's order: z1 from x, then z2 from z1."""
-        return [LatentLayer("z1", self.z1_dim, "x", self.hidden),
-                LatentLayer("z2", self.latent_dim, "z1", self.z1_hidden)]
+        return [LatentLayer("z1", self.z1_dim, "x", self.hidden, self.activation, self.init),
+                LatentLayer("z2", self.latent_dim, "z1", self.z1_hidden, self.activation, self.init)]
 
     def forward(self, x: torch.Tensor) -> None:
         zeros = x.new_zeros(self.latent_dim)

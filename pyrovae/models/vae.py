@@ -4,7 +4,8 @@
     x | z ~ Bernoulli(logits = f_θ(z))     (binary images), or
     x | z ~ Normal(f_θ(z), σ)              (σ fixed or learned)
 
-f_θ is an MLP; with no hidden layers it is affine and the model is probabilistic PCA
+f_θ is an MLP (``--activation`` between its layers, ``--init`` its initial weights:
+:mod:`pyrovae.core.nets`; the guides' encoders take the same); with no hidden layers it is affine and the model is probabilistic PCA
 (Tipping & Bishop 1999), whose log p(x) and posterior are known in closed form.
 
 Kingma & Welling (2014), "Auto-Encoding Variational Bayes".
@@ -19,7 +20,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ..core.nets import mlp
+from ..core.nets import ACTIVATIONS, INITS, initialize, mlp
 from ..core.options import Options, option, parse_widths, size, widths
 from ..core.programs import LatentLayer, data_plate
 from .likelihoods import LIKELIHOODS, check_sigma
@@ -36,6 +37,12 @@ class VAEOptions(Options):
                              "real-valued data.", choices=lambda: list(LIKELIHOODS))
     sigma: str = option("1.0", "--likelihood normal only: a fixed sigma (0.7071 makes -log p(x|z) the squared "
                         "error), 'learned' (one scalar) or 'learned-pixel' (one per dimension).")
+    activation: str = option("relu", "The nonlinearity between the hidden layers of the decoder and of the guide's "
+                             "encoders: relu, tanh (Burda et al. 2016) or elu (Cremer et al. 2018).",
+                             choices=ACTIVATIONS)
+    init: str = option("torch", "Initial weights of the decoder and the encoders: torch (PyTorch's default) or "
+                       "glorot (uniform in +-sqrt(6 / (fan_in + fan_out)), zero biases; Burda et al. 2016).",
+                       choices=INITS)
 
     def check(self) -> None:
         if self.likelihood == "normal":
@@ -49,21 +56,26 @@ class VAEModel(nn.Module):
     Options = VAEOptions
 
     def __init__(self, latent_dim: int, data_dim: int, hidden: Sequence[int] = (400,),
-                 likelihood: str = "bernoulli", sigma: str | float = 1.0, decoder: nn.Module | None = None):
-        """``decoder``: f_θ from z [..., latent_dim] to [..., data_dim] (default: the MLP of ``hidden``)."""
+                 likelihood: str = "bernoulli", sigma: str | float = 1.0, decoder: nn.Module | None = None,
+                 activation: str = "relu", init: str = "torch"):
+        """``decoder``: f_θ from z [..., latent_dim] to [..., data_dim] (default: the MLP of ``hidden``
+        with ``activation``); ``init`` initialises it either way."""
         super().__init__()
         self.latent_dim, self.data_dim, self.hidden = latent_dim, data_dim, tuple(hidden)
-        self.decoder = mlp([latent_dim, *hidden, data_dim]) if decoder is None else decoder
+        self.activation, self.init = activation, init
+        self.decoder = initialize(mlp([latent_dim, *hidden, data_dim], activation) if decoder is None else decoder,
+                                  init)
         self.likelihood = LIKELIHOODS[likelihood](data_dim, sigma)
 
     @classmethod
     def from_options(cls, options: VAEOptions, data_dim: int, image_shape: tuple[int, ...] | None = None
                      ) -> "VAEModel":
-        return cls(options.latent_dim, data_dim, options.hidden, options.likelihood, options.sigma)
+        return cls(options.latent_dim, data_dim, options.hidden, options.likelihood, options.sigma,
+                   activation=options.activation, init=options.init)
 
     def latent_layers(self) -> list[LatentLayer]:
         """The guide's order: z from x."""
-        return [LatentLayer("z", self.latent_dim, "x", self.hidden)]
+        return [LatentLayer("z", self.latent_dim, "x", self.hidden, self.activation, self.init)]
 
     def forward(self, x: torch.Tensor) -> None:
         zeros = x.new_zeros(self.latent_dim)

@@ -76,8 +76,8 @@ class VampPriorModel(VAEModel):
     Options = VampPriorOptions
 
     def __init__(self, latent_dim: int, data_dim: int, hidden=(400,), likelihood: str = "bernoulli",
-                 sigma: str | float = 1.0, pseudo_inputs: int = 500):
-        super().__init__(latent_dim, data_dim, hidden, likelihood, sigma)
+                 sigma: str | float = 1.0, pseudo_inputs: int = 500, activation: str = "relu", init: str = "torch"):
+        super().__init__(latent_dim, data_dim, hidden, likelihood, sigma, activation=activation, init=init)
         self.pseudo_inputs = nn.Parameter(0.05 + 0.01 * torch.randn(pseudo_inputs, data_dim))
         object.__setattr__(self, "_q", None)   # the guide's q(z | ·): not a submodule, its parameters are the guide's
 
@@ -85,7 +85,7 @@ class VampPriorModel(VAEModel):
     def from_options(cls, options: VampPriorOptions, data_dim: int, image_shape: tuple[int, ...] | None = None
                      ) -> "VampPriorModel":
         return cls(options.latent_dim, data_dim, options.hidden, options.likelihood, options.sigma,
-                   options.pseudo_inputs)
+                   options.pseudo_inputs, options.activation, options.init)
 
     def attach_guide(self, guide: nn.Module) -> None:
         site_dist = declared(guide, "guide", "site_dist")

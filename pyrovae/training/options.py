@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..core.errors import UsageError, option as named
 from ..core.options import Options, at_least, non_negative, option, positive
 from ..evaluation.settings import whole
 
 NOISE = ("global", "per-row")   # where training draws its reparameterization noise
+LR_SCHEDULES = ("exponential", "burda")
 
 
 @dataclass
@@ -17,6 +19,9 @@ class TrainingOptions(Options):
     lr: float = option(1e-3, "Adam's learning rate for the model and the encoder.", check=positive)
     lr_decay: float = option(1.0, "Multiply the learning rate by this after every epoch (1: constant).",
                              check=lambda d: None if isinstance(d, (int, float)) and 0 < d <= 1 else "must lie in (0, 1]")
+    lr_schedule: str = option("exponential", "exponential: lr times --lr-decay after every epoch; burda: Burda et "
+                              "al. (2016)'s 8 stages, stage i at lr * 10^(-i/7) for the share 3^i / 3280 of the "
+                              "budget (--epochs, or --minutes when it ends first).", choices=LR_SCHEDULES)
     minutes: float = option(0.0, "Stop after the epoch that passes this many minutes of wall time (0: no limit).",
                             check=non_negative("", "0: no budget"))
     patience: int = option(0, "Stop once the validation ELBO has not improved for this many epochs (early "
@@ -37,4 +42,7 @@ class TrainingOptions(Options):
                                  "since the last drawing (a drawing takes about a second); 0: after every epoch. "
                                  "Always drawn at the end.", check=non_negative("seconds", "0: every epoch"))
 
-
+    def check(self) -> None:
+        if self.lr_schedule == "burda" and self.lr_decay != 1.0:
+            raise UsageError(f"{named('lr_schedule', 'burda')} sets every epoch's learning rate itself; drop "
+                             f"{named('lr_decay', self.lr_decay)} or use {named('lr_schedule', 'exponential')}")
