@@ -46,6 +46,29 @@ PRESETS: dict[str, dict] = {
     "mnist-two-layer": dict(dataset="mnist", model="two-layer", hidden=(200, 200), z1_dim=100,
                             z1_hidden=(100, 100), latent_dim=50, batch_size=128, lr=1e-3, lr_decay=0.99,
                             kl_warmup=10, elbo="trace"),
+    # The papers' recipes (benchmarks/reproduce/SETTINGS.md says where in their code each setting is):
+    # Burda, Grosse & Salakhutdinov (2016)'s VAE, one stochastic layer 784-200-200-50, tanh, Glorot
+    # init, batch 20, Adam (0.99, 0.999, eps 1e-4), their 8-stage schedule on the budget, the last 400
+    # training rows held out; the ELBO with its KL in closed form (they estimated it from the one draw)
+    "burda-1layer": dict(dataset="mnist", hidden=(200, 200), latent_dim=50, activation="tanh", init="glorot",
+                         batch_size=20, lr=1e-3, lr_schedule="burda", adam_beta1=0.99, adam_eps=1e-4,
+                         elbo="meanfield", validation=400, epochs=3280, minutes=60.0),
+    # their two stochastic layers: 784-200-200-100 (z1), 100-100-50 (z2); the prior of z1 depends on
+    # z2, so the ELBO is Monte Carlo, as theirs
+    "burda-2layer": dict(dataset="mnist", model="two-layer", hidden=(200, 200), z1_dim=100, z1_hidden=(100, 100),
+                         latent_dim=50, activation="tanh", init="glorot", batch_size=20, lr=1e-3,
+                         lr_schedule="burda", adam_beta1=0.99, adam_eps=1e-4, elbo="trace", validation=400,
+                         epochs=3280, minutes=60.0),
+    # Cremer, Li & Duvenaud (2018)'s MNIST VAE (lxuechen/inference-suboptimality): 784-200-200-50 with
+    # ELU, batch 100, Adam (eps 1e-4), Burda et al.'s schedule; a factorized Gaussian q (FFG) ...
+    "cremer-ffg": dict(dataset="mnist", hidden=(200, 200), latent_dim=50, activation="elu", batch_size=100, lr=1e-3,
+                       lr_schedule="burda", adam_eps=1e-4, elbo="meanfield", validation=400, epochs=3280,
+                       minutes=60.0),
+    # ... or a flow on it: 2 steps with 200 hidden units each (theirs: R-NVP couplings with an
+    # auxiliary variable; pyrovae's: inverse autoregressive flows, SETTINGS.md)
+    "cremer-flow": dict(dataset="mnist", guide="flow", flows=2, flow_hidden=200, hidden=(200, 200), latent_dim=50,
+                        activation="elu", batch_size=100, lr=1e-3, lr_schedule="burda", adam_eps=1e-4, elbo="trace",
+                        validation=400, epochs=3280, minutes=60.0),
 }
 CUSTOM = "custom"       # model / guide / likelihood of a run trained on the caller's own programs
 # what may differ from a run's own options when it is resumed: how long, where, and where the data lives

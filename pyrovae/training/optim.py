@@ -115,16 +115,16 @@ def _adam_update(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
     param.addcdiv_(exp_avg * (lr / bias_correction1), denom, value=-1.0)
 
 
-def make_optimizer(vae: VAE, lr: float, local_lr: float | None = None, local_lr_decay: float = 0.0
-                   ) -> torch.optim.Optimizer:
-    """Adam for a guide without per-datapoint parameters; otherwise RowSparseAdam with the guide's
-    tables row-sparse, so a minibatch step moves only its own rows, at their own learning rate
-    ``local_lr`` (a row is stepped once per epoch, the decoder once per batch), decayed per row
-    with exponent ``local_lr_decay`` (0: constant)."""
+def make_optimizer(vae: VAE, lr: float, local_lr: float | None = None, local_lr_decay: float = 0.0,
+                   betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.Optimizer:
+    """Adam (``betas``, ``eps``) for a guide without per-datapoint parameters; otherwise
+    RowSparseAdam with the guide's tables row-sparse, so a minibatch step moves only its own rows,
+    at their own learning rate ``local_lr`` (a row is stepped once per epoch, the decoder once per
+    batch), decayed per row with exponent ``local_lr_decay`` (0: constant)."""
     local = vae.row_parameters()
     if not local:
-        return torch.optim.Adam(vae.parameters(), lr=lr)
+        return torch.optim.Adam(vae.parameters(), lr=lr, betas=betas, eps=eps)
     shared = [p for p in vae.parameters() if all(p is not q for q in local)]
     groups = [{"params": shared, "lr": lr},
               {"params": local, "lr": local_lr or lr, "row_decay": local_lr_decay, "row_delay": 1.0}]
-    return RowSparseAdam(groups, row_sparse=local, lr=lr)
+    return RowSparseAdam(groups, row_sparse=local, lr=lr, betas=betas, eps=eps)

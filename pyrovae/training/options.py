@@ -19,6 +19,11 @@ class TrainingOptions(Options):
     lr: float = option(1e-3, "Adam's learning rate for the model and the encoder.", check=positive)
     lr_decay: float = option(1.0, "Multiply the learning rate by this after every epoch (1: constant).",
                              check=lambda d: None if isinstance(d, (int, float)) and 0 < d <= 1 else "must lie in (0, 1]")
+    adam_beta1: float = option(0.9, "Adam's decay of the gradient's running mean (Burda et al. 2016: 0.99).",
+                               check=lambda b: None if isinstance(b, (int, float)) and 0 <= b < 1 else
+                               "must lie in [0, 1)")
+    adam_eps: float = option(1e-8, "Adam's epsilon, added to the root of the squared gradients' running mean (Burda "
+                             "et al. 2016 and Cremer et al. 2018: 1e-4).", check=positive)
     lr_schedule: str = option("exponential", "exponential: lr times --lr-decay after every epoch; burda: Burda et "
                               "al. (2016)'s 8 stages, stage i at lr * 10^(-i/7) for the share 3^i / 3280 of the "
                               "budget (--epochs, or --minutes when it ends first).", choices=LR_SCHEDULES)

@@ -257,7 +257,8 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
          context: distributed.Context) -> dict | None:
     # a per-datapoint guide's options are LocalStepOptions (its family's; defaults for one of your own)
     local = config.guide_options if vae.can("per_datapoint") and config.guide != CUSTOM else LocalStepOptions()
-    optimizer = make_optimizer(vae, config.lr, local.local_lr, local.local_lr_decay)
+    optimizer = make_optimizer(vae, config.lr, local.local_lr, local.local_lr_decay, betas=(config.adam_beta1, 0.999),
+                               eps=config.adam_eps)
     loss_module = LossModule(vae, make_objective(config.elbo, config.particles, config.jit), num_rows(data.train),
                              register=config.jit, noise_seed=config.seed if config.noise == "per-row" else None)
     loss = loss_module
