@@ -93,8 +93,11 @@ class CompareSettings(Settings):
     def log_likelihood(self) -> ISSettings | AISSettings:
         """The settings of log p̂ from q*: IS or AIS, seeded by ``seed``, never compiled."""
         if self.log_px == "ais":
+            # q* is fitted anew for every batch, so no tuning round ahead of the comparison can fix the
+            # kernels: the chains adapt their step sizes as they run, as Cremer et al.'s (and Wu et
+            # al.'s) AIS did (without, ais_batch has no step sizes at all)
             return AISSettings(steps=self.ais_steps, chains=self.chains, leapfrog=self.leapfrog, is_k=0,
-                               seed=self.seed, compile=False)
+                               seed=self.seed, compile=False, adapt_step_size=True)
         return ISSettings(k=self.k, seed=self.seed, compile=False)
 
 
