@@ -204,7 +204,8 @@ def main() -> None:
         best = max(scored, key=lambda m: m["validation_elbo"]) if scored else {}   # the first best: best.pt's
         record["fit"] = {"epochs": len(metrics),
                          "train_minutes": sum(m["train_seconds"] + m.get("eval_seconds", 0.0) for m in metrics) / 60,
-                         "best_validation_epoch": best.get("epoch"), "best_validation_elbo": best.get("validation_elbo")}
+                         "best_validation_epoch": best.get("epoch"),
+                         "best_validation_elbo": best.get("validation_elbo")}
         record["curve"] = curve(run_dir)
         record["sizes_mb"] = {file: round((run_dir / file).stat().st_size / 2**20, 2) for file in KEPT
                               if (run_dir / file).exists()}
@@ -216,7 +217,8 @@ def main() -> None:
     gapped = [name for name in names if name in GAPPED]
     if gapped:
         lines += ["", "| gaps (nats) | log p̂(x) | L[q*] | L[q] | approximation gap | amortization gap |",
-                  "|---|---|---|---|---|---|", *(line for name in gapped for line in gap_rows(name, results["presets"][name]))]
+                  "|---|---|---|---|---|---|",
+                  *(line for name in gapped for line in gap_rows(name, results["presets"][name]))]
     lines += ["", "Kept runs (MB): " + "; ".join(f"{name}: " + ", ".join(f"{f} {mb}" for f, mb in
                                                                      results["presets"][name]["sizes_mb"].items())
                                              for name in names)]

@@ -27,8 +27,9 @@ Features = Callable[[], tuple[nn.Module, int]]   # a model's ``features`` hook (
 def encoder_nets(layers: Sequence[LatentLayer], data_dim: int, outputs: Callable[[int], int],
                  features: Features | None = None) -> nn.ModuleDict:
     """One encoder per latent layer: an MLP from the layer's parent through its hidden widths to
-    ``outputs(layer.dim)`` numbers (the layer's activation and initialisation), behind a new network of the model's ``features`` for a layer
-    conditioned on x (so the guide owns its own copy: the model's decoder shares nothing with it)."""
+    ``outputs(layer.dim)`` numbers (with the layer's activation and initialisation), behind a new
+    network of the model's ``features`` for a layer conditioned on x (so the guide owns its own
+    copy: the model's decoder shares nothing with it)."""
     dims = {"x": data_dim, **{layer.name: layer.dim for layer in layers}}
     nets = {}
     for layer in layers:

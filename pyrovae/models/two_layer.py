@@ -7,7 +7,8 @@
 with the guide q(z1 | x) q(z2 | z1). Burda et al.'s MNIST sizes: 100 units in z1 with two
 hidden layers of 200 between x and z1, 50 units in z2 with two hidden layers of 100 between z1
 and z2. σ(·) is softplus + 1e-4 here (they used exp); the hidden units are ReLU by default
-(``--activation tanh`` is theirs, as ``--preset burda-2layer`` sets). The prior of z1 depends on z2, so no closed-form KL: the ELBO is Monte Carlo.
+(``--activation tanh`` is theirs, as ``--preset burda-2layer`` sets). The prior of z1 depends
+on z2, so no closed-form KL: the ELBO is Monte Carlo.
 """
 from __future__ import annotations
 

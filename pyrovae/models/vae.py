@@ -5,8 +5,9 @@
     x | z ~ Normal(f_θ(z), σ)              (σ fixed or learned)
 
 f_θ is an MLP (``--activation`` between its layers, ``--init`` its initial weights:
-:mod:`pyrovae.core.nets`; the guides' encoders take the same); with no hidden layers it is affine and the model is probabilistic PCA
-(Tipping & Bishop 1999), whose log p(x) and posterior are known in closed form.
+:mod:`pyrovae.core.nets`; the guides' encoders take the same); with no hidden layers it is
+affine and the model is probabilistic PCA (Tipping & Bishop 1999), whose log p(x) and posterior
+are known in closed form.
 
 Kingma & Welling (2014), "Auto-Encoding Variational Bayes".
 """
