@@ -213,17 +213,18 @@ class _Target:
     def log_densities(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # the first evaluation validates supports and shapes; then the checks only cost time, and a
         # chain that wanders off (a NaN or infinite proposal) must be rejected by HMC, not raise
+        # (the densities too: a distribution reads the validation flag when its log_prob runs)
         with pyro.validation_enabled(is_validation_enabled() and not self.validated):
             at = self._run_guide(_Coordinates("evaluate", u=self.sites.split(u)))
             conditioned = poutine.condition(self.model, data=at.values)
             with FusedDensities(self.compile):
                 trace = poutine.trace(self.plate(conditioned)).get_trace(self.index, 1.0, *self.batch)
+            log_p = 0.0
+            for name, site in sample_sites(trace):
+                if not any(frame.name == DATA_PLATE for frame in site["cond_indep_stack"]):
+                    raise ValueError(f"sample site {name!r} is outside the {DATA_PLATE!r} plate")
+                log_p = log_p + site["fn"].log_prob(site["value"])
         self.validated = True
-        log_p = 0.0
-        for name, site in sample_sites(trace):
-            if not any(frame.name == DATA_PLATE for frame in site["cond_indep_stack"]):
-                raise ValueError(f"sample site {name!r} is outside the {DATA_PLATE!r} plate")
-            log_p = log_p + site["fn"].log_prob(site["value"])
         shape = u.shape[:-1]
         return (torch.as_tensor(at.log_q).expand(shape),
                 (log_p + torch.as_tensor(at.log_det)).expand(shape))

@@ -146,3 +146,28 @@ def test_evaluate_ais_and_bdmc_commands(run, tmp_path):
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["n"] == 5 and out["gap"] == pytest.approx(out["reverse_upper_bound"] - out["forward_lower_bound"])
+
+
+def test_the_chains_check_supports_on_their_first_evaluation_only(monkeypatch):
+    """The first log-density evaluation of a batch validates every site's value (x binary, ...);
+    the thousands after it run no checks (each was a pass over [chains, points, pixels])."""
+    from pyrovae.evaluation.annealing import evaluate_state
+    from pyrovae.evaluation.chains import _Target
+
+    vae = build_vae(FitConfig(dataset="toy", latent_dim=2, hidden=(8,)), data_dim=6, num_train=5)
+    x = torch.bernoulli(torch.full((5, 6), 0.5), generator=torch.Generator().manual_seed(0))
+    checked = []
+    validate = torch.distributions.Distribution._validate_sample
+    monkeypatch.setattr(torch.distributions.Distribution, "_validate_sample",
+                        lambda self, value: (checked.append(type(self).__name__), validate(self, value))[1])
+    model, guide = vae.bound()
+    with pyro.validation_enabled(True):
+        target = _Target(model, guide, (x,), torch.arange(5), 3, reuse_sites=True)
+        u = torch.randn(3, 5, 2)
+        checked.clear()
+        evaluate_state(target.log_densities, u)
+        assert checked, "the first evaluation validates"
+        checked.clear()
+        for _ in range(3):
+            evaluate_state(target.log_densities, u)
+        assert checked == []

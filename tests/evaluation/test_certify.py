@@ -19,7 +19,7 @@ from pyrovae.core.programs import rows_of
 from pyrovae.evaluation import ais as ais_module
 from pyrovae.evaluation.ais import AISSettings, AnnealedImportanceSampling, simulate, tune_step_sizes
 from pyrovae.evaluation.annealing import anneal, sigmoid_schedule
-from pyrovae.evaluation.certify import CONFIDENCE_Z, Certification
+from pyrovae.evaluation.certify import CONFIDENCE_Z, Certification, CertifySettings
 from pyrovae.evaluation.driver import EvaluationInterrupted, Keep
 
 
@@ -40,7 +40,7 @@ def truth_of(case, x: torch.Tensor) -> np.ndarray:
         .log_prob(x).numpy()
 
 
-PROTOCOL = dict(target_gap=0.5, steps=20, max_steps=160, chains=4, leapfrog=3, is_k=100, tune_points=30,
+PROTOCOL = dict(target_gap=0.5, steps=20, growth=2.0, max_steps=160, chains=4, leapfrog=3, is_k=100, tune_points=30,
                 check_points=60, seed=2)
 
 
@@ -67,6 +67,15 @@ def test_the_certificate_holds_the_closed_form_log_px(case):
     assert summary["certified"] and summary["convergence"]["agrees"] and summary["convergence"]["points"] == 60
     assert summary["step_sizes"] == "tuned, then frozen" and summary["is_k"] == 100
     assert summary["log_likelihood"] > summary["is_log_likelihood"] > summary["elbo"]   # AIS beats IS beats L_1
+
+
+def test_the_ladder_grows_by_its_ratio_up_to_max_steps():
+    assert CertifySettings(steps=50, max_steps=400).ladder() == [50, 71, 100, 141, 200, 283, 400]   # r = √2
+    assert CertifySettings(steps=20, growth=2, max_steps=170).ladder() == [20, 40, 80, 160]
+    assert CertifySettings(steps=2, growth=1.1, max_steps=5).ladder() == [2, 3, 4, 5]   # each T above the last
+    for growth in (1, 0.5, float("nan")):
+        with pytest.raises(UsageError, match="growth must be a number above 1"):
+            CertifySettings(growth=growth)
 
 
 def test_no_t_up_to_max_steps_is_one_usage_error(case):
@@ -153,7 +162,7 @@ def test_certify_command_records_shows_and_writes_its_certificate(run):
     assert shown.exit_code == 0 and "log p(x), certified" in shown.stderr and "T=4" in shown.stderr
 
 
-@pytest.mark.parametrize("option,value", [("--target-gap", 0), ("--bdmc-n", 99), ("--max-steps", 2),
+@pytest.mark.parametrize("option,value", [("--target-gap", 0), ("--bdmc-n", 99), ("--max-steps", 2), ("--growth", 1),
                                           ("--limit", 0), ("--check-points", 0)])
 def test_bad_certify_options_are_one_line_and_exit_2(run, option, value):
     before = sorted(p.name for p in run.iterdir())
