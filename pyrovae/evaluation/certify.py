@@ -69,7 +69,8 @@ class CertifySettings(SamplingSettings):
 
     target_gap: float = option(0.1, "Nats: the BDMC gap's upper confidence bound (mean + 1.645 SE) that chooses T, "
                                     "and the most the estimates at T and 2T may differ by.", check=positive)
-    bdmc_n: int = option(100, "Points (z, x) simulated from the model for BDMC.", check=whole(MIN_BDMC_POINTS))
+    bdmc_n: int = option(400, "Points (z, x) simulated from the model for BDMC (the gap's SE falls as 1 / sqrt(n): "
+                              "more points let a shorter T pass the target).", check=whole(MIN_BDMC_POINTS))
     steps: int = option(50, "The first T of the ladder (T, T·growth, T·growth², ...).", check=whole(1))
     growth: float = option(math.sqrt(2), "The ladder's ratio between successive T (> 1): a chosen T is at most "
                                          "this many times the smallest that meets the target.", check=_above_one)

@@ -40,7 +40,7 @@ def truth_of(case, x: torch.Tensor) -> np.ndarray:
         .log_prob(x).numpy()
 
 
-PROTOCOL = dict(target_gap=0.5, steps=20, growth=2.0, max_steps=160, chains=4, leapfrog=3, is_k=100, tune_points=30,
+PROTOCOL = dict(target_gap=0.5, bdmc_n=100, steps=20, growth=2.0, max_steps=160, chains=4, leapfrog=3, is_k=100, tune_points=30,
                 check_points=60, seed=2)
 
 
@@ -140,7 +140,7 @@ def test_an_interrupted_certificate_resumes_to_the_same_per_point_values(case, t
     assert not (tmp_path / "certify.npz").exists()
 
 
-CLI_PROTOCOL = ["--steps", 4, "--max-steps", 8, "--target-gap", 100, "--chains", 2, "--leapfrog", 1, "--is-k", 10,
+CLI_PROTOCOL = ["--bdmc-n", 100, "--steps", 4, "--max-steps", 8, "--target-gap", 100, "--chains", 2, "--leapfrog", 1, "--is-k", 10,
                 "--tune-points", 5, "--check-points", 5, "--limit", 10]
 
 
