@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 from click.testing import CliRunner
-from test_meanfield import SIGMA, B, D, W, exact_elbo, linear_gaussian_vae, optimal_diagonal_q
+from linear_gaussian import SIGMA, B, D, W, exact_elbo, linear_gaussian_vae, optimal_diagonal_q
 
 from pyrovae.cli.main import cli
 from pyrovae.config import FitConfig
