@@ -81,6 +81,8 @@ def interrupt():
             while not re.search(when, bytes(seen)) and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert proc.poll() is None, f"the command ended before {when!r}: {seen.decode(errors='replace')}"
+            # never signal on the timeout: the test would pass while signalling some other phase
+            assert re.search(when, bytes(seen)), f"no {when!r} within {timeout} s: {seen.decode(errors='replace')}"
             proc.send_signal(sig)
             sent = time.monotonic()
             proc.wait(timeout=timeout)

@@ -1,5 +1,5 @@
 """AIS and BDMC from Pyro traces against the linear-Gaussian model's closed-form log p(x)
-(tests/evaluation/test_evaluate.py builds it), every family, batching invariance, and bad input."""
+(tests/linear_gaussian.py builds it), every family, batching invariance, and bad input."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from click.testing import CliRunner
-from test_evaluate import linear_gaussian
+from linear_gaussian import linear_gaussian
 from torch import nn
 
 from pyrovae.cli.main import cli

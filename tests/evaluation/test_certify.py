@@ -1,5 +1,5 @@
 """pyrovae certify (evaluation/certify.py) and the tuned-then-frozen HMC kernels of AIS and BDMC,
-against the linear-Gaussian model's closed-form log p(x) (tests/evaluation/test_evaluate.py)."""
+against the linear-Gaussian model's closed-form log p(x) (tests/linear_gaussian.py)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from test_evaluate import linear_gaussian
+from linear_gaussian import linear_gaussian
 
 from pyrovae.cli.main import cli
 from pyrovae.core.errors import UsageError

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-from typing import NamedTuple
 
 import numpy as np
 import pytest
 import torch
+from linear_gaussian import D_LATENT, F64, LinearGaussian, linear_gaussian
 
 from pyrovae.core.noise import noise, site_stream
 from pyrovae.core.programs import LatentLayer
@@ -22,41 +22,6 @@ from pyrovae.evaluation import diagnostics
 from pyrovae.evaluation.importance import IS_STREAM, estimate_log_likelihood, per_point_columns, write_per_point
 from pyrovae.guides import AmortizedGuide, MeanFieldGuide
 from pyrovae.models import VAEModel
-
-F64 = torch.float64
-D_LATENT, D_DATA = 2, 5
-
-
-class LinearGaussian(NamedTuple):
-    vae: VAE
-    x: torch.Tensor
-    log_px: np.ndarray       # exact log p(x_i)
-    post_loc: torch.Tensor   # exact posterior mean per row
-    post_cov: torch.Tensor   # exact posterior covariance (the same for every row)
-
-
-def linear_gaussian(orthogonal: bool, n: int = 100, seed: int = 0, guide_hidden=(16,)) -> LinearGaussian:
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # the guide's initial weights
-    model = VAEModel(D_LATENT, D_DATA, hidden=(), likelihood="normal", sigma=0.5)
-    vae = VAE(model, AmortizedGuide([LatentLayer("z", D_LATENT, "x", guide_hidden)], D_DATA)).to(F64)
-    decoder = model.decoder
-    if orthogonal:
-        q, _ = torch.linalg.qr(torch.randn(D_DATA, D_LATENT, generator=g, dtype=F64))
-        w = q * torch.tensor([1.5, 0.8], dtype=F64)
-    else:
-        w = torch.randn(D_DATA, D_LATENT, generator=g, dtype=F64) * 0.7
-    b = torch.randn(D_DATA, generator=g, dtype=F64)
-    with torch.no_grad():
-        decoder[0].weight.copy_(w)
-        decoder[0].bias.copy_(b)
-    s2 = model.likelihood.sigma().item() ** 2  # the stored log σ, not 0.5 rounded through float32
-    marginal = torch.distributions.MultivariateNormal(b, w @ w.T + s2 * torch.eye(D_DATA, dtype=F64))
-    x = marginal.sample((n,))
-    post_cov = torch.linalg.inv(torch.eye(D_LATENT, dtype=F64) + w.T @ w / s2)
-    post_loc = (x - b) @ w @ post_cov / s2
-    return LinearGaussian(vae, x, marginal.log_prob(x).numpy(), post_loc, post_cov)
-
 
 def mean_and_se(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))

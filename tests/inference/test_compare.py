@@ -2,13 +2,15 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from test_meanfield import SIGMA, B, D, W, exact_elbo, linear_gaussian_vae, optimal_diagonal_q
+from linear_gaussian import SIGMA, B, D, W, exact_elbo, linear_gaussian_vae, optimal_diagonal_q
 
 from pyrovae.cli.main import cli
 from pyrovae.config import FitConfig
+from pyrovae.data import load_dataset
 from pyrovae.inference.compare import compare_inference
 from pyrovae.workflows import fit
 
@@ -18,9 +20,13 @@ ARGS = ["--limit", "20", "--k", "50", "--steps", "150", "--eval-samples", "50"]
 
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
+    """One epoch of each guide on 1000 training and 100 test digits of the sample (compare reads 20
+    of them; the mean-field run's test-time fit at the end of training fits all 100 test points)."""
     root = tmp_path_factory.mktemp("runs")
+    digits = load_dataset("mnist-sample")
+    np.savez(root / "digits.npz", train=digits.train[:1000].numpy(), test=digits.test[:100].numpy())
     for guide in ("amortized", "meanfield"):
-        fit(FitConfig(dataset="mnist-sample", guide=guide, epochs=1, hidden=(32,), latent_dim=4,
+        fit(FitConfig(dataset=str(root / "digits.npz"), guide=guide, epochs=1, hidden=(32,), latent_dim=4,
                       batch_size=250, eval_train_points=500, seed=0), root / guide, progress=False)
     return root
 

@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from click.testing import CliRunner
+
+from pyrovae.cli.main import cli
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="this PyTorch has no torch.distributed with gloo")
@@ -29,6 +32,13 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 def run(command: list, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in command], capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def fit_here(*args) -> None:
+    """A single-process fit in this process (torch on one thread, as OMP_NUM_THREADS=1 gives the
+    workers): a reference or a run to evaluate, where the process itself is not what is tested."""
+    result = CliRunner().invoke(cli, ["fit", *map(str, args)])
+    assert result.exit_code == 0, result.output
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +55,7 @@ def weights(run_dir: Path) -> dict:
 
 def test_distributed_training_equals_one_process_and_resumes(tmp_path, data):
     single, split = tmp_path / "single", tmp_path / "split"
-    result = run([*PYROVAE, "fit", "--dataset", data, "--out", single, "--epochs", 2, *TINY, "--noise", "per-row"])
-    assert result.returncode == 0, result.stderr
+    fit_here("--dataset", data, "--out", single, "--epochs", 2, *TINY, "--noise", "per-row")
     first = run([*TORCHRUN, "fit", "--dataset", data, "--out", split, "--epochs", 1, *TINY])
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("{") == 1 and json.loads(first.stdout)["processes"] == 2   # rank 0 prints
@@ -71,8 +80,7 @@ def test_distributed_conv_with_validation_equals_one_process(tmp_path):
     np.savez(images, train=rng.random((160, 4, 6), dtype=np.float32), test=rng.random((20, 4, 6), dtype=np.float32))
     conv = ["--model", "conv", "--channels", "3", "--validation", "32", "--epochs", "2", *TINY]
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    result = run([*PYROVAE, "fit", "--dataset", images, "--out", single, *conv, "--noise", "per-row"])
-    assert result.returncode == 0, result.stderr
+    fit_here("--dataset", images, "--out", single, *conv, "--noise", "per-row")
     result = run([*TORCHRUN, "fit", "--dataset", images, "--out", ddp, *conv])
     assert result.returncode == 0, result.stderr
     for name in ("checkpoint.pt", "best.pt"):
@@ -84,7 +92,7 @@ def test_distributed_conv_with_validation_equals_one_process(tmp_path):
 
 def test_distributed_evaluation_equals_one_process(tmp_path, data):
     run_dir = tmp_path / "run"
-    assert run([*PYROVAE, "fit", "--dataset", data, "--out", run_dir, "--epochs", 1, *TINY]).returncode == 0
+    fit_here("--dataset", data, "--out", run_dir, "--epochs", 1, *TINY)
     alone = run([*PYROVAE, "evaluate", run_dir, "--k", 60, "--batch-size", 7, "--per-point", tmp_path / "a.npz"])
     shared = run([*TORCHRUN, "evaluate", run_dir, "--k", 60, "--batch-size", 7, "--per-point", tmp_path / "b.npz"])
     assert alone.returncode == 0 and shared.returncode == 0, shared.stderr

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from test_evaluate import linear_gaussian
+from linear_gaussian import linear_gaussian
 
 from pyrovae import runs
 from pyrovae.cli.main import cli
