@@ -69,7 +69,7 @@ def make_objective(name: str, num_particles: int = 1, jit: bool = False) -> ELBO
     if jit:
         if spec.jit is None:
             raise ValueError(f"--jit is not available for --elbo {name} (Pyro has no JIT version); drop --jit")
-        return ShapeKeyedJit(spec.jit, options)
+        return ShapeKeyedJit(spec.jit, options, eager=spec.eager(**options))
     return spec.eager(**options)
 
 

@@ -338,3 +338,18 @@ def test_amortized_guides_step_with_fused_adam(dtype):
         reference.step()
     assert max((p.detach() - p0).abs().max().item() for p, p0 in zip(params, initial)) > 1e-3   # it moved
     assert max((p.detach() - q.detach()).abs().max().item() for p, q in zip(params, copies)) < 1e-6
+
+
+def test_jit_runs_the_partial_last_batch_eagerly(tiny_npz, tmp_path, monkeypatch):
+    """500 rows in batches of 128: three compiled steps and a last one of 116 rows an epoch,
+    which runs the eager objective instead of a second compilation; the run's numbers are the
+    eager run's up to float32 rounding (rel=1e-5, as in test_jit_training_compiles_once)."""
+    spy = Spy(monkeypatch)
+    fit(config(tiny_npz, epochs=2, jit=True, batch_size=128), tmp_path / "run", progress=False)
+    objective = spy.objectives[0]
+    assert [key[-1][0] for key in objective.compiled] == [128]   # one shape compiled: the full batch
+    fit(config(tiny_npz, epochs=2, jit=False, batch_size=128), tmp_path / "eager", progress=False)
+    traced, eager = (without_timing(metrics_of(tmp_path / d)) for d in ("run", "eager"))
+    assert len(traced) == len(eager) == 2
+    for a, b in zip(traced, eager):
+        assert a == pytest.approx(b, rel=1e-5)
