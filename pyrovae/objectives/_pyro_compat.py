@@ -51,29 +51,29 @@ class FixedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
 class ShapeKeyedJit:
     """A JIT ELBO compiled once per shape of the first tensor argument (the batch's rows).
 
-    A batch with fewer rows than the largest compiled so far runs ``eager`` instead (when given):
-    an epoch's last, partial batch comes once per epoch, and compiling its shape (a trace, then
-    the executor's profiling runs: some 15 steps' time) costs more than the few epochs of a run
-    save by it. Pass the same ``model`` and ``guide`` objects on every call: a new id means a new
-    compilation.
+    With ``rows`` (a training run's batch size) and an ``eager`` objective, only batches of that
+    many rows are compiled and any other runs eagerly: an epoch's last, partial batch comes once
+    per epoch, and compiling its shape (a trace, then the executor's profiling runs: some 15
+    steps' time) costs more than the few epochs of a run save by it. Which batches run eagerly
+    depends on their size alone, so a resumed run computes as an uninterrupted one. Pass the same
+    ``model`` and ``guide`` objects on every call: a new id means a new compilation.
     """
 
-    def __init__(self, cls: type, options: dict, eager: ELBO | None = None):
-        self.cls, self.options, self.eager = cls, {**options, "ignore_jit_warnings": True}, eager
+    def __init__(self, cls: type, options: dict, eager: ELBO | None = None, rows: int | None = None):
+        self.cls, self.options = cls, {**options, "ignore_jit_warnings": True}
+        self.eager, self.rows = eager, rows
         self.compiled: dict[tuple, ELBO] = {}
         self.num_particles = options.get("num_particles", 1)
-        self.most_rows = 0
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:
         like = next(a for a in args if isinstance(a, torch.Tensor) and a.dim() > 0)
+        if self.eager is not None and self.rows is not None and like.shape[0] != self.rows:
+            return self.eager.differentiable_loss(model, guide, *args, **kwargs)
         key = tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
         if key not in self.compiled:
-            if self.eager is not None and like.shape[0] < self.most_rows:
-                return self.eager.differentiable_loss(model, guide, *args, **kwargs)
             # Compiling runs the program more than once and so draws extra random numbers; undo
             # them, so a run draws the same numbers with or without the JIT, and after a resume.
             self.compiled[key] = self.cls(**self.options)
-            self.most_rows = max(self.most_rows, like.shape[0])
             with forked_rng(like.device), warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)   # torch.jit.trace is deprecated
                 self.compiled[key].differentiable_loss(model, guide, *args, **kwargs)
