@@ -12,9 +12,9 @@ upstream behaves, so the workaround can be removed.
 
 Pyro's JIT caches a compiled loss by the kwargs, which include ``id(model)``, not by the shapes
 of the tensors, and a trace bakes in Python numbers such as the N/B scale of a batch: so
-:class:`ShapeKeyedJit` keeps one compiled ELBO per batch shape (and runs an epoch's smaller last
-batch eagerly). ``torch.jit.trace``, which
-Pyro's JIT uses, is deprecated in torch 2.x; its warning is silenced here.
+:class:`ShapeKeyedJit` keeps one compiled ELBO per batch shape (in training, only the batch size's:
+an epoch's last, smaller batch runs eagerly). ``torch.jit.trace``, which Pyro's JIT uses, is
+deprecated in torch 2.x; its warning is silenced here.
 """
 from __future__ import annotations
 

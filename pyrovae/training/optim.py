@@ -117,7 +117,7 @@ def _adam_update(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
 
 def fused_adam_supported(params: Iterable[torch.Tensor]) -> bool:
     """Whether torch's fused Adam kernel takes these parameters: floating point, on one of the
-    devices it is built for (the CPU among them since torch 2.4)."""
+    devices it is built for (the CPU among them since torch 2.4; torch's own list, a private helper)."""
     supported = torch.utils._foreach_utils._get_fused_kernels_supported_devices()
     params = list(params)
     return bool(params) and all(p.is_floating_point() and p.device.type in supported for p in params)
@@ -126,8 +126,8 @@ def fused_adam_supported(params: Iterable[torch.Tensor]) -> bool:
 def make_optimizer(vae: VAE, lr: float, local_lr: float | None = None, local_lr_decay: float = 0.0
                    ) -> torch.optim.Optimizer:
     """Adam for a guide without per-datapoint parameters (torch's fused kernel where it runs: one pass
-    over each parameter instead of a dozen elementwise kernels, a fifth of an MNIST step on 2 CPU
-    cores; the same update up to rounding); otherwise RowSparseAdam with the guide's
+    over each parameter instead of a dozen elementwise kernels, 0.5 ms instead of 2.8 of a 13 ms
+    MNIST step on one AMD EPYC core; the same update up to rounding); otherwise RowSparseAdam with the guide's
     tables row-sparse, so a minibatch step moves only its own rows, at their own learning rate
     ``local_lr`` (a row is stepped once per epoch, the decoder once per batch), decayed per row
     with exponent ``local_lr_decay`` (0: constant)."""
