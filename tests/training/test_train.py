@@ -203,16 +203,24 @@ def test_binarization(tiny_npz, tmp_path, monkeypatch, mode):
 
 def test_dynamic_binarization_draws_what_torch_bernoulli_draws():
     """u < p from the trainer's generator: the draws of torch.bernoulli on CPU, only faster, so runs
-    trained before the change resume bit-identically. If torch changes its Bernoulli sampler this
-    fails; then only that resume promise for old runs is affected."""
+    trained before the change resume bit-identically; every epoch, into the one buffer the first
+    allocated. If torch changes its Bernoulli sampler this fails; then only that resume promise
+    for old runs is affected."""
     from types import SimpleNamespace
 
     from pyrovae.training.callbacks import DynamicBinarization
 
     x = torch.rand(300, 50, generator=torch.Generator().manual_seed(0))
     trainer = SimpleNamespace(train=(x,), generator=torch.Generator().manual_seed(5))
-    DynamicBinarization().on_epoch_start(trainer)
-    assert torch.equal(trainer.epoch_data[0], torch.bernoulli(x, generator=torch.Generator().manual_seed(5)))
+    reference = torch.Generator().manual_seed(5)
+    binarize = DynamicBinarization()
+    buffers = []
+    for _ in range(3):   # epochs
+        binarize.on_epoch_start(trainer)
+        assert torch.equal(trainer.epoch_data[0], torch.bernoulli(x, generator=reference))
+        buffers.append(trainer.epoch_data[0].data_ptr())
+    assert len(set(buffers)) == 1   # drawn into one buffer
+    assert torch.equal(trainer.generator.get_state(), reference.get_state())   # as many draws as torch.bernoulli's
 
 
 def test_test_set_is_binarized_once_by_the_seed(tiny_npz):
