@@ -122,9 +122,16 @@ def seeded_noise(seed: int, stream: int, particles: range, rows: range, like: to
     return lambda name, shape: noise(seed, stream ^ site_stream(name), particles, rows, tuple(shape), like)
 
 
-def bernoulli(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def bernoulli(probs: torch.Tensor, generator: torch.Generator, out: torch.Tensor | None = None) -> torch.Tensor:
     """x ~ Bernoulli(probs) elementwise, as u < p with u ~ U(0, 1) from ``generator``: on CPU the
-    very draws of ``torch.bernoulli(probs, generator)`` (so runs binarized either way agree), 43%
-    faster (MNIST's 47M pixels: 0.49 s against 0.86 s, ~8% of an epoch; torch 2.14)."""
-    uniform = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype)
-    return (uniform < probs).to(probs.dtype)
+    very draws of ``torch.bernoulli(probs, generator)`` (so runs binarized either way agree).
+
+    ``out`` (contiguous, of ``probs``' shape and dtype) receives the draws, which are the same
+    with or without it: a draw repeated every epoch then reuses one buffer instead of allocating
+    (and page-faulting in) a data set's worth of memory each time. MNIST's 47M pixels on an AMD
+    EPYC, 2 threads, torch 2.14: 0.35 s into a reused buffer (0.19 s of it torch.rand), 0.52 s
+    allocating, 0.53 s for ``torch.bernoulli``."""
+    if out is None:
+        out = torch.empty(probs.shape, device=probs.device, dtype=probs.dtype)
+    torch.rand(probs.shape, generator=generator, out=out)
+    return out.lt_(probs)   # in place: 1.0 where u < p, else 0.0

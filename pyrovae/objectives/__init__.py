@@ -60,8 +60,10 @@ class ObjectiveOptions(Options):
                              f"version of it); drop {named('jit', True)}")
 
 
-def make_objective(name: str, num_particles: int = 1, jit: bool = False) -> ELBO | ShapeKeyedJit:
-    """The Pyro objective for ``--elbo name``; training uses its ``differentiable_loss``."""
+def make_objective(name: str, num_particles: int = 1, jit: bool = False, rows: int | None = None
+                   ) -> ELBO | ShapeKeyedJit:
+    """The Pyro objective for ``--elbo name``; training uses its ``differentiable_loss``. With
+    ``jit``, ``rows`` (the run's batch size) is the one batch size compiled; others run eagerly."""
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; choose one of {tuple(OBJECTIVES)}")
     spec = OBJECTIVES[name]
@@ -69,7 +71,7 @@ def make_objective(name: str, num_particles: int = 1, jit: bool = False) -> ELBO
     if jit:
         if spec.jit is None:
             raise ValueError(f"--jit is not available for --elbo {name} (Pyro has no JIT version); drop --jit")
-        return ShapeKeyedJit(spec.jit, options)
+        return ShapeKeyedJit(spec.jit, options, eager=spec.eager(**options), rows=rows)
     return spec.eager(**options)
 
 

@@ -12,8 +12,9 @@ upstream behaves, so the workaround can be removed.
 
 Pyro's JIT caches a compiled loss by the kwargs, which include ``id(model)``, not by the shapes
 of the tensors, and a trace bakes in Python numbers such as the N/B scale of a batch: so
-:class:`ShapeKeyedJit` keeps one compiled ELBO per batch shape. ``torch.jit.trace``, which
-Pyro's JIT uses, is deprecated in torch 2.x; its warning is silenced here.
+:class:`ShapeKeyedJit` keeps one compiled ELBO per batch shape (in training, only the batch size's:
+an epoch's last, smaller batch runs eagerly). ``torch.jit.trace``, which Pyro's JIT uses, is
+deprecated in torch 2.x; its warning is silenced here.
 """
 from __future__ import annotations
 
@@ -50,16 +51,24 @@ class FixedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
 class ShapeKeyedJit:
     """A JIT ELBO compiled once per shape of the first tensor argument (the batch's rows).
 
-    Pass the same ``model`` and ``guide`` objects on every call: a new id means a new compilation.
+    With ``rows`` (a training run's batch size) and an ``eager`` objective, only batches of that
+    many rows are compiled and any other runs eagerly: an epoch's last, partial batch comes once
+    per epoch, and compiling its shape (a trace, then the executor's profiling runs: some 15
+    steps' time) costs more than the few epochs of a run save by it. Which batches run eagerly
+    depends on their size alone, so a resumed run computes as an uninterrupted one. Pass the same
+    ``model`` and ``guide`` objects on every call: a new id means a new compilation.
     """
 
-    def __init__(self, cls: type, options: dict):
+    def __init__(self, cls: type, options: dict, eager: ELBO | None = None, rows: int | None = None):
         self.cls, self.options = cls, {**options, "ignore_jit_warnings": True}
+        self.eager, self.rows = eager, rows
         self.compiled: dict[tuple, ELBO] = {}
         self.num_particles = options.get("num_particles", 1)
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:
         like = next(a for a in args if isinstance(a, torch.Tensor) and a.dim() > 0)
+        if self.eager is not None and self.rows is not None and like.shape[0] != self.rows:
+            return self.eager.differentiable_loss(model, guide, *args, **kwargs)
         key = tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
         if key not in self.compiled:
             # Compiling runs the program more than once and so draws extra random numbers; undo

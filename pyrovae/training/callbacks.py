@@ -38,11 +38,17 @@ class LRDecay(Callback):
 
 class DynamicBinarization(Callback):
     """x ~ Bernoulli(intensities) anew every epoch (the first tensor of the batch), drawn from
-    the trainer's generator before the epoch's permutation."""
+    the trainer's generator before the epoch's permutation, into one buffer that each epoch's
+    draws overwrite (the previous epoch's data are read by nothing once its epoch has ended)."""
+
+    def __init__(self):
+        self.buffer: torch.Tensor | None = None
 
     def on_epoch_start(self, trainer: Trainer) -> None:
         x, *rest = trainer.train
-        trainer.epoch_data = (bernoulli(x, trainer.generator), *rest)
+        if self.buffer is None or (self.buffer.shape, self.buffer.dtype, self.buffer.device) != (x.shape, x.dtype, x.device):
+            self.buffer = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+        trainer.epoch_data = (bernoulli(x, trainer.generator, out=self.buffer), *rest)
 
 
 class LocalSteps(Callback):

@@ -79,7 +79,8 @@ class Trainer:
 
     State the callbacks read and set: ``epoch`` (from 0), ``step`` (within the epoch), ``beta``
     (the KL coefficient of this epoch), ``epoch_data`` (the training tensors as this epoch sees
-    them), ``loss_sum``/``seen`` (the epoch's running objective), ``stop_reason``.
+    them, until the next epoch starts: dynamic binarization rewrites one buffer), ``loss_sum``/``seen``
+    (the epoch's running objective), ``stop_reason``.
     """
 
     def __init__(self, vae: VAE, loss: LossModule, optimizer: torch.optim.Optimizer, train: Batch, *,

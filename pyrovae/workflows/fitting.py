@@ -259,7 +259,8 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
     local = config.guide_options if vae.can("per_datapoint") and config.guide != CUSTOM else LocalStepOptions()
     optimizer = make_optimizer(vae, config.lr, local.local_lr, local.local_lr_decay, betas=(config.adam_beta1, 0.999),
                                eps=config.adam_eps)
-    loss_module = LossModule(vae, make_objective(config.elbo, config.particles, config.jit), num_rows(data.train),
+    objective = make_objective(config.elbo, config.particles, config.jit, rows=min(config.batch_size, num_rows(data.train)))
+    loss_module = LossModule(vae, objective, num_rows(data.train),
                              register=config.jit, noise_seed=config.seed if config.noise == "per-row" else None)
     loss = loss_module
     if context.active:   # gradients averaged over the processes, each with its share of every batch
