@@ -105,6 +105,16 @@ def test_checkpoint_best_evaluates_best_pt(selected):
     assert "log p(x), IS, best.pt" in shown.output and "best validation ELBO (epoch)" in shown.output
 
 
+def test_pictures_take_the_checkpoint_too(selected, tmp_path):
+    """latent-map (any data) of best.pt: the best epoch's encoder, said in the JSON."""
+    out, result = selected
+    for checkpoint in ("best", "last"):
+        drawn = invoke("latent-map", out, "--checkpoint", checkpoint, "--n", 20, "--out", tmp_path / f"{checkpoint}.png")
+        assert drawn.exit_code == 0, drawn.output
+        assert json.loads(drawn.output.strip().splitlines()[-1])["checkpoint"] == checkpoint
+    assert (tmp_path / "best.png").read_bytes() != (tmp_path / "last.png").read_bytes()
+
+
 def test_checkpoint_best_of_a_run_without_validation_is_one_line(run):
     result = invoke("evaluate", run, "--checkpoint", "best", "--k", 10)
     assert result.exit_code == 2
