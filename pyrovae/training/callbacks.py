@@ -1,8 +1,6 @@
 """What happens around the SVI steps of :class:`~pyrovae.training.loop.Trainer`, one callback each."""
 from __future__ import annotations
 
-import time
-
 import pyro
 import torch
 
@@ -22,18 +20,6 @@ class KLWarmup(Callback):
 
     def on_epoch_start(self, trainer: Trainer) -> None:
         trainer.beta = self.beta if self.warmup == 0 else self.beta * min(1.0, (trainer.epoch + 1) / self.warmup)
-
-
-class LRDecay(Callback):
-    """lr of epoch e = initial lr · decay^e, per parameter group: a function of the epoch alone,
-    so a resumed run needs no state for it."""
-
-    def __init__(self, decay: float = 1.0):
-        self.decay = decay
-
-    def on_epoch_start(self, trainer: Trainer) -> None:
-        for group in trainer.optimizer.param_groups:
-            group["lr"] = group.setdefault("initial_lr", group["lr"]) * self.decay ** trainer.epoch
 
 
 class DynamicBinarization(Callback):
@@ -128,17 +114,15 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
 
 
 class TimeBudget(Callback):
-    """Stop after the epoch that passes ``minutes`` of wall time (0: no budget)."""
+    """Stop after the epoch that passes ``minutes`` of the run's clock (0: no budget):
+    :meth:`Trainer.elapsed`, which a resumed run starts at the seconds its earlier epochs took,
+    so ``--minutes`` is the whole run's budget, as ``--epochs`` is its total."""
 
     def __init__(self, minutes: float):
         self.minutes = minutes
-        self.started = time.perf_counter()
-
-    def on_fit_start(self, trainer: Trainer) -> None:
-        self.started = time.perf_counter()
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
-        if self.minutes and time.perf_counter() - self.started > 60 * self.minutes \
+        if self.minutes and trainer.elapsed() > 60 * self.minutes \
                 and trainer.epoch + 1 < trainer.epochs:
             trainer.stop(f"time budget of {self.minutes} minutes used after epoch {trainer.epoch + 1}")
 

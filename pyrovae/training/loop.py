@@ -80,7 +80,8 @@ class Trainer:
     State the callbacks read and set: ``epoch`` (from 0), ``step`` (within the epoch), ``beta``
     (the KL coefficient of this epoch), ``epoch_data`` (the training tensors as this epoch sees
     them, until the next epoch starts: dynamic binarization rewrites one buffer), ``loss_sum``/``seen``
-    (the epoch's running objective), ``stop_reason``.
+    (the epoch's running objective), ``stop_reason``. ``seconds_before``: the seconds a resumed
+    run's earlier epochs took, where the run's clock (:meth:`elapsed`) starts.
     """
 
     def __init__(self, vae: VAE, loss: LossModule, optimizer: torch.optim.Optimizer, train: Batch, *,
@@ -102,6 +103,7 @@ class Trainer:
         self.epoch_rng = generator.get_state()
         self.loss_sum, self.seen = 0.0, 0
         self.train_seconds = self.fit_end_seconds = 0.0
+        self.seconds_before, self.fit_started = 0.0, time.perf_counter()
         self.stop_reason: str | None = None
         self.validated = False
         self._agreed_signal: int | None = None
@@ -110,11 +112,18 @@ class Trainer:
     def num_data(self) -> int:
         return num_rows(self.train)
 
+    def elapsed(self) -> float:
+        """The run's clock, in seconds: what earlier processes of a resumed run trained
+        (``seconds_before``) plus the wall time since this process's :meth:`run` began. The time
+        budget and clock-driven schedules read it; each process reads its own."""
+        return self.seconds_before + time.perf_counter() - self.fit_started
+
     def stop(self, reason: str) -> None:
         """Stop after this epoch (a callback's request)."""
         self.stop_reason = reason
 
     def run(self, start_epoch: int = 0, start_step: int = 0, partial: tuple[float, int] = (0.0, 0)) -> None:
+        self.fit_started = time.perf_counter()
         for cb in self.callbacks:
             cb.on_fit_start(self)
         self.epochs_done = start_epoch

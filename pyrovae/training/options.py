@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from ..core.errors import UsageError, option as named
 from ..core.options import Options, at_least, non_negative, option, positive
 from ..evaluation.settings import whole
+from .schedule import LR_SCHEDULES
 
 NOISE = ("global", "per-row")   # where training draws its reparameterization noise
-LR_SCHEDULES = ("exponential", "burda")
 
 
 @dataclass
@@ -26,8 +26,9 @@ class TrainingOptions(Options):
                              "et al. 2016 and Cremer et al. 2018: 1e-4).", check=positive)
     lr_schedule: str = option("exponential", "exponential: lr times --lr-decay after every epoch; burda: Burda et "
                               "al. (2016)'s 8 stages, stage i at lr * 10^(-i/7) for the share 3^i / 3280 of the "
-                              "budget (--epochs, or --minutes when it ends first).", choices=LR_SCHEDULES)
-    minutes: float = option(0.0, "Stop after the epoch that passes this many minutes of wall time (0: no limit).",
+                              "budget (--epochs, or --minutes when it ends first).", choices=tuple(LR_SCHEDULES))
+    minutes: float = option(0.0, "Stop after the epoch that passes this many minutes of wall time (0: no limit); "
+                            "with --resume, of the whole run (its earlier epochs count), as --epochs is its total.",
                             check=non_negative("", "0: no budget"))
     patience: int = option(0, "Stop once the validation ELBO has not improved for this many epochs (early "
                            "stopping; needs --validation); 0: train all --epochs.",
@@ -48,6 +49,6 @@ class TrainingOptions(Options):
                                  "Always drawn at the end.", check=non_negative("seconds", "0: every epoch"))
 
     def check(self) -> None:
-        if self.lr_schedule == "burda" and self.lr_decay != 1.0:
-            raise UsageError(f"{named('lr_schedule', 'burda')} sets every epoch's learning rate itself; drop "
+        if not LR_SCHEDULES[self.lr_schedule].reads_lr_decay and self.lr_decay != 1.0:
+            raise UsageError(f"{named('lr_schedule', self.lr_schedule)} sets every epoch's learning rate itself; drop "
                              f"{named('lr_decay', self.lr_decay)} or use {named('lr_schedule', 'exponential')}")

@@ -30,10 +30,10 @@ from ..guides import GUIDES
 from ..guides.meanfield import LocalStepOptions
 from ..inference.local_fit import fit_local
 from ..objectives import make_objective
-from ..training.callbacks import DynamicBinarization, KLWarmup, LocalSteps, LRDecay, TimeBudget, set_rng_state
+from ..training.callbacks import DynamicBinarization, KLWarmup, LocalSteps, TimeBudget, set_rng_state
 from ..training.loop import Callback, NonFiniteLoss, Trainer, TrainingInterrupted, after_training
 from ..training.optim import make_optimizer
-from ..training.schedule import BurdaSchedule
+from ..training.schedule import lr_schedule
 from ..training.step import LossModule
 from .run_callbacks import Checkpoint, Curves, Metrics, RunImages, TensorBoard
 
@@ -269,9 +269,7 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
     if not resume and context.is_main:   # a new run: what pyrovae wrote here before goes, the user's files stay
         runs.clear_run(run_dir)
         _write_config(run_dir, config, data, device, custom, typed, vae)
-    schedule = BurdaSchedule(config.epochs, config.minutes) if config.lr_schedule == "burda" else \
-        LRDecay(config.lr_decay)
-    callbacks: list[Callback] = [KLWarmup(config.beta, config.kl_warmup), schedule]
+    callbacks: list[Callback] = [KLWarmup(config.beta, config.kl_warmup), lr_schedule(config.lr_schedule, config)]
     if config.binarize == "dynamic":
         callbacks.append(DynamicBinarization())
     if vae.can("per_datapoint") and local.local_steps:
@@ -292,10 +290,10 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
                       generator=generator, callbacks=callbacks, progress=progress, beta_as_tensor=config.jit,
                       context=context, step_loss=loss)
     start = _restore(trainer, run_dir, device, context) if resume else (0, 0, (0.0, 0))
-    if resume and config.lr_schedule == "burda":   # its clock counts the epochs trained before (rank 0's record)
+    if resume:   # the run's clock counts the epochs trained before (rank 0's record): --minutes is the whole run's
         seconds = sum(m.get("train_seconds", 0) + m.get("eval_seconds", 0)
                       for m in runs.read_jsonl(run_dir / runs.METRICS)) if context.is_main else None
-        schedule.seconds_before = context.broadcast(seconds)
+        trainer.seconds_before = context.broadcast(seconds)
     if start[0] >= config.epochs and context.is_main:
         log.info(f"run already has {start[0]} epochs; nothing to do (pass a larger {option('epochs')} to continue)")
     started = time.perf_counter()

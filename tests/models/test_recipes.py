@@ -1,6 +1,7 @@
 """The papers' recipes (issue 23): each preset builds the networks of its paper (layer sizes,
 parameter counts, activation), and the options they rest on do what they say: --init glorot,
 --lr-schedule burda on an epoch and on a time budget, Adam's beta1 and epsilon."""
+import json
 import math
 import types
 
@@ -13,8 +14,7 @@ from pyrovae.core.distributed import Context
 from pyrovae.core.errors import UsageError
 from pyrovae.core.nets import mlp
 from pyrovae.runs import load_checkpoint, read_jsonl
-from pyrovae.training import schedule
-from pyrovae.training.schedule import BurdaSchedule, burda_factor, burda_stage
+from pyrovae.training.schedule import LR_SCHEDULES, BurdaSchedule, LRDecay, burda_factor, burda_stage, lr_schedule
 from pyrovae.workflows import fit
 
 MNIST_DIM, MNIST_TRAIN = 784, 59_600
@@ -94,34 +94,53 @@ def test_burda_schedule_is_theirs_over_3280_epochs():
         [1e-3, 7.2e-4, 5.2e-4, 3.7e-4, 2.7e-4, 1.9e-4, 1.4e-4, 1e-4])
 
 
-def fake_trainer(epoch: int, lr: float = 1e-3):
+def fake_trainer(epoch: int, elapsed: float = 0.0, lr: float = 1e-3):
     optimizer = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=lr)
-    return types.SimpleNamespace(epoch=epoch, optimizer=optimizer, context=Context())
+    return types.SimpleNamespace(epoch=epoch, optimizer=optimizer, context=Context(), elapsed=lambda: elapsed)
 
 
-def test_burda_schedule_on_a_time_budget(monkeypatch):
-    # progress = max(epoch / epochs, seconds / budget): with a minute's budget, 40 s trained
-    # before this call and 0 s in it, the run is 2/3 through: the last stage (it starts at 1/3)
-    clock = [100.0]
-    monkeypatch.setattr(schedule.time, "perf_counter", lambda: clock[0])
-    callback = BurdaSchedule(epochs=3280, minutes=1.0, seconds_before=40.0)
-    trainer = fake_trainer(epoch=1)
-    callback.on_fit_start(trainer)
+def test_burda_schedule_on_a_time_budget():
+    # progress = max(epoch / epochs, seconds / budget): with a minute's budget and 40 s on the run's
+    # clock (a resumed run's earlier epochs count), the run is 2/3 through: the last stage (from 1/3)
+    callback = BurdaSchedule(epochs=3280, minutes=1.0)
+    trainer = fake_trainer(epoch=1, elapsed=40.0)
     callback.on_epoch_start(trainer)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
-    # without the earlier seconds, 10 s of 60 is 1/6 of the budget: 546.7 of Burda's epochs, stage 6
-    callback = BurdaSchedule(epochs=3280, minutes=1.0)
-    trainer = fake_trainer(epoch=1)
-    callback.on_fit_start(trainer)
-    clock[0] += 10.0
+    # 10 s of 60 is 1/6 of the budget: 546.7 of Burda's epochs, stage 6
+    trainer = fake_trainer(epoch=1, elapsed=10.0)
     callback.on_epoch_start(trainer)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1.4e-4)
     # the epochs' budget ends first: epoch 3 of 4 is 3/4 through, whatever the clock says
     callback = BurdaSchedule(epochs=4, minutes=60.0)
     trainer = fake_trainer(epoch=3)
-    callback.on_fit_start(trainer)
     callback.on_epoch_start(trainer)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+def test_schedules_are_a_registry():
+    # the CLI's choices are the registry's names; each builds its callback from the options
+    assert set(LR_SCHEDULES) == {"exponential", "burda"}
+    config = FitConfig(lr_schedule="exponential", lr_decay=0.5, epochs=7, minutes=2.0)
+    decay = lr_schedule("exponential", config)
+    assert isinstance(decay, LRDecay) and decay.decay == 0.5
+    burda = lr_schedule("burda", config)
+    assert isinstance(burda, BurdaSchedule) and (burda.epochs, burda.minutes) == (7, 2.0)
+
+
+def test_a_resumed_run_spends_what_is_left_of_its_minutes(tmp_path):
+    # --minutes is the whole run's budget, as --epochs is its total: the clock of a resumed run
+    # starts at the seconds its earlier epochs took (here 90 s recorded against a 1-minute budget),
+    # so it trains one more epoch (the budget stops after the epoch that passes it), not a minute more
+    config = FitConfig(dataset="toy2d", likelihood="normal", latent_dim=2, hidden=(8,), batch_size=500, epochs=1,
+                       device="cpu")
+    fit(config, tmp_path, progress=False)
+    metrics = tmp_path / "metrics.jsonl"
+    records = read_jsonl(metrics)
+    records[0]["train_seconds"] = 90.0
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = fit(config.replace(epochs=50, minutes=1.0), tmp_path, resume=True, progress=False)
+    assert [m["epoch"] for m in read_jsonl(metrics)] == [1, 2]
+    assert result["stopped_by_time_budget"]
 
 
 def test_fit_follows_the_schedule_and_adam_settings(tmp_path):
