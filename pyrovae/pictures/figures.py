@@ -63,6 +63,7 @@ _CAPTION_PT = 12.0
 _TRAIN_COLOR = "tab:blue"
 _TEST_COLOR = "tab:orange"
 _LR_COLOR = "tab:green"
+_VALIDATION_COLOR = "tab:purple"
 _WARMUP_COLOR = "0.55"
 _MANY_POINTS = 40  # series with at most this many points get markers
 _PANELS = (("ELBO", "elbo", "ELBO (nats per datapoint)"),  # title, key in the records, y label
@@ -404,12 +405,25 @@ def _zoom(top: Any, bottom: Any, epochs: np.ndarray, values: list[np.ndarray]) -
                           parse_math=False)
 
 
+def curve_series(records: list[Mapping[str, Any]], key: str) -> list[tuple[str, str, np.ndarray]]:
+    """The lines of one panel of :func:`training_curves` (key: elbo, reconstruction or kl), as
+    (label, colour, values per epoch): train always; test and validation where the records have
+    them (a run with ``--validation`` selects its checkpoint on the validation line)."""
+    series = [("train", _TRAIN_COLOR, _series(records, f"train_{key}"))]
+    for label, colour in (("test", _TEST_COLOR), ("validation", _VALIDATION_COLOR)):
+        values = _series(records, f"{label}_{key}")
+        if np.isfinite(values).any():
+            series.append((label, colour, values))
+    return series
+
+
 def training_curves(records: Iterable[Mapping[str, Any]], path: str | Path, caption: str = "") -> int:
-    """ELBO, reconstruction term and KL (train and test) of a run, against epoch and against minutes.
+    """ELBO, reconstruction term and KL (train, test and validation) of a run, against epoch and
+    against minutes.
 
     RECORDS are the per-epoch dicts of a run's metrics.jsonl (epoch, beta, lr, train_seconds,
     eval_seconds, train_elbo, train_reconstruction, train_kl, and optional test_elbo,
-    test_reconstruction, test_kl; absent or None values are skipped). Epochs where beta is below its
+    test_reconstruction, test_kl, validation_elbo, ...; absent or None values are skipped). Epochs where beta is below its
     final value are shaded as KL warm-up; a varying learning rate gets its own (log-scale) column.
     When a record is repeated for an epoch, the last one counts. Returns the number of epochs plotted.
     The layout is fixed (no layout engine: it would double the drawing time).
@@ -430,9 +444,8 @@ def training_curves(records: Iterable[Mapping[str, Any]], path: str | Path, capt
     rates = lr[np.isfinite(lr) & (lr > 0)]
     lr_varies = int(rates.size > 1 and rates.max() > rates.min() * (1 + 1e-9))  # a column, or none
     # a column per quantity: title, y label, its lines (label, colour, values), what it says when empty
-    columns = [(title, ylabel, [("train", _TRAIN_COLOR, _series(records, f"train_{key}")),
-                                ("test", _TEST_COLOR, _series(records, f"test_{key}"))],
-                f"no train_{key} or test_{key} in the records") for title, key, ylabel in _PANELS]
+    columns = [(title, ylabel, curve_series(records, key), f"no train_{key} or test_{key} in the records")
+               for title, key, ylabel in _PANELS]
     columns += [("learning rate", "learning rate (log scale)",
                  [("learning rate", _LR_COLOR, np.where(lr > 0, lr, np.nan))], "")] * lr_varies
     title_px = _pixels(_CAPTION_PT + 1)
@@ -469,9 +482,9 @@ def training_curves(records: Iterable[Mapping[str, Any]], path: str | Path, capt
                     axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
                     axes.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
 
-        handles = [Line2D([], [], color=_TRAIN_COLOR, linewidth=2, label="train")]
-        if any(np.isfinite(series[1][2]).any() for _, _, series, _ in columns[:len(_PANELS)]):
-            handles.append(Line2D([], [], color=_TEST_COLOR, linewidth=2, label="test"))
+        handles = [Line2D([], [], color=colour, linewidth=2, label=label)
+                   for label, colour in dict.fromkeys((label, colour) for _, _, series, _ in columns[:len(_PANELS)]
+                                                      for label, colour, _ in series)]
         if warmup:
             where = (f"epochs {int(epochs[warmup[0][0]])}–{int(epochs[warmup[0][1] - 1])}"
                      if len(warmup) == 1 else f"{sum(b - a for a, b in warmup)} epochs")

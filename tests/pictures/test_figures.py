@@ -117,6 +117,19 @@ def test_training_curves_one_point_per_epoch_with_missing_test_keys(tmp_path):
     assert png_size(tmp_path / "c.png") == (1400, 800)
 
 
+def test_training_curves_draw_the_validation_elbo_where_recorded(tmp_path):
+    # a --validation run selects best.pt on the validation ELBO: its curve is drawn beside train and test
+    records = run_records(10)
+    assert [label for label, _, _ in figures.curve_series(records, "elbo")] == ["train", "test"]
+    for r in records[2:]:
+        r.update(validation_elbo=r["train_elbo"] - 1, validation_kl=r["train_kl"])
+    labels = {key: [label for label, _, _ in figures.curve_series(records, key)] for key in ("elbo", "kl")}
+    assert labels == {"elbo": ["train", "test", "validation"], "kl": ["train", "test", "validation"]}
+    values = figures.curve_series(records, "elbo")[2][2]
+    assert np.isnan(values[:2]).all() and values[2] == records[2]["validation_elbo"]
+    assert figures.training_curves(records, tmp_path / "curves.png") == 10
+
+
 def test_training_curves_one_epoch_and_many(tmp_path):
     assert figures.training_curves(run_records(1), tmp_path / "one.png") == 1
     assert figures.training_curves(run_records(400, warmup=1), tmp_path / "many.png") == 400
