@@ -261,9 +261,10 @@ class ImportanceSampling(Estimator):
         data = vae.as_batch(data)
         n, data_dim = num_rows(data), vae.check(data).data_dim
         settings = self.settings.but(compile=self.settings.compiles(n * self.settings.k))
-        check_is_memory(vae, settings.k, min(settings.batch_size, n), min(settings.chunk_size, settings.k), data_dim)
         model = vae.bound()[0]
         guide, name, encodes = proposal_guide(vae, proposal, n)
+        check_is_memory(vae, settings.k, min(settings.batch_size, n), min(settings.chunk_size, settings.k),
+                        activations_per_pair(vae, model, guide, data) + 2 * data_dim)
         unsupported: set[str] = set()
         pairs = 0   # (point, particle) pairs since the heap last returned its free pages
 
@@ -296,11 +297,33 @@ def estimate_log_likelihood(vae: VAE, data: Data, *, proposal: Proposal = "guide
                                                    keep=Keep(partial_path, resume, options or {}))
 
 
-def check_is_memory(vae: VAE, k: int, batch_size: int, chunk_size: int, data_dim: int) -> None:
+def activations_per_pair(vae: VAE, model: Callable, guide: Callable, data: tuple[torch.Tensor, ...]) -> int:
+    """Numbers the networks' layers output for one (point, particle) pair: counted by forward
+    hooks on every leaf module during one draw for the first row (a conv layer's C x H x W, a
+    linear layer's width: what the layers' shapes alone would not say)."""
+    counted = [0]
+
+    def count(module: torch.nn.Module, inputs, output) -> None:
+        counted[0] += sum(t.numel() for t in (output if isinstance(output, (tuple, list)) else (output,))
+                          if isinstance(t, torch.Tensor))
+
+    leaves = [m for m in vae.modules() if next(m.children(), None) is None]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad(), pyro.validation_enabled(False), vae.param_store(), forked_rng(data[0].device):
+            log_weights(model, guide, 1, torch.zeros(1, dtype=torch.long, device=data[0].device), 1.0,
+                        *rows_of(data, range(1)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return counted[0]
+
+
+def check_is_memory(vae: VAE, k: int, batch_size: int, chunk_size: int, activations: int) -> None:
     """Refuse, before any work, a K and batch whose buffers cannot fit: the [K, batch] float64 log
-    weights (and PSIS's copies of them) and the networks' activations for batch x chunk pairs."""
-    widths = sum(m.out_features for m in vae.modules() if isinstance(m, torch.nn.Linear))
-    per_point = 4 * k * 8 + 3 * chunk_size * (widths + 2 * data_dim) * (torch.finfo(vae.dtype).bits // 8)
+    weights (and PSIS's copies of them) and ``activations`` numbers per (point, particle) pair
+    (the layers', :func:`activations_per_pair`, and copies of x) for batch x chunk pairs."""
+    per_point = 4 * k * 8 + 3 * chunk_size * activations * (torch.finfo(vae.dtype).bits // 8)
     have = available_memory(vae.device)
     if have is None or per_point * batch_size <= 0.8 * have:
         return
