@@ -22,7 +22,7 @@ from ..config import CUSTOM, RESUMABLE, FitConfig, build_vae
 from ..core import distributed
 from ..core.contract import can
 from ..core.errors import UsageError, option, speaking_cli
-from ..core.noise import forked_rng
+from ..core.noise import forked_rng, tile_seed
 from ..core.programs import CHECK_ROWS, as_batch, num_rows, observed_is_binary, rows_of
 from ..core.vae import VAE
 from ..data import BUILTIN, Dataset, binarize, check_for_likelihood, load_dataset
@@ -38,6 +38,7 @@ from ..training.step import LossModule
 from .run_callbacks import Checkpoint, Curves, Metrics, RunImages, TensorBoard
 
 
+DATA_ORDER_STREAM = 5   # beside the noise streams of training (4) and the estimators (0-4)
 log = logging.getLogger(__name__)   # what fit says on the way (the CLI shows it on stderr)
 
 
@@ -252,6 +253,13 @@ def _shown(value, always: bool = False):
     return value
 
 
+def data_generator(seed: int, device: torch.device) -> torch.Generator:
+    """The generator of a run's data order and dynamic binarization: a stream of its own, not the
+    one the initial weights drew from (one seed for both gave the first epoch's binarization the
+    uniforms of the first layer's weights)."""
+    return torch.Generator(device=device).manual_seed(tile_seed(DATA_ORDER_STREAM, seed))
+
+
 def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.device, resume: bool, progress: bool,
          on_epoch: Callable[[dict], None] | None, vae: VAE, custom: bool, extra: list[Callback], typed: dict,
          context: distributed.Context) -> dict | None:
@@ -265,7 +273,7 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
     loss = loss_module
     if context.active:   # gradients averaged over the processes, each with its share of every batch
         loss = DistributedDataParallel(loss, device_ids=[device.index] if device.type == "cuda" else None)
-    generator = torch.Generator(device=device).manual_seed(config.seed)   # data order and binarization
+    generator = data_generator(config.seed, device)
     if not resume and context.is_main:   # a new run: what pyrovae wrote here before goes, the user's files stay
         runs.clear_run(run_dir)
         _write_config(run_dir, config, data, device, custom, typed, vae)

@@ -223,6 +223,18 @@ def test_dynamic_binarization_draws_what_torch_bernoulli_draws():
     assert torch.equal(trainer.generator.get_state(), reference.get_state())   # as many draws as torch.bernoulli's
 
 
+def test_the_data_order_does_not_draw_the_initial_weights_uniforms():
+    # the weights are drawn from torch's generator seeded by --seed; the data order and the
+    # binarization from a stream of their own, so the first epoch's draws are not the weights'
+    seed = 3
+    weights = torch.Generator().manual_seed(seed)
+    data = train_module.data_generator(seed, torch.device("cpu"))
+    assert not torch.equal(torch.rand(1000, generator=weights), torch.rand(1000, generator=data))
+    again = train_module.data_generator(seed, torch.device("cpu"))   # still the seed's: runs repeat
+    assert torch.equal(torch.rand(5, generator=train_module.data_generator(seed, torch.device("cpu"))),
+                       torch.rand(5, generator=again))
+
+
 def test_test_set_is_binarized_once_by_the_seed(tiny_npz):
     cpu = torch.device("cpu")
     a = prepare_data(config(tiny_npz, seed=1, binarize="dynamic"), cpu).test[0]
