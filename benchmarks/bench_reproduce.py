@@ -16,7 +16,8 @@ the papers' code each setting comes from):
    q* as they did;
 
 and writes benchmarks/results/reproduce.{md,json} (``--results``) with the papers' numbers
-beside. Each step is the library call its command makes (``evaluate_run``, ``certify_run``,
+beside: the presets of this run, and those of earlier runs kept from reproduce.json (one preset a
+session; each row says its CPU and when it finished). Each step is the library call its command makes (``evaluate_run``, ``certify_run``,
 ``compare_run``): the results are recorded in each run's evaluations.jsonl, as the CLI would.
 ``--evaluate-only`` skips training (the runs kept in ``--runs``). Run it alone (``flock -x
 /work/bench.lock ...`` on the shared machine): it records the load at the start and the end.
@@ -31,6 +32,7 @@ Smoke mode (a minute or two: a few training rows, seconds of training, tiny esti
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -41,7 +43,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, log, machine, mnist, require_data_dir, write_results  # noqa: E402
+from common import ROOT, log, machine, mnist, require_data_dir, results_dir, write_results  # noqa: E402
 
 from pyrovae import runs  # noqa: E402
 from pyrovae.config import PRESETS, FitConfig  # noqa: E402
@@ -146,7 +148,14 @@ def row(name: str, record: dict) -> str:
             f"{is_['log_likelihood_se']:.2f} (K={is_['k']}, k-hat > 0.7: {khat}) | "
             f"{cert['log_likelihood']:.2f} ± {cert['log_likelihood_se']:.2f} (T={cert['steps']}, "
             f"{'certified' if cert['certified'] else 'NOT certified'}) | {is_['n']} | {fitted['epochs']} epochs "
-            f"(best {fitted.get('best_validation_epoch')}), {fitted['train_minutes']:.1f} min |")
+            f"(best {fitted.get('best_validation_epoch')}), {fitted['train_minutes']:.1f} min"
+            f"{machine_note(record)} |")
+
+
+def machine_note(record: dict) -> str:
+    """Where and when a preset's row was measured (rows of several sessions share the table)."""
+    where = record.get("machine")
+    return f"; {where['cpu']}, {where['finished']}" if where else ""
 
 
 def gap_rows(name: str, record: dict) -> list[str]:
@@ -210,8 +219,16 @@ def main() -> None:
         record["sizes_mb"] = {file: round((run_dir / file).stat().st_size / 2**20, 2) for file in KEPT
                               if (run_dir / file).exists()}
         record.update(evaluate(name, run_dir, args, root, dataset))
+        record["machine"] = {"cpu": results["machine"]["cpu"], "finished": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                                     time.gmtime())}
         results["presets"][name] = record
     results["machine_at_the_end"] = load_now()
+    # one preset a session (each takes an hour or two): the presets evaluated earlier are kept
+    earlier = results_dir(args.results) / "reproduce.json"
+    if earlier.exists():
+        kept = json.loads(earlier.read_text()).get("presets", {})
+        results["presets"] = {**{k: v for k, v in kept.items() if k not in names}, **results["presets"]}
+    names = [name for name in PRESET_NAMES if name in results["presets"]]
     lines = ["| recipe | paper: log p(x) | pyrovae: IS log p̂ (K) | pyrovae: certified AIS | test points | budget |",
              "|---|---|---|---|---|---|", *(row(name, results["presets"][name]) for name in names)]
     gapped = [name for name in names if name in GAPPED]
