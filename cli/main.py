@@ -190,8 +190,10 @@ class PyrovaeGroup(click.Group):
             raise
         except OSError as error:   # e.g. a full disk mid-run: files are written atomically, the old ones stay
             where = f" on {error.filename!r}" if error.filename else ""
-            fail(f"{error.strerror or error}{where}; free space or fix permissions, then rerun "
-                 "(pyrovae fit --resume continues from the last checkpoint)", 1)
+            again = {"fit": " (pyrovae fit --resume continues from the last checkpoint)",
+                     "evaluate": " (with --resume, from the finished points)",
+                     "certify": " (with --resume, from the finished points)"}.get(command, "")
+            fail(f"{error.strerror or error}{where}; free space or fix permissions, then rerun{again}", 1)
         if "pyrovae.core.distributed" in sys.modules:
             sys.modules["pyrovae.core.distributed"].teardown()
         sys.exit(code if isinstance(code, int) else 0)

@@ -175,9 +175,10 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
 
 def run_contents(run_dir: Path) -> tuple[bool, bool, list[str]]:
-    """What a folder holds: (a pyrovae config.json, a checkpoint.pt, and, when it has neither,
-    the names of its files: a pyrovae run has its config.json before any other file, so they
-    are the user's, whatever their names). A folder that does not exist holds nothing."""
+    """What a folder holds: (a pyrovae config.json, a checkpoint.pt beside it, and, without the
+    config, the names of its files: a pyrovae run has its config.json before any other file, so
+    they are the user's, whatever their names, a checkpoint.pt too). A folder that does not exist
+    holds nothing."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return False, False, []
@@ -185,9 +186,8 @@ def run_contents(run_dir: Path) -> tuple[bool, bool, list[str]]:
         config = bool(read_config(run_dir))   # refuses a config.json that is not pyrovae's
     except UsageError:
         config = False
-    checkpoint = (run_dir / CHECKPOINT).exists()
-    if config or checkpoint:
-        return config, checkpoint, []
+    if config:
+        return True, (run_dir / CHECKPOINT).exists(), []
     # the lock and temporary files of a fit that stopped before it wrote its config.json
     others = sorted(name for name in os.listdir(run_dir)
                     if name != LOCK and not (name.startswith(".") and name.endswith(".tmp")))

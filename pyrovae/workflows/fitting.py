@@ -186,12 +186,12 @@ def _check_run_dir(config: FitConfig, run_dir: Path, resume: bool, overwrite: bo
     if resume and overwrite:
         raise UsageError(f"{option('resume', True)} and {option('overwrite', True)} contradict each other; pass one")
     has_config, has_checkpoint, others = runs.run_contents(run_dir)
-    if others and not (has_config or has_checkpoint):   # the user's own files: pyrovae writes none of them
+    if others and not has_config:   # the user's own files: pyrovae writes none of them
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         only = f" ({option('overwrite', True)} replaces only a pyrovae run)" if overwrite else ""
         raise UsageError(f"{option('out')} {str(run_dir)!r} holds files that are not a pyrovae run ({shown}); "
                          f"pass a new or empty folder{only}")
-    if resume and not (has_config or has_checkpoint):
+    if resume and not has_config:
         raise UsageError(f"{str(run_dir)!r} holds no run to resume; drop {option('resume', True)} to start one")
     # a run stopped before its first checkpoint has nothing to lose: it starts again (with its own
     # options on resume), so the advice of either command works

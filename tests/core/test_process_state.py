@@ -54,7 +54,8 @@ def assert_same(before: dict, after: dict, call: str = "") -> None:
 FAMILIES = [("vae", "amortized", {}), ("vae", "meanfield", {"elbo": "meanfield"}), ("vae", "flow", {}),
             ("vae", "semi-amortized", {}), ("vae", "full-covariance", {}),
             ("two-layer", "amortized", {"z1_dim": 3, "z1_hidden": (8,)}),
-            ("two-layer", "flow", {"z1_dim": 3, "z1_hidden": (8,)})]
+            ("two-layer", "flow", {"z1_dim": 3, "z1_hidden": (8,)}),
+            ("conv", "amortized", {"channels": (2,)}), ("vampprior", "amortized", {"pseudo_inputs": 5})]
 
 
 @pytest.mark.parametrize("model, guide, extra", FAMILIES, ids=[f"{m}-{g}" for m, g, _ in FAMILIES])

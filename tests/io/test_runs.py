@@ -149,10 +149,12 @@ def test_what_overwrite_deletes_is_what_pyrovae_writes():
     assert callbacks.TENSORBOARD_DIR in runs.RUN_FOLDERS
 
 def test_fit_never_writes_into_a_folder_of_the_users_files(tmp_path, data):
-    """Even files named like pyrovae's (metrics.jsonl, samples.png) are the user's in a folder
-    without a pyrovae config.json: refused, with or without --overwrite, nothing written."""
+    """Even files named like pyrovae's (metrics.jsonl, samples.png, checkpoint.pt) are the user's
+    in a folder without a pyrovae config.json: refused, with or without --overwrite (which would
+    have deleted them), nothing written."""
     folder = tmp_path / "mine"
     folder.mkdir()
+    (folder / "checkpoint.pt").write_bytes(b"my own model")
     (folder / "metrics.jsonl").write_text('{"mine": 1}\n')
     (folder / "samples.png").write_bytes(b"my picture")
     (folder / "config.json").write_text('{"learning_rate": 3}\n')   # not a pyrovae config
