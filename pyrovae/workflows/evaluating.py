@@ -13,19 +13,21 @@ SHA-256 of checkpoint.pt), so that neither is ever mistaken for another checkpoi
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
 from .. import runs
+from ..core import interrupts
 from ..core.distributed import current
-from ..core.errors import UsageError, option
+from ..core.errors import Interrupted, UsageError, option
 from ..core.files import atomic_path
 from ..core.options import option as setting
 from ..core.progress import Report
@@ -210,6 +212,21 @@ class EvaluateSettings(Settings):
                                        "file.")
 
 
+@contextlib.contextmanager
+def results_kept(folder: RunFolder) -> Iterator[None]:
+    """The writing of a finished estimate (per-point file, figure, the record in evaluations.jsonl,
+    a certificate) under a :class:`~pyrovae.core.interrupts.StopFlag`: a signal waits the second or
+    two it takes, then stops the command (exit 130) saying that the result is recorded, instead of
+    dropping the finished work with "nothing was saved"."""
+    with interrupts.StopFlag():
+        yield
+        signum = interrupts.received()
+    if signum is not None:
+        kept = ("it was not recorded (no record was asked for)" if folder.no_record else
+                f"its result is recorded in {Path(folder.path) / runs.EVALUATIONS} (pyrovae show lists it)")
+        raise Interrupted(f"stopped by signal {signum} after the estimate had finished; {kept}")
+
+
 def evaluate_run(folder: RunFolder, settings: EvaluateSettings = EvaluateSettings(), *,
                  importance: ISSettings = ISSettings(), annealing: AISSettings = AISSettings(),
                  progress: Report = False, say: Say | None = None) -> dict:
@@ -239,20 +256,21 @@ def evaluate_run(folder: RunFolder, settings: EvaluateSettings = EvaluateSetting
     summary = result.summary()
     if summary.get("warning"):
         _tell(say, f"pyrovae: warning: {summary['warning']}", logging.WARNING)
-    if per_point is not None:
-        write_per_point(result, per_point)
     out = {**summary, **points.fit, "proposal": points.name, "split": settings.split, "run_dir": str(folder.path),
            "epoch": run.epoch, "checkpoint": run.which, "seed": chosen.seed, "per_point": str(per_point) if per_point else None,
            "figure": str(figure) if figure else None}
     line = headline(out)
-    if figure is not None and current().is_main:   # every process has the gathered points: one draws them
-        columns = result.columns()
-        evaluation_figure(result.log_px, columns.get("elbo"), columns.get("khat"), figure,
-                          caption=f"{Path(folder.path).name} · epoch {run.epoch} · {settings.split} points · {line}")
-    _tell(say, line)
-    out["seconds"] = round(time.perf_counter() - started, 3)
-    folder.record("evaluate", {**options, "batch_size": chosen.batch_size, "chunk_size": importance.chunk_size,
-                               "is_k": annealing.is_k}, out, run.checkpoint)
+    with results_kept(folder):
+        if per_point is not None:
+            write_per_point(result, per_point)
+        if figure is not None and current().is_main:   # every process has the gathered points: one draws them
+            columns = result.columns()
+            evaluation_figure(result.log_px, columns.get("elbo"), columns.get("khat"), figure,
+                              caption=f"{Path(folder.path).name} · epoch {run.epoch} · {settings.split} points · {line}")
+        _tell(say, line)
+        out["seconds"] = round(time.perf_counter() - started, 3)
+        folder.record("evaluate", {**options, "batch_size": chosen.batch_size, "chunk_size": importance.chunk_size,
+                                   "is_k": annealing.is_k}, out, run.checkpoint)
     return out
 
 
@@ -317,8 +335,9 @@ def compare_run(folder: RunFolder, settings: CompareRunSettings = CompareRunSett
         table = Comparison(compare).compare(run, x, index=index, progress=progress, keep=keep)
         _tell(say, format_table(table, f"{split} points of {folder.path}"))
         result[split] = table
-    folder.record("compare", {"limit": settings.limit, "split": settings.split, **compare.as_dict(),
-                              "epoch": run.epoch}, result, run.checkpoint)
+    with results_kept(folder):
+        folder.record("compare", {"limit": settings.limit, "split": settings.split, **compare.as_dict(),
+                                  "epoch": run.epoch}, result, run.checkpoint)
     return result
 
 
@@ -364,10 +383,11 @@ def bdmc_run(folder: RunFolder, settings: BDMCRunSettings = BDMCRunSettings(), *
                "nats)")
     out = {**summary, "run_dir": str(folder.path), "epoch": run.epoch, "checkpoint": run.which,
            "seconds": round(time.perf_counter() - started, 3)}
-    folder.record("bdmc", {"n": n, "steps": annealing.steps, "chains": annealing.chains, "leapfrog": annealing.leapfrog,
-                           "is_k": annealing.is_k, "proposal": proposal, "seed": annealing.seed, "epoch": run.epoch,
-                           "adapt_step_size": annealing.adapt_step_size, "tune_points": annealing.tune_points},
-                  out, run.checkpoint)
+    with results_kept(folder):
+        folder.record("bdmc", {"n": n, "steps": annealing.steps, "chains": annealing.chains,
+                               "leapfrog": annealing.leapfrog, "is_k": annealing.is_k, "proposal": proposal,
+                               "seed": annealing.seed, "epoch": run.epoch, "adapt_step_size": annealing.adapt_step_size,
+                               "tune_points": annealing.tune_points}, out, run.checkpoint)
     return out
 
 
@@ -407,10 +427,11 @@ def certify_run(folder: RunFolder, settings: CertifyRunSettings = CertifyRunSett
     if not out["certified"]:
         _tell(say, "pyrovae: warning: not certified: the estimates at T and 2T differ by more than the target; "
                    f"rerun with a larger {option('steps')} or {option('target-gap')}", logging.WARNING)
-    folder.record("certify", options, out, run.checkpoint)
-    if keeps and current().is_main:
-        with atomic_path(Path(folder.path) / runs.CERTIFICATE) as tmp:
-            tmp.write_text(certificate_markdown(out))
+    with results_kept(folder):
+        folder.record("certify", options, out, run.checkpoint)
+        if keeps and current().is_main:
+            with atomic_path(Path(folder.path) / runs.CERTIFICATE) as tmp:
+                tmp.write_text(certificate_markdown(out))
     return out
 
 

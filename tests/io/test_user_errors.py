@@ -251,3 +251,25 @@ def test_every_evaluation_stops_soon_after_a_signal_and_keeps_what_finished(run,
     assert ((run / runs.EVALUATIONS).read_bytes() if (run / runs.EVALUATIONS).exists() else None) == before
     (saved,) = (run / runs.PARTIAL).glob(f"{command[0]}-*.npz")
     assert not np.load(saved)["__done__"].any()
+
+
+@pytest.mark.parametrize("command", [["evaluate", "--k", 30, "--limit", 20, "--no-compile"],
+                                     ["compare", "--k", 30, "--limit", 10, "--steps", 5]], ids=["evaluate", "compare"])
+def test_a_signal_while_the_result_is_written_keeps_it_and_says_so(run, monkeypatch, command):
+    """Ctrl-C after the estimate finished, while its result is being written (the per-point
+    file, the figure, the record): the record is written, then exit 130 saying so (it once
+    dropped the finished work and said "stopped before anything was saved")."""
+    real = runs.record_evaluation
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)   # delivered as the result is being recorded
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "record_evaluation", signalled)
+    before = len(runs.read_jsonl(run / runs.EVALUATIONS)) if (run / runs.EVALUATIONS).exists() else 0
+    result = invoke(command[0], run, *command[1:])
+    assert result.exit_code == 130, (result.output, result.exception)
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("pyrovae: interrupted: ")]
+    assert "after the estimate had finished" in line and "recorded" in line and "Traceback" not in result.stderr
+    records = runs.read_jsonl(run / runs.EVALUATIONS)
+    assert len(records) == before + 1 and records[-1]["command"] == command[0]
