@@ -76,16 +76,17 @@ def test_resume_keeps_best_pt_bit_identical(selected, data, tmp_path):
 def test_patience_stops_once_the_validation_elbo_has_not_improved(selected, data, tmp_path):
     out, _ = selected
     elbos = validation_elbos(out)
-    best_epoch, stop = 1, None   # the first epoch with no better validation ELBO in the last 2
+    patience = 1   # the seeded run's validation ELBO first fails to improve at epoch 2
+    best_epoch, stop = 1, None   # the first epoch with no better validation ELBO in the last `patience`
     for epoch in range(2, EPOCHS + 1):
         if elbos[epoch] > elbos[best_epoch]:
             best_epoch = epoch
-        elif epoch - best_epoch >= 2:
+        elif epoch - best_epoch >= patience:
             stop = epoch
             break
     assert stop is not None and stop < EPOCHS, elbos   # the seeded run gives patience something to do
     early = tmp_path / "early"
-    result = fitted(data, early, "--epochs", EPOCHS, "--validation", 40, "--patience", 2)
+    result = fitted(data, early, "--epochs", EPOCHS, "--validation", 40, "--patience", patience)
     assert result["epochs"] == stop and result["stopped_early"] and not result["stopped_by_time_budget"]
     assert runs.load_checkpoint(early, name=runs.BEST)["epoch"] == result["best_validation_epoch"] == best_epoch
 
