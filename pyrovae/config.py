@@ -111,16 +111,19 @@ class FitConfig:
                 raise TypeError(f"FitConfig got an unknown option {name!r}")
         object.__setattr__(self, "_values", {"model": model, "guide": guide, "program": program})
         object.__setattr__(self, "_unused", unused)
+        object.__setattr__(self, "_resolved", set())   # options left unset, whose values follow from others
         for part, cls in parts.items():
             object.__setattr__(self, part, cls(**given[part]))
         self._resolve()
 
     def _resolve(self) -> None:
-        """Defaults that follow from other options: the binarization from the likelihood, the JIT
-        from the objective, guide and noise."""
-        if self.data.binarize is None and self.program is None:
-            self.data.binarize = "dynamic" if self.likelihood in ("bernoulli", CUSTOM) else "none"
+        """Defaults that follow from other options: the binarization from the likelihood (a
+        program's, by fit from its observed site), the JIT from the objective, guide and noise."""
+        if self.data.binarize is None and self.model != CUSTOM:
+            self._resolved.add("binarize")
+            self.data.binarize = "dynamic" if self.likelihood == "bernoulli" else "none"
         if self.objective.jit is None:
+            self._resolved.add("jit")
             # the compiled loss is the fast path (benchmarks/bench_speed.py); Pyro has none for IWAE,
             # and a guide that differentiates inside itself cannot be traced
             self.objective.jit = self.elbo in OBJECTIVES and OBJECTIVES[self.elbo].jit is not None and \
@@ -174,9 +177,27 @@ class FitConfig:
         return {name: list(value) if isinstance(value, tuple) else value for name, value in self.options()}
 
     def replace(self, **changes: Any) -> "FitConfig":
-        """A new config with ``changes``; a new ``model`` or ``guide`` takes its own family's options."""
-        values = {**self._unused, **dict(self.options()), **changes}
+        """A new config with ``changes``; a new ``model`` or ``guide`` takes its own family's options,
+        and the defaults that followed from other options follow from the new ones."""
+        values = {**self._unused, **{n: v for n, v in self.options() if n not in self._resolved}, **changes}
         return FitConfig(**values)
+
+    def for_programs(self, guide: object) -> "FitConfig":
+        """This config for a model and guide of your own (``fit(..., vae=)``): the families
+        ``custom`` (a built-in family's options no longer apply), the binarization left for fit to
+        read from the model's observed site, the JIT where ``guide`` can be traced."""
+        if self.model == CUSTOM:
+            return self
+        config = self.replace(model=CUSTOM, guide=CUSTOM)
+        if "jit" in config._resolved and not can(guide, "jit_compatible"):
+            config.jit = False
+        return config
+
+    def options_of(self, cls: type[Options]) -> Options:
+        """``cls`` (an options dataclass) from this config: the values of its part, or those given
+        for another family (a per-datapoint guide of your own steps its rows by LocalStepOptions)."""
+        values = {**self._unused, **dict(self.options())}
+        return cls(**{name: values[name] for name in _names(cls) if name in values})
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, FitConfig) and self.to_dict() == other.to_dict()
@@ -280,8 +301,8 @@ class FitConfig:
             if name in RESUMABLE:
                 merged[name] = mine
                 continue
-            if mine == theirs or name in defaults and mine == defaults[name]:
-                continue
+            if mine == theirs or mine is None or name in self._resolved or name in defaults and mine == defaults[name]:
+                continue   # the same, or left unset here (a default, or one that followed from other options)
             if name == "dataset" and theirs not in BUILTIN and not Path(theirs).exists() \
                     and mine not in BUILTIN and Path(mine).exists():
                 merged[name] = mine   # the data file moved: this is where it is now

@@ -65,6 +65,17 @@ def noise(seed: int, stream: int, particles: range, rows: range, shape: tuple[in
     return eps[particles.start - p0 * tp: particles.stop - p0 * tp, rows.start - r0 * tr: rows.stop - r0 * tr]
 
 
+def noise_shape(fn: dist.Distribution) -> torch.Size:
+    """The event shape of the standard-normal ``eps`` that :func:`reparameterize` takes for ``fn``:
+    its own, or its base's for a transformed distribution (a Gaussian pushed onto a K-simplex
+    draws K − 1 numbers)."""
+    shape = fn.event_shape
+    if isinstance(fn, torch.distributions.TransformedDistribution):
+        for transform in reversed(fn.transforms):
+            shape = transform.inverse_shape(shape)
+    return torch.Size(shape)
+
+
 def reparameterize(fn: dist.Distribution, eps: torch.Tensor) -> torch.Tensor | None:
     """A draw of ``fn`` from standard-normal ``eps`` [..., *event_shape], or None when ``fn`` is
     not a (transformed, independent) Normal or MultivariateNormal."""
@@ -84,7 +95,7 @@ def reparameterize(fn: dist.Distribution, eps: torch.Tensor) -> torch.Tensor | N
 
 
 class FixedNoise(Messenger):
-    """Sets each latent guide site to its reparameterized draw from ``eps_for(name, event_shape)``
+    """Sets each latent guide site to its reparameterized draw from ``eps_for(name, noise_shape(fn))``
     ([particles, rows, *event_shape]); records the sites it could not reparameterize. Enter it
     inside the particle plate: the value is set before that plate broadcasts the distribution."""
 
@@ -96,7 +107,7 @@ class FixedNoise(Messenger):
     def _pyro_sample(self, msg) -> None:
         if msg["is_observed"] or msg["value"] is not None or site_is_subsample(msg):
             return
-        value = reparameterize(msg["fn"], self.eps_for(msg["name"], msg["fn"].event_shape))
+        value = reparameterize(msg["fn"], self.eps_for(msg["name"], noise_shape(msg["fn"])))
         if value is None:
             self.unsupported.add(msg["name"])
         else:

@@ -309,10 +309,26 @@ def is_real(support) -> bool:
     return base_support(support)[0] is torch.distributions.constraints.real
 
 
-def _support_key(support) -> tuple[str, int]:
-    """(base constraint, event dims) of a support: constraints have no equality of their own."""
+def _support_key(support) -> tuple[object, int]:
+    """(where each number lives, event dims) of a support: constraints have no equality of their
+    own, and two that differ by a set of measure zero (``positive`` and ``nonnegative``, an open and
+    a half-open interval) are the same support for a density: a LogNormal q serves a HalfNormal or
+    Gamma p(z)."""
     base, dims = base_support(support)
+    constraints = torch.distributions.constraints
+    lower, upper = getattr(base, "lower_bound", None), getattr(base, "upper_bound", None)
+    if isinstance(base, (constraints.greater_than, constraints.greater_than_eq)):
+        return ("above", _bound(lower)), dims
+    if isinstance(base, constraints.less_than):
+        return ("below", _bound(upper)), dims
+    if isinstance(base, (constraints.interval, constraints.half_open_interval)):
+        return ("between", _bound(lower), _bound(upper)), dims
     return repr(base), dims
+
+
+def _bound(value) -> tuple[float, ...]:
+    """A constraint's bound (a number, or a tensor of them, as Uniform(low, high) has) as a key."""
+    return tuple(torch.as_tensor(value, dtype=torch.float64).flatten().tolist())
 
 
 def _site_name(where: str, name: str) -> str:
@@ -363,6 +379,31 @@ def _trace(where: str, fn: Callable, index, batch) -> poutine.Trace:
         raise _failed(where, error, batch) from None
     except (RuntimeError, TypeError, AssertionError, KeyError, IndexError) as error:
         raise _failed(where, error, batch) from None
+
+
+def _asks_subsample(trace: poutine.Trace) -> bool:
+    """Whether the trace's data plate was given a ``subsample_size`` (its subsample site keeps the
+    size asked for, even where the batch is too small for it to subsample)."""
+    site = trace.nodes.get(DATA_PLATE)
+    return site is not None and site_is_subsample(site) and getattr(site["fn"], "subsample_size", None) is not None
+
+
+def _refuse_fixed_subsample(model: Callable, guide: Callable, traces: tuple[poutine.Trace, poutine.Trace],
+                            index, batch) -> None:
+    """A constant ``subsample_size`` equal to the rows checked passes :func:`_check_plate` and then
+    subsamples every larger minibatch; one row fewer tells it from ``subsample_size=x.shape[0]``:
+    a constant asks for more rows than the plate has."""
+    rows = num_rows(batch)
+    if rows < 2 or not any(_asks_subsample(trace) for trace in traces):
+        return
+    fewer, fewer_index = rows_of(batch, slice(0, rows - 1)), None if index is None else index[:rows - 1]
+    guide_trace = _trace("guide", guide, fewer_index, fewer)
+    model_trace = _trace("model", poutine.replay(model, trace=guide_trace), fewer_index, fewer)
+    for where, trace in (("model", model_trace), ("guide", guide_trace)):
+        site = trace.nodes.get(DATA_PLATE)
+        if _asks_subsample(trace) and site["fn"].subsample_size != rows - 1:
+            raise UsageError(f"the {where}'s plate {DATA_PLATE!r} has subsample_size={site['fn'].subsample_size} "
+                             f"whatever the batch: {SUBSAMPLED}")
 
 
 def _failed(where: str, error: Exception, batch) -> UsageError:
@@ -425,6 +466,7 @@ def check_programs(model: Callable, guide: Callable, batch: Batch, index: torch.
     for where, sites in (("model", model_sites), ("guide", guide_sites)):
         for name, site in sites.items():
             _check_plate(where, name, site, rows)
+    _refuse_fixed_subsample(model, guide, (model_trace, guide_trace), small_index, small)
     observed = {name: site for name, site in model_sites.items() if site["is_observed"]}
     if not observed:
         raise UsageError("the model has no observed site: score the data with pyro.sample('x', ..., obs=x) inside "

@@ -36,7 +36,7 @@ from torch.distributions import biject_to
 
 from ..core.contract import can
 from ..core.errors import UsageError, option
-from ..core.noise import noise, reparameterize, site_stream, tile_seed
+from ..core.noise import noise, noise_shape, reparameterize, site_stream, tile_seed
 from ..core.programs import DATA_PLATE, is_real, program_of
 from ..core.traces import PARTICLE_DIM, PARTICLE_PLATE, log_mean_exp, sample_sites
 from ..core.vae import VAE, frozen
@@ -60,9 +60,29 @@ def _event_dims(fn) -> int:
     return len(fn.event_shape)
 
 
+def _in_base_space(fn) -> bool:
+    """Whether a site is annealed in its base space: a transformed distribution whose transforms are
+    bijections (a flow). Not HalfNormal's |u|: two u give one z, so the base density would count
+    the target twice (log 2 too high per site); such a site is annealed in biject_to(support)."""
+    return isinstance(fn, torch.distributions.TransformedDistribution) and all(t.bijective for t in fn.transforms)
+
+
+def _coordinate_shape(fn) -> torch.Size:
+    """The event shape of a site's coordinates u: its own, or what its bijections map from (a
+    simplex of K numbers lives in K − 1 unconstrained ones)."""
+    shape = fn.event_shape
+    if _in_base_space(fn):
+        transforms = fn.transforms
+    else:
+        transforms = [] if is_real(fn.support) else [biject_to(fn.support)]
+    for transform in reversed(transforms):
+        shape = transform.inverse_shape(shape)
+    return torch.Size(shape)
+
+
 def _from_coordinates(fn, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(z, log q_u(u), log |det ∂z/∂u|) for a site with distribution ``fn`` at coordinates u."""
-    if isinstance(fn, torch.distributions.TransformedDistribution):
+    if _in_base_space(fn):
         log_q = fn.base_dist.log_prob(u)
         log_det = torch.zeros_like(log_q)
         z = u
@@ -82,7 +102,7 @@ def _from_coordinates(fn, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
 
 def _to_coordinates(fn, z: torch.Tensor) -> torch.Tensor:
     """The coordinates u of a value z (inverts a flow: once per chain, for reverse AIS)."""
-    if isinstance(fn, torch.distributions.TransformedDistribution):
+    if _in_base_space(fn):
         for transform in reversed(fn.transforms):
             z = transform.inv(z)
         return z
@@ -92,7 +112,7 @@ def _to_coordinates(fn, z: torch.Tensor) -> torch.Tensor:
 def _draw_coordinates(fn, eps: torch.Tensor) -> torch.Tensor | None:
     """u ~ the site's start density in its coordinates, from standard-normal ``eps`` (None when
     the base is not reparameterizable by a normal draw)."""
-    if isinstance(fn, torch.distributions.TransformedDistribution):
+    if _in_base_space(fn):
         return reparameterize(fn.base_dist, eps)
     value = reparameterize(fn, eps)
     return None if value is None else biject_to(fn.support).inv(value)
@@ -119,10 +139,12 @@ class _Coordinates(Messenger):
             raise UsageError(f"annealed importance sampling needs continuous latent sites; {name!r} is discrete "
                              f"({type(fn).__name__}); use {option('method', 'is')}")
         if self.mode == "draw":
-            u = _draw_coordinates(fn, self.eps_for(name, fn.event_shape))
-            if u is None:   # not reparameterizable by a normal draw: torch's global generator
+            eps = self.eps_for(name, noise_shape(fn))
+            u = _draw_coordinates(fn, eps)
+            if u is None:   # not reparameterizable by a normal draw: torch's global generator, as eps is shaped
                 self.unsupported.add(name)
-                u = _to_coordinates(fn, fn.sample())
+                lead = eps.dim() - len(noise_shape(fn)) - len(fn.batch_shape)
+                u = _to_coordinates(fn, fn.sample(eps.shape[:max(lead, 0)]))
             self.u[name] = u
         elif self.mode == "invert":
             self.u[name] = _to_coordinates(fn, self.z[name])
@@ -162,7 +184,7 @@ class _Target:
                                                                              dtype=batch[0].dtype))
         with poutine.block(), probe:
             guide(index, 1.0, *batch)
-        self.sites = _Sites(list(probe.values), [fn.event_shape for fn in probe.fns.values()])
+        self.sites = _Sites(list(probe.values), [_coordinate_shape(fn) for fn in probe.fns.values()])
         self.step_size = self.initial_step_size(probe.fns)
         # a guide whose sites depend on x alone: compute its distributions once, not per leapfrog step
         self.fns = probe.fns if reuse_sites else None
@@ -190,7 +212,7 @@ class _Target:
         [1e-3, 0.5]; ``STEP_SIZE`` where a site's scale is unknown. Tuned step sizes are multiples of it."""
         scales = []
         for fn in probe_fns.values():
-            base = fn.base_dist if isinstance(fn, torch.distributions.TransformedDistribution) else fn
+            base = fn.base_dist if _in_base_space(fn) else fn
             try:
                 std = base.stddev
             except NotImplementedError:

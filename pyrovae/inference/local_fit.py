@@ -167,9 +167,12 @@ def initial_guide(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor |
         if support.is_discrete:
             raise UsageError(f"latent site {name!r} is discrete ({support}); per-point Gaussian fits need continuous "
                              "latents")
-    like = batch[0]
-    return MeanFieldGuide.from_moments({name: (like.new_zeros(num_rows(batch), *shape), like.new_ones(num_rows(batch), *shape))
-                                        for name, (shape, _) in shapes.items()}, {n: s for n, (_, s) in shapes.items()})
+    like, rows = batch[0], num_rows(batch)
+    # N(0, I) in each site's unconstrained space, shaped as biject_to maps from (K − 1 numbers for a K-simplex)
+    unconstrained = {name: shape if is_real(support) else biject_to(support).inverse_shape(shape)
+                     for name, (shape, support) in shapes.items()}
+    return MeanFieldGuide.from_moments({name: (like.new_zeros(rows, *shape), like.new_ones(rows, *shape))
+                                        for name, shape in unconstrained.items()}, {n: s for n, (_, s) in shapes.items()})
 
 
 def fit_local(vae: VAE, data: Data, init: Init = "prior", *, index: torch.Tensor | None = None,

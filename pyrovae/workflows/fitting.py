@@ -97,6 +97,8 @@ def fit(config: FitConfig, run_dir: str | Path, resume: bool = False, overwrite:
     context = distributed.current()
     if config.tensorboard:
         check_tensorboard()
+    if vae is not None:   # the run is of these programs, not of the config's families
+        config = config.for_programs(vae.guide)
     typed = config.typed_paths()
     config = _for_processes(config.with_absolute_paths(), context, vae).validate()
     run_dir = Path(run_dir)
@@ -167,6 +169,10 @@ def _build(config: FitConfig, dataset: Dataset, vae: VAE | None, device: torch.d
         raise UsageError(f"{option('binarize', config.binarize)} draws binary data, but the model's observed site "
                          f"{name!r} is {site.distribution} (support {site.support}); pass "
                          f"{option('binarize', 'none')} to train on the data as it is")
+    if next(iter(vae.parameters()), None) is None:
+        raise UsageError("the model and guide have no parameters to train (no nn.Module, pyro.module or pyro.param "
+                         "reached from them): give the decoder or the encoder a network, or estimate log p(x) of "
+                         "these programs directly (pyrovae.estimate_log_likelihood)")
     return vae, custom, config, prepared
 
 
@@ -263,8 +269,8 @@ def data_generator(seed: int, device: torch.device) -> torch.Generator:
 def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.device, resume: bool, progress: bool,
          on_epoch: Callable[[dict], None] | None, vae: VAE, custom: bool, extra: list[Callback], typed: dict,
          context: distributed.Context) -> dict | None:
-    # a per-datapoint guide's options are LocalStepOptions (its family's; defaults for one of your own)
-    local = config.guide_options if vae.can("per_datapoint") and config.guide != CUSTOM else LocalStepOptions()
+    # a per-datapoint guide steps its rows by LocalStepOptions (its family's, or as given for one of your own)
+    local = config.options_of(LocalStepOptions) if vae.can("per_datapoint") else LocalStepOptions()
     optimizer = make_optimizer(vae, config.lr, local.local_lr, local.local_lr_decay, betas=(config.adam_beta1, 0.999),
                                eps=config.adam_eps)
     objective = make_objective(config.elbo, config.particles, config.jit, rows=min(config.batch_size, num_rows(data.train)))
@@ -393,7 +399,7 @@ def _record_test_fit(run_dir: Path, test_fit: dict) -> None:
 
 def _write_config(run_dir: Path, config: FitConfig, data: PreparedData, device: torch.device, custom: bool,
                   typed: dict, vae: VAE) -> None:
-    values = (config.replace(model=CUSTOM, guide=CUSTOM) if custom and config.program is None else config).to_dict()
+    values = config.to_dict()
     extra = {"program": user_programs.record(config.program)} if config.program else {}
     runs.write_json(run_dir / runs.CONFIG, {**extra, "program_info": vae.info.to_dict() if vae.info else None,
         "config": values, "versions": runs.versions(), "device": str(device), "seed": config.seed,

@@ -197,6 +197,56 @@ def test_python_resume_of_a_user_run_takes_the_runs_own_options(tmp_path, digits
             data=digits, progress=False)
 
 
+def test_a_python_run_is_of_its_programs_not_of_the_default_families(tmp_path, digits, monkeypatch):
+    """fit(FitConfig(), vae=...) with a real-valued likelihood: no binarize to pass (the data are
+    kept as they are, read from the observed site), the run recorded and pictured as the program's."""
+    from pyrovae.workflows import fitting
+
+    captions = []
+
+    class Recorded(fitting.RunImages):
+        def __init__(self, run_dir, data, description):
+            captions.append(description)
+            super().__init__(run_dir, data, description)
+
+    monkeypatch.setattr(fitting, "RunImages", Recorded)
+
+    decoder = nn.Linear(2, 784)
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(decoder(z), 1.0).to_event(1), obs=x)
+
+    _, guide = _program(MODEL, GUIDE)
+    fit(quick(epochs=1), tmp_path / "run", vae=VAE(model, guide), data=digits, progress=False)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert saved["model"] == saved["guide"] == "custom" and saved["binarize"] == "none"
+    assert "latent_dim" not in saved   # the default family's options are not this run's
+    assert captions and "vae, amortized guide" not in captions[0] and "latent z" in captions[0], captions
+
+
+def test_a_python_per_datapoint_guide_takes_the_local_step_options_given(tmp_path, digits):
+    from pyrovae import MeanFieldGuide
+    from pyrovae.training import callbacks
+
+    model, _ = _program(MODEL, GUIDE)
+    guide = MeanFieldGuide({"z": 2}, len(digits.train), sparse=True)
+    steps = []
+    original = callbacks.LocalSteps.__init__
+
+    def recording(self, vae, loss, local_steps, *args, **kwargs):
+        steps.append(local_steps)
+        original(self, vae, loss, local_steps, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(callbacks.LocalSteps, "__init__", recording)
+        fit(quick(epochs=1, local_steps=3, jit=False), tmp_path / "run", vae=VAE(model, guide), data=digits,
+            progress=False)
+    assert steps == [3]
+
+
 # ---------------------------------------------------------------------------- refused before any work
 
 def _program(model_body: str, guide_body: str):
@@ -226,8 +276,13 @@ BAD = {
                                      "the guide's site 'w' is not a latent site of the model"),
     "support of q differs from p's": (MODEL.replace("dist.Normal(x.new_zeros(2), 1.0)", "dist.LogNormal(x.new_zeros(2), 1.0)"),
                                       GUIDE, "the guide's site 'z' has support"),
+    "no parameters to train": (MODEL, GUIDE, "no parameters to train"),
     "subsampled data plate": (MODEL.replace('x.shape[0])', 'x.shape[0], subsample_size=10)'), GUIDE,
                               "subsamples"),
+    # a constant subsample_size equal to the rows the check runs on (64) would subsample every larger batch
+    "subsample_size of the checked rows": (MODEL.replace('x.shape[0])', 'x.shape[0], subsample_size=64)'),
+                                           GUIDE.replace('x.shape[0])', 'x.shape[0], subsample_size=64)'),
+                                           "subsample"),
 }
 
 
@@ -380,6 +435,90 @@ def test_bdmc_on_a_constrained_scalar_latent_brackets_the_truth(scalar_data):
     assert lower < 3 * se_lower + 1e-3 and upper > -3 * se_upper - 1e-3, (lower, upper)
 
 
+def positive_scale_programs(guide_family: str):
+    """s ~ HalfNormal(1) per point (support nonnegative), x_j | s ~ Normal(0, s); a guide of another
+    positive family (LogNormal, Gamma: support positive) or HalfNormal itself (|u| of a Normal: not a
+    bijection, so AIS must not anneal it in its base space)."""
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            s = pyro.sample("s", dist.HalfNormal(x.new_ones(())).expand(x.shape[:1]))
+            pyro.sample("x", dist.Normal(0.0, s.unsqueeze(-1).expand(*s.shape, D)).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            rms = x.square().mean(-1).sqrt()
+            q = {"lognormal": lambda: dist.LogNormal(rms.log(), 0.4),
+                 "gamma": lambda: dist.Gamma(6.0, 6.0 / rms),
+                 "halfnormal": lambda: dist.HalfNormal(1.3 * rms)}[guide_family]()
+            pyro.sample("s", q)
+
+    return model, guide
+
+
+@pytest.mark.parametrize("guide_family", ["lognormal", "gamma", "halfnormal"])
+def test_a_positive_guide_serves_a_nonnegative_prior_and_ais_agrees_with_is(scalar_data, guide_family):
+    vae = VAE(*positive_scale_programs(guide_family))
+    x = scalar_data[:30]
+    vae.prepare((x,))   # positive and nonnegative supports are one support for a density
+    by_is = estimate_log_likelihood(vae, x, k=4000, seed=1).log_px
+    by_ais = estimate_log_likelihood_ais(vae, x, steps=100, chains=8, is_k=0, seed=1).log_px
+    mean, se = mean_and_se(by_ais - by_is)
+    assert abs(mean) < max(3 * se, 0.02), (mean, se)   # base-space AIS of HalfNormal's |u| was log 2 off
+
+
+# w ~ Dirichlet(α) per point, x | w ~ Multinomial(N, w): log p(x) is the Dirichlet-multinomial's,
+# the posterior Dirichlet(α + x); the latent lives on a simplex (3 numbers, 2 unconstrained)
+ALPHA, COUNT = (1.5, 2.0, 3.0), 12
+
+
+def log_px_dirichlet_multinomial(x: torch.Tensor) -> np.ndarray:
+    x, alpha = x.double(), torch.tensor(ALPHA, dtype=torch.float64)
+    return (math.lgamma(COUNT + 1) - torch.lgamma(x + 1).sum(-1) + torch.lgamma(alpha.sum())
+            - torch.lgamma(COUNT + alpha.sum()) + (torch.lgamma(x + alpha) - torch.lgamma(alpha)).sum(-1)).numpy()
+
+
+def simplex_programs(guide_family: str):
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            w = pyro.sample("w", dist.Dirichlet(x.new_tensor(ALPHA)))
+            pyro.sample("x", dist.Multinomial(COUNT, probs=w), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            if guide_family == "dirichlet":   # near the posterior Dirichlet(α + x), not equal to it
+                pyro.sample("w", dist.Dirichlet(0.8 * (x + x.new_tensor(ALPHA))))
+            else:   # a logistic normal: a Gaussian on 2 numbers pushed onto the simplex
+                logits = (x + x.new_tensor(ALPHA)).log()
+                loc = logits[..., :-1] - logits[..., -1:] + x.new_tensor([0.0, 0.1]).log1p()
+                pyro.sample("w", dist.TransformedDistribution(dist.Normal(loc, 0.4).to_event(1),
+                                                              dist.transforms.StickBreakingTransform()))
+
+    return model, guide
+
+
+@pytest.fixture(scope="module")
+def counts() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    w = torch.distributions.Dirichlet(torch.tensor(ALPHA)).sample((40,))
+    return torch.stack([torch.multinomial(row, COUNT, replacement=True, generator=generator).bincount(minlength=3)
+                        for row in w]).float()
+
+
+@pytest.mark.parametrize("guide_family", ["dirichlet", "logistic-normal"])
+def test_a_simplex_latent_in_is_ais_and_compare_matches_the_closed_form(counts, guide_family):
+    vae = VAE(*simplex_programs(guide_family))
+    truth = log_px_dirichlet_multinomial(counts)
+    estimates = {
+        "is": estimate_log_likelihood(vae, counts, k=2000).log_px,
+        "ais": estimate_log_likelihood_ais(vae, counts, steps=100, chains=8, is_k=0).log_px,
+    }
+    for name, log_px in estimates.items():
+        mean, se = mean_and_se(log_px - truth)
+        assert abs(mean) < max(3 * se, 0.01), (name, mean, se)
+    compared = compare_inference(vae, counts, k=2000, steps=300, refine_steps=0, batch_size=40)
+    assert abs(compared["log_likelihood"] - truth.mean()) < 0.05   # IS from q*, a Gaussian on the 2 numbers
+
+
 # ---------------------------------------------------------------------------- a --program run, from anywhere
 
 def invoke(*args):
@@ -425,3 +564,32 @@ def test_program_with_a_family_option_is_refused(tmp_path, monkeypatch):
     (tmp_path / "p.py").write_text(PYRO_EXAMPLE)
     result = invoke("fit", "--program", tmp_path / "p.py:make", "--latent-dim", 3, "--out", tmp_path / "run")
     assert result.exit_code == 2 and "--latent-dim" in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_a_program_from_a_module_and_a_changed_file_are_served(tmp_path, monkeypatch, caplog):
+    """--program package.module:FACTORY from the import path; a file edited since training is
+    loaded as it is now, with a note."""
+    package = tmp_path / "mine"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "pyro_vae.py").write_text(PYRO_EXAMPLE)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "digits.npz", train=rng.random((200, 784), dtype=np.float32),
+             test=rng.random((40, 784), dtype=np.float32))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    fitted = invoke("fit", "--program", "mine.pyro_vae:make", "--dataset", "digits.npz", "--epochs", 1,
+                    "--batch-size", 100, "--out", "by-module", "--quiet")
+    assert fitted.exit_code == 0, fitted.output
+    assert json.loads((tmp_path / "by-module" / "config.json").read_text())["config"]["program"] == "mine.pyro_vae:make"
+    assert invoke("evaluate", "by-module", "--k", 10, "--limit", 5).exit_code == 0
+
+    (tmp_path / "p.py").write_text(PYRO_EXAMPLE)
+    assert invoke("fit", "--program", "p.py:make", "--dataset", "digits.npz", "--epochs", 1, "--batch-size", 100,
+                  "--out", "by-file", "--quiet").exit_code == 0
+    (tmp_path / "p.py").write_text(PYRO_EXAMPLE + "\n# edited after training\n")
+    with caplog.at_level("WARNING"):
+        again = invoke("evaluate", "by-file", "--k", 10, "--limit", 5)
+    assert again.exit_code == 0, again.output
+    assert "has changed since the run was trained" in again.stderr + caplog.text
+
