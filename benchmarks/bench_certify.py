@@ -61,7 +61,8 @@ def main() -> None:
     if not (Path(args.run_dir) / "checkpoint.pt").exists():
         fit = ["fit", "--dataset", "mnist", "--data-dir", root, "--out", args.run_dir, "--quiet", *threads]
         fit += ["--preset", args.preset] if args.preset else []
-        fit += ["--minutes", str(args.minutes)] if args.minutes else ["--epochs", str(args.epochs)]
+        # a time budget trains until it is spent (the epochs only bound it from above)
+        fit += ["--minutes", str(args.minutes), "--epochs", "100000"] if args.minutes else ["--epochs", str(args.epochs)]
         log(f"training: pyrovae {' '.join(fit)}")
         results["fit"], results["fit_seconds"] = _pyrovae(*fit, env=env)
     command = ["certify", args.run_dir, "--data-dir", root, *threads]

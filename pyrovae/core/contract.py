@@ -35,7 +35,8 @@ def _table(*hooks: Hook) -> dict[str, Hook]:
 
 GUIDE = _table(
     Hook("amortized", True, "q(z | x) for any x from shared parameters (an encoder): it can encode test points"),
-    Hook("per_datapoint", False, "parameters per training row: it takes index= and is stepped row-sparse"),
+    Hook("per_datapoint", False, "parameters per training row: it takes index= and is stepped row-sparse (local "
+                                  "steps set by LocalStepOptions, read by name from the config)"),
     Hook("mean_field", False, "its latent sites are independent given x: closed-form KL per site is exact"),
     Hook("jit_compatible", True, "its Python can be traced by Pyro's JIT (it does not differentiate inside itself)"),
     Hook("row_parameters", None, "method () -> the parameters whose first dimension indexes training rows"),
@@ -75,8 +76,13 @@ def declared(program: object, role: str, name: str) -> Any:
     return getattr(program, name, hooks[name].default)
 
 
+CAPABILITIES = ("amortized", "per_datapoint", "mean_field", "jit_compatible")   # the yes/no hooks of a guide
+
+
 def can(program: object, capability: str) -> bool:
-    """A yes/no capability of a guide (``amortized``, ``per_datapoint``, ``mean_field``, ``jit_compatible``)."""
+    """A yes/no capability of a guide (one of ``CAPABILITIES``)."""
+    if capability not in CAPABILITIES:
+        raise KeyError(f"{capability!r} is not a yes/no capability of a guide (pyrovae.core.contract.CAPABILITIES)")
     return bool(declared(program, "guide", capability))
 
 
@@ -92,6 +98,8 @@ class Guide(Protocol):
     cli_help: str
 
     def __call__(self, *batch: torch.Tensor, index: torch.Tensor | None = None) -> None: ...
+    @classmethod
+    def from_options(cls, options: Any, model: "Model", num_data: int) -> "Guide": ...   # a registered family
     def row_parameters(self) -> list[nn.Parameter]: ...
     def local_family(self, batch: Sequence[torch.Tensor], init: str) -> nn.Module: ...
     def site_dist(self, name: str, parent: torch.Tensor) -> torch.distributions.Distribution: ...
@@ -104,6 +112,8 @@ class Model(Protocol):
     cli_help: str
 
     def __call__(self, *batch: torch.Tensor) -> None: ...
+    @classmethod
+    def from_options(cls, options: Any, data_dim: int, image_shape: tuple[int, ...] | None) -> "Model": ...   # registered
     def latent_layers(self) -> list: ...
     def features(self) -> tuple[nn.Module, int]: ...
     def attach_guide(self, guide: Guide) -> None: ...

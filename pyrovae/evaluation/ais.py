@@ -152,6 +152,14 @@ class AnnealedImportanceSampling(Estimator):
                          chunk_invariant=not unsupported, step_sizes=settings.step_sizes,
                          tune_points=min(settings.tune_points, n) if settings.step_sizes else 0)
 
+    @torch.no_grad()
+    def batch(self, vae: VAE, guide: Callable, batch: tuple[torch.Tensor, ...], rows: range, *,
+              index: torch.Tensor | None = None, unsupported: set | None = None,
+              progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+        values = ais_batch(vae, guide, batch, rows, self.settings, index=index, progress=progress, unsupported=unsupported)
+        values.pop("log_w")   # the chains' weights: per point, log p̂ is what a caller compares
+        return values
+
 
 def estimate_log_likelihood_ais(vae: VAE, data: Data, *, proposal: Proposal = "guide", progress: Report = False,
                                 partial_path: str | Path | None = None, resume: bool = False,

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
+import torch
 
 from ..core.errors import UsageError, option
 from ..core.files import atomic_path
@@ -75,6 +76,14 @@ class Estimator:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.settings})"
+
+    def batch(self, vae: Any, guide: Callable, batch: tuple[torch.Tensor, ...], rows: range, *,
+              index: torch.Tensor | None = None, unsupported: set | None = None,
+              progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+        """Per-point values (``log_px`` among them) of one batch of rows, from ``guide`` as the
+        proposal (a guide over the batch's rows, ``index`` its rows): what :meth:`estimate` does per
+        batch, for a caller with a proposal of its own per batch (compare's q*)."""
+        raise NotImplementedError(f"{type(self).__name__} estimates whole data sets only")
 
 
 def write_per_point(result: Estimate, path: str | Path) -> Path:

@@ -283,6 +283,12 @@ class ImportanceSampling(Estimator):
             values = evaluate_points(vae, keep.open(n, options), settings.batch_size, evaluate, report)
         return result_from_values(values, settings.k, name, data_dim, not unsupported)
 
+    @torch.no_grad()
+    def batch(self, vae: VAE, guide: Callable, batch: tuple[torch.Tensor, ...], rows: range, *,
+              index: torch.Tensor | None = None, unsupported: set | None = None,
+              progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+        return importance_batch(vae.bound()[0], guide, batch, rows, self.settings, index=index, unsupported=unsupported)
+
 
 def estimate_log_likelihood(vae: VAE, data: Data, *, proposal: Proposal = "guide", progress: Report = False,
                             partial_path: str | Path | None = None, resume: bool = False, options: dict | None = None,

@@ -64,4 +64,6 @@ def _table(vae: VAE, proposal: tuple, n: int) -> Callable:
 
 def latent_site_names(vae: VAE) -> list[str]:
     """The model's latent sites, as the check of the programs found them (estimators check first)."""
-    return list(vae.info.latent) if vae.info is not None else ["z"]
+    if vae.info is None:
+        raise RuntimeError("the programs are checked (vae.check(data)) before a proposal is resolved")
+    return list(vae.info.latent)

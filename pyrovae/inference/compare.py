@@ -48,10 +48,10 @@ from ..core.progress import Progress, Report
 from ..core.programs import Data, bind, num_rows, rows_of
 from ..core.vae import VAE
 from ..evaluation import diagnostics
-from ..evaluation.chains import ais_batch
+from ..evaluation.ais import AnnealedImportanceSampling
 from ..evaluation.driver import Keep, evaluate_points
 from ..evaluation.estimator import Estimator
-from ..evaluation.importance import importance_batch, result_from_values
+from ..evaluation.importance import ImportanceSampling, result_from_values
 from ..evaluation.settings import AISSettings, ISSettings, Settings, same, whole
 from ..guides.rows import select_rows
 from .local_fit import LocalFitSettings, elbo_per_point, fit_local
@@ -90,15 +90,15 @@ class CompareSettings(Settings):
         return LocalFitSettings(max_steps=self.steps, lr=self.lr, tol=self.tol, eval_samples=self.eval_samples,
                                 **changes)
 
-    def log_likelihood(self) -> ISSettings | AISSettings:
-        """The settings of log p̂ from q*: IS or AIS, seeded by ``seed``, never compiled."""
+    def log_likelihood(self) -> Estimator:
+        """The estimator of log p̂ from q*: IS or AIS, seeded by ``seed``, never compiled."""
         if self.log_px == "ais":
             # q* is fitted anew for every batch, so no tuning round ahead of the comparison can fix the
             # kernels: the chains adapt their step sizes as they run, as Cremer et al.'s (and Wu et
             # al.'s) AIS did (without, ais_batch has no step sizes at all)
-            return AISSettings(steps=self.ais_steps, chains=self.chains, leapfrog=self.leapfrog, is_k=0,
-                               seed=self.seed, compile=False, adapt_step_size=True)
-        return ISSettings(k=self.k, seed=self.seed, compile=False)
+            return AnnealedImportanceSampling(steps=self.ais_steps, chains=self.chains, leapfrog=self.leapfrog,
+                                              is_k=0, seed=self.seed, compile=False, adapt_step_size=True)
+        return ImportanceSampling(k=self.k, seed=self.seed, compile=False)
 
 
 class Comparison(Estimator):
@@ -200,13 +200,8 @@ class _Batches:
         """log p̂ of the batch from q* (a guide over its rows): IS, or AIS (a signal drops the batch at
         its next transition)."""
         local = torch.arange(len(rows), device=batch[0].device)
-        if isinstance(self.log_likelihood, AISSettings):
-            values = ais_batch(self.vae, guide, batch, rows, self.log_likelihood, index=local, progress=_check,
-                               unsupported=self.unsupported)
-            values.pop("log_w")
-            return values
-        return importance_batch(self.vae.bound()[0], guide, batch, rows, self.log_likelihood, index=local,
-                                unsupported=self.unsupported)
+        return self.log_likelihood.batch(self.vae, guide, batch, rows, index=local, unsupported=self.unsupported,
+                                         progress=_check)
 
     def table(self, values: dict[str, np.ndarray]) -> dict:
         """Means and SEs of the per-point values and gaps, with the diagnostics of log p̂."""
