@@ -16,25 +16,13 @@ One JSON object goes to stdout, progress to stderr; results go to certify_<name>
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import log, machine, require_data_dir, write_results  # noqa: E402
-
-
-def _pyrovae(*args: str, env: dict) -> tuple[dict, float]:
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pyrovae.cli.main", *args], stdout=subprocess.PIPE, env=env,
-                          text=True)
-    if done.returncode != 0:
-        log(f"pyrovae {' '.join(args)} failed with exit code {done.returncode}")
-        sys.exit(done.returncode)
-    return json.loads(done.stdout), time.perf_counter() - started
+from common import log, machine, require_data_dir, run_pyrovae, write_results  # noqa: E402
 
 
 def _load() -> dict:
@@ -64,11 +52,11 @@ def main() -> None:
         # a time budget trains until it is spent (the epochs only bound it from above)
         fit += ["--minutes", str(args.minutes), "--epochs", "100000"] if args.minutes else ["--epochs", str(args.epochs)]
         log(f"training: pyrovae {' '.join(fit)}")
-        results["fit"], results["fit_seconds"] = _pyrovae(*fit, env=env)
+        results["fit"], results["fit_seconds"] = run_pyrovae(*fit, env=env)
     command = ["certify", args.run_dir, "--data-dir", root, *threads]
     command += ["--limit", str(args.limit)] if args.limit else []
     log(f"certifying: pyrovae {' '.join(command)}")
-    certificate, seconds = _pyrovae(*command, env=env)
+    certificate, seconds = run_pyrovae(*command, env=env)
     results.update(certificate=certificate, certify_command="pyrovae " + " ".join(command),
                    certify_seconds=round(seconds, 1), load_at_the_end=_load())
     c, check = certificate, certificate["convergence"]

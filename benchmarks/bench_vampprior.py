@@ -18,28 +18,15 @@ The difference of the two estimates is taken per point (same points), with its S
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, log, machine, require_data_dir, write_results  # noqa: E402
-
-
-def _pyrovae(*args: str, env: dict) -> tuple[dict, float]:
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pyrovae.cli.main", *args], stdout=subprocess.PIPE, env=env,
-                          text=True)
-    if done.returncode != 0:
-        log(f"pyrovae {' '.join(args)} failed with exit code {done.returncode}")
-        sys.exit(done.returncode)
-    return json.loads(done.stdout.strip().splitlines()[-1]), time.perf_counter() - started
+from common import command_line, log, machine, require_data_dir, run_pyrovae, write_results  # noqa: E402
 
 
 def main() -> None:
@@ -63,11 +50,11 @@ def main() -> None:
         fit = ["fit", "--dataset", "mnist", "--data-dir", root, *recipe, "--minutes", str(args.minutes),
                "--epochs", "100000", "--out", str(run), "--overwrite", "--quiet"]
         log(f"training: pyrovae {' '.join(fit)}")
-        fitted, fit_seconds = _pyrovae(*fit, env=env)
+        fitted, fit_seconds = run_pyrovae(*fit, env=env)
         points = run / "is_per_point.npz"
         evaluate = ["evaluate", str(run), "--k", "5000", "--limit", str(args.limit), "--per-point", str(points)]
         log(f"evaluating: pyrovae {' '.join(evaluate)}")
-        estimate, is_seconds = _pyrovae(*evaluate, env=env)
+        estimate, is_seconds = run_pyrovae(*evaluate, env=env)
         per_point[name] = np.load(points)["log_px"]
         results["models"][name] = {"fit": fitted, "fit_wall_seconds": round(fit_seconds, 1), "is": estimate,
                                    "is_wall_seconds": round(is_seconds, 1), "load_after": os.getloadavg()[0]}

@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -118,3 +119,16 @@ def mnist(root: str, train_limit: int | None = None):
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def run_pyrovae(*args: str, env: dict) -> tuple[dict, float]:
+    """``pyrovae ARGS`` in a subprocess, as a user runs it: its JSON result (the last line of
+    stdout) and its wall-clock seconds; exits with its code if it fails (its stderr shows why)."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "pyrovae.cli.main", *args], stdout=subprocess.PIPE, env=env,
+                          text=True)
+    if done.returncode != 0:
+        log(f"pyrovae {' '.join(args)} failed with exit code {done.returncode}")
+        sys.exit(done.returncode)
+    return json.loads(done.stdout.strip().splitlines()[-1]), time.perf_counter() - started
+

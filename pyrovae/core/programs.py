@@ -40,6 +40,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
+from torch.distributions import biject_to
 from torch.distributions.mixture_same_family import MixtureSameFamilyConstraint
 
 from .errors import UsageError, option
@@ -307,6 +308,12 @@ def base_support(support) -> tuple[object, int]:
 def is_real(support) -> bool:
     """Whether ``support`` is the real line (or a product of real lines)."""
     return base_support(support)[0] is torch.distributions.constraints.real
+
+
+def unconstrained_shape(event_shape: torch.Size, support) -> torch.Size:
+    """The event shape of a latent's unconstrained coordinates, ``biject_to(support)``'s domain:
+    its own for a real or positive latent, K − 1 numbers for a K-simplex."""
+    return torch.Size(event_shape if is_real(support) else biject_to(support).inverse_shape(event_shape))
 
 
 def _support_key(support) -> tuple[object, int]:

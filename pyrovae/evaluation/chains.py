@@ -37,7 +37,7 @@ from torch.distributions import biject_to
 from ..core.contract import can
 from ..core.errors import UsageError, option
 from ..core.noise import noise, noise_shape, reparameterize, site_stream, tile_seed
-from ..core.programs import DATA_PLATE, is_real, program_of
+from ..core.programs import DATA_PLATE, is_real, program_of, unconstrained_shape
 from ..core.traces import PARTICLE_DIM, PARTICLE_PLATE, log_mean_exp, sample_sites
 from ..core.vae import VAE, frozen
 from . import diagnostics
@@ -70,14 +70,7 @@ def _in_base_space(fn) -> bool:
 def _coordinate_shape(fn) -> torch.Size:
     """The event shape of a site's coordinates u: its own, or what its bijections map from (a
     simplex of K numbers lives in K − 1 unconstrained ones)."""
-    shape = fn.event_shape
-    if _in_base_space(fn):
-        transforms = fn.transforms
-    else:
-        transforms = [] if is_real(fn.support) else [biject_to(fn.support)]
-    for transform in reversed(transforms):
-        shape = transform.inverse_shape(shape)
-    return torch.Size(shape)
+    return noise_shape(fn) if _in_base_space(fn) else unconstrained_shape(fn.event_shape, fn.support)
 
 
 def _from_coordinates(fn, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -139,11 +132,12 @@ class _Coordinates(Messenger):
             raise UsageError(f"annealed importance sampling needs continuous latent sites; {name!r} is discrete "
                              f"({type(fn).__name__}); use {option('method', 'is')}")
         if self.mode == "draw":
-            eps = self.eps_for(name, noise_shape(fn))
+            shape = noise_shape(fn)
+            eps = self.eps_for(name, shape)
             u = _draw_coordinates(fn, eps)
             if u is None:   # not reparameterizable by a normal draw: torch's global generator, as eps is shaped
                 self.unsupported.add(name)
-                lead = eps.dim() - len(noise_shape(fn)) - len(fn.batch_shape)
+                lead = eps.dim() - len(shape) - len(fn.batch_shape)
                 u = _to_coordinates(fn, fn.sample(eps.shape[:max(lead, 0)]))
             self.u[name] = u
         elif self.mode == "invert":

@@ -37,7 +37,7 @@ from ..core.noise import forked_rng
 from ..core.options import non_negative, positive
 from ..core.options import option as setting
 from ..core.progress import Progress, Report
-from ..core.programs import Data, as_batch, bind, is_real, num_rows, rows_of
+from ..core.programs import Data, as_batch, bind, is_real, num_rows, rows_of, unconstrained_shape
 from ..core.traces import ElboTerms, elbo_terms, latent_shapes, particle_traces, sample_sites
 from ..core.vae import VAE, frozen
 from ..evaluation.settings import Settings, configured, optional, whole
@@ -169,8 +169,7 @@ def initial_guide(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor |
                              "latents")
     like, rows = batch[0], num_rows(batch)
     # N(0, I) in each site's unconstrained space, shaped as biject_to maps from (K − 1 numbers for a K-simplex)
-    unconstrained = {name: shape if is_real(support) else biject_to(support).inverse_shape(shape)
-                     for name, (shape, support) in shapes.items()}
+    unconstrained = {name: unconstrained_shape(shape, support) for name, (shape, support) in shapes.items()}
     return MeanFieldGuide.from_moments({name: (like.new_zeros(rows, *shape), like.new_ones(rows, *shape))
                                         for name, shape in unconstrained.items()}, {n: s for n, (_, s) in shapes.items()})
 

@@ -108,14 +108,14 @@ def fit(config: FitConfig, run_dir: str | Path, resume: bool = False, overwrite:
     dataset = data or load_dataset(config.dataset, config.data_dir, config.test_fraction, config.seed)
     with forked_rng(device, config.seed):   # the initial weights are the seed's
         # every check of the data and the programs happens before anything is written
-        vae, custom, built, prepared = _build(config, dataset, vae, device)
+        vae, built, prepared = _build(config, dataset, vae, device)
         with contextlib.ExitStack() as lock:
             # checked again under the lock: another fit may have started in RUN_DIR since the first check
             checked, restore = _on_main(context, lambda: _claim(run_dir, lock, config, resume, overwrite))
             if checked != config:
                 raise UsageError(f"the run in {str(run_dir)!r} changed while this fit was starting; run it again")
             with vae.param_store():
-                return _fit(built, run_dir, prepared, device, restore, progress, on_epoch, vae, custom,
+                return _fit(built, run_dir, prepared, device, restore, progress, on_epoch, vae,
                             list(callbacks), typed, context)
 
 
@@ -147,7 +147,7 @@ def _claim(run_dir: Path, lock: contextlib.ExitStack, config: FitConfig, resume:
 
 
 def _build(config: FitConfig, dataset: Dataset, vae: VAE | None, device: torch.device
-           ) -> tuple[VAE, bool, FitConfig, "PreparedData"]:
+           ) -> tuple[VAE, FitConfig, "PreparedData"]:
     """The VAE (the config's families, its --program, or the caller's own), checked on the data,
     with what the run needs resolved from the programs: the binarization of a program's data."""
     custom = vae is not None or config.program is not None
@@ -173,7 +173,7 @@ def _build(config: FitConfig, dataset: Dataset, vae: VAE | None, device: torch.d
         raise UsageError("the model and guide have no parameters to train (no nn.Module, pyro.module or pyro.param "
                          "reached from them): give the decoder or the encoder a network, or estimate log p(x) of "
                          "these programs directly (pyrovae.estimate_log_likelihood)")
-    return vae, custom, config, prepared
+    return vae, config, prepared
 
 
 def _as_trained(config: FitConfig, train: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -267,7 +267,7 @@ def data_generator(seed: int, device: torch.device) -> torch.Generator:
 
 
 def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.device, resume: bool, progress: bool,
-         on_epoch: Callable[[dict], None] | None, vae: VAE, custom: bool, extra: list[Callback], typed: dict,
+         on_epoch: Callable[[dict], None] | None, vae: VAE, extra: list[Callback], typed: dict,
          context: distributed.Context) -> dict | None:
     # a per-datapoint guide steps its rows by LocalStepOptions (its family's, or as given for one of your own)
     local = config.options_of(LocalStepOptions) if vae.can("per_datapoint") else LocalStepOptions()
@@ -282,7 +282,7 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
     generator = data_generator(config.seed, device)
     if not resume and context.is_main:   # a new run: what pyrovae wrote here before goes, the user's files stay
         runs.clear_run(run_dir)
-        _write_config(run_dir, config, data, device, custom, typed, vae)
+        _write_config(run_dir, config, data, device, typed, vae)
     callbacks: list[Callback] = [KLWarmup(config.beta, config.kl_warmup), lr_schedule(config.lr_schedule, config)]
     if config.binarize == "dynamic":
         callbacks.append(DynamicBinarization())
@@ -397,8 +397,8 @@ def _record_test_fit(run_dir: Path, test_fit: dict) -> None:
         runs.write_jsonl(run_dir / runs.METRICS, metrics)
 
 
-def _write_config(run_dir: Path, config: FitConfig, data: PreparedData, device: torch.device, custom: bool,
-                  typed: dict, vae: VAE) -> None:
+def _write_config(run_dir: Path, config: FitConfig, data: PreparedData, device: torch.device, typed: dict,
+                  vae: VAE) -> None:
     values = config.to_dict()
     extra = {"program": user_programs.record(config.program)} if config.program else {}
     runs.write_json(run_dir / runs.CONFIG, {**extra, "program_info": vae.info.to_dict() if vae.info else None,
