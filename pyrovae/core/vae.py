@@ -128,8 +128,9 @@ class VAE(nn.Module):
         if self.info is None:
             if index is None and can(self.guide, "per_datapoint"):
                 index = torch.arange(min(CHECK_ROWS, batch[0].shape[0]), device=batch[0].device)
-            self.info = check_programs(*self.bound(), batch, index, names=(describe(self.model), describe(self.guide)),
-                                       continuous=continuous)
+            with forked_rng(batch[0].device, seed=0):   # the check's draws are not the caller's
+                self.info = check_programs(*self.bound(), batch, index,
+                                           names=(describe(self.model), describe(self.guide)), continuous=continuous)
         elif continuous:
             refuse_discrete(self.info)
         return self.info

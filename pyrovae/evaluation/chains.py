@@ -36,7 +36,7 @@ from torch.distributions import biject_to
 
 from ..core.contract import can
 from ..core.errors import UsageError, option
-from ..core.noise import noise, noise_shape, reparameterize, site_stream, tile_seed
+from ..core.noise import forked_rng, noise, noise_shape, reparameterize, site_stream, tile_seed
 from ..core.programs import DATA_PLATE, is_real, program_of, unconstrained_shape
 from ..core.traces import PARTICLE_DIM, PARTICLE_PLATE, log_mean_exp, sample_sites
 from ..core.vae import VAE, frozen
@@ -285,10 +285,34 @@ def ais_batch(vae: VAE, guide: Callable, batch: tuple[torch.Tensor, ...], rows: 
     if not (tune or settings.adapt_step_size or settings.step_sizes is not None):
         raise ValueError("ais_batch needs settings.step_sizes (tune them first), adapt_step_size or tune=True")
     index = torch.arange(rows.start, rows.stop, device=like.device) if index is None else index
+    stream = TUNE_STREAM if tune else AIS_STREAM   # the tuning round's chains are not the estimate's
+    # draws the seeded noise cannot give (a Dirichlet's, a Gamma's) come from torch's generator:
+    # forked and seeded by the tile, so they repeat on resume and leave the caller's as it was
+    with forked_rng(like.device, tile_seed(seed, stream, int(reverse_from is not None), rows.start)):
+        result, base = _anneal_batch(vae, model, guide, batch, rows, index=index, settings=settings, stream=stream,
+                                     reverse_from=reverse_from, tune=tune, progress=progress, unsupported=unsupported)
+    log_w = result.log_w                                  # [C, B]
+    weights = torch.softmax(log_w, 0)
+    # forward: log mean w estimates log p(x) from below; reverse: E[w] = 1 / p(x), an upper bound
+    values = {"log_px": log_mean_exp(log_w, 0) if reverse_from is None else -log_mean_exp(log_w, 0),
+              "chain_ess": 1.0 / (weights ** 2).sum(0) / chains,
+              "accept_rate": result.accept_rate.mean(0), "step_size": result.step_size.double().mean(0),
+              "log_w": log_w.T}
+    if chains >= diagnostics.MIN_KHAT_DRAWS:
+        values["khat"] = torch.as_tensor(diagnostics.psis_khat(log_w.T))
+    if tune:
+        values["step_ratio"] = (result.step_sizes / base).median(1).values.T   # [B, T]
+    return {name: value.detach().cpu().double().numpy() for name, value in values.items()}
+
+
+def _anneal_batch(vae: VAE, model: Callable, guide: Callable, batch: tuple[torch.Tensor, ...], rows: range, *,
+                  index: torch.Tensor, settings: AISSettings, stream: int, reverse_from: dict | None, tune: bool,
+                  progress: Callable[[int, int], None] | None, unsupported: set | None):
+    """The chains of :func:`ais_batch`, run: the annealing result and each point's start scale."""
+    like, chains, seed = batch[0], settings.chains, settings.seed
     reuse = can(program_of(guide), "mean_field")
     target = _Target(model, guide, batch, index, chains, reuse, bool(settings.compile))
     betas = sigmoid_schedule(settings.steps)
-    stream = TUNE_STREAM if tune else AIS_STREAM   # the tuning round's chains are not the estimate's
     if reverse_from is None:
         u0 = target.start(lambda name, shape: noise(seed, stream ^ site_stream(name), range(chains), rows,
                                                     tuple(shape), like))
@@ -306,15 +330,4 @@ def ais_batch(vae: VAE, guide: Callable, batch: tuple[torch.Tensor, ...], rows: 
                         rand=_noise_source(seed, stream * 7919 + 2, chains, rows, like, "uniform"),
                         jitter=_noise_source(seed, stream * 7919 + 3, chains, rows, like, "uniform"),
                         adapt=adapt, step_scale=scale, record_step_sizes=tune, progress=progress)
-    log_w = result.log_w                                  # [C, B]
-    weights = torch.softmax(log_w, 0)
-    # forward: log mean w estimates log p(x) from below; reverse: E[w] = 1 / p(x), an upper bound
-    values = {"log_px": log_mean_exp(log_w, 0) if reverse_from is None else -log_mean_exp(log_w, 0),
-              "chain_ess": 1.0 / (weights ** 2).sum(0) / chains,
-              "accept_rate": result.accept_rate.mean(0), "step_size": result.step_size.double().mean(0),
-              "log_w": log_w.T}
-    if chains >= diagnostics.MIN_KHAT_DRAWS:
-        values["khat"] = torch.as_tensor(diagnostics.psis_khat(log_w.T))
-    if tune:
-        values["step_ratio"] = (result.step_sizes / base).median(1).values.T   # [B, T]
-    return {name: value.detach().cpu().double().numpy() for name, value in values.items()}
+    return result, base

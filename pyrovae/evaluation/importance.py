@@ -31,7 +31,7 @@ from pyro.poutine.util import site_is_subsample
 
 from ..core import heap, interrupts
 from ..core.errors import option
-from ..core.noise import forked_rng, seeded_noise, with_noise
+from ..core.noise import forked_rng, seeded_noise, tile_seed, with_noise
 from ..core.progress import Progress, Report
 from ..core.programs import Data, num_rows, rows_of
 from ..core.traces import iwae_bound, log_weights
@@ -141,17 +141,20 @@ def batch_log_weights(model: Callable, guide: Callable, batch: tuple[torch.Tenso
     log_w = torch.empty(k, len(rows), dtype=torch.float64)
     log_lik_sum = torch.zeros(len(rows), dtype=torch.float64)
     log_ratio_sum = torch.zeros(len(rows), dtype=torch.float64)
-    for start in range(0, k, chunk_size):
-        interrupts.check()   # under an evaluation's StopFlag, a signal drops this batch here
-        particles = range(start, min(start + chunk_size, k))
-        noisy = with_noise(guide, seeded_noise(settings.seed, IS_STREAM, particles, rows, like), unsupported)
-        # validation checks (finite logits, binary x) rerun on every [chunk, batch, pixels]
-        # tensor: once per batch suffices
-        with pyro.validation_enabled(is_validation_enabled() and start == 0), FusedDensities(settings.compile):
-            terms = log_weights(model, noisy, len(particles), index, 1.0, *batch)
-        log_w[particles.start: particles.stop] = terms.log_w
-        for total, term in ((log_lik_sum, terms.log_lik), (log_ratio_sum, terms.log_q - terms.log_prior)):
-            total += torch.as_tensor(term).detach().double().cpu().expand(len(particles), len(rows)).sum(0)
+    # draws the seeded noise cannot give (a Dirichlet's, a Gamma's) come from torch's generator:
+    # forked and seeded by the tile, so they repeat on resume and leave the caller's as it was
+    with forked_rng(like.device, tile_seed(settings.seed, IS_STREAM, rows.start)):
+        for start in range(0, k, chunk_size):
+            interrupts.check()   # under an evaluation's StopFlag, a signal drops this batch here
+            particles = range(start, min(start + chunk_size, k))
+            noisy = with_noise(guide, seeded_noise(settings.seed, IS_STREAM, particles, rows, like), unsupported)
+            # validation checks (finite logits, binary x) rerun on every [chunk, batch, pixels]
+            # tensor: once per batch suffices
+            with pyro.validation_enabled(is_validation_enabled() and start == 0), FusedDensities(settings.compile):
+                terms = log_weights(model, noisy, len(particles), index, 1.0, *batch)
+            log_w[particles.start: particles.stop] = terms.log_w
+            for total, term in ((log_lik_sum, terms.log_lik), (log_ratio_sum, terms.log_q - terms.log_prior)):
+                total += torch.as_tensor(term).detach().double().cpu().expand(len(particles), len(rows)).sum(0)
     return log_w, log_lik_sum / k, log_ratio_sum / k
 
 

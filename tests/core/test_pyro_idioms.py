@@ -519,6 +519,21 @@ def test_a_simplex_latent_in_is_ais_and_compare_matches_the_closed_form(counts, 
     assert abs(compared["log_likelihood"] - truth.mean()) < 0.05   # IS from q*, a Gaussian on the 2 numbers
 
 
+def test_draws_outside_the_seeded_noise_repeat_and_leave_the_callers_generator_alone(counts):
+    # a Dirichlet guide draws from torch's generator (no seeded-noise form): IS and AIS fork it
+    # per batch, seeded by the tile, so a second call repeats the first and the caller's stream
+    # goes on as if nothing had run
+    vae = VAE(*simplex_programs("dirichlet"))
+    for estimate in (lambda: estimate_log_likelihood(vae, counts, k=50, batch_size=16).log_px,
+                     lambda: estimate_log_likelihood_ais(vae, counts, steps=5, chains=4, is_k=0, batch_size=16).log_px):
+        torch.manual_seed(123)
+        expected = torch.rand(3)
+        torch.manual_seed(123)
+        first = estimate()
+        assert torch.equal(torch.rand(3), expected)
+        np.testing.assert_array_equal(estimate(), first)
+
+
 # ---------------------------------------------------------------------------- a --program run, from anywhere
 
 def invoke(*args):
