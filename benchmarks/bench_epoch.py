@@ -21,6 +21,11 @@ the ratios pyrovae / peer. The table gives the medians over repeats; the JSON al
 
     python benchmarks/bench_epoch.py --data-dir ../shared/data [--epochs 3] [--repeats 3] [--seed 0]
                                      [--threads N] [--pyrovae-args "--no-jit"] [--results DIR]
+                                     [--baseline OTHER/.venv/bin/python]
+
+``--baseline``: a Python whose ``pyrovae`` console script is another build (e.g. a worktree of the
+commit before a change); it joins the rotation as a fourth run, and the table adds the ratio of
+this build to it: whether a change made fit slower, measured alternated in one run.
 
 Results: epoch.{json,md} in --results (default benchmarks/results).
 """
@@ -72,8 +77,8 @@ def run_json(command: list[str], env: dict | None = None) -> tuple[dict, float]:
     return json.loads(lines[-1]), wall
 
 
-def pyrovae_command() -> str:
-    beside = Path(sys.executable).parent / "pyrovae"
+def pyrovae_command(python: str = sys.executable) -> str:
+    beside = Path(python).parent / "pyrovae"
     return str(beside) if beside.exists() else (shutil.which("pyrovae") or sys.exit("no pyrovae console script"))
 
 
@@ -121,15 +126,15 @@ def table(results: dict) -> str:
             f"| s / epoch without the pictures drawn at the end | s / epoch (training only) | subprocess wall s "
             f"| test ELBO |",
             "|---|---|---|---|---|---|"]
-    for who in ("pyrovae", "plain", "pyro"):
+    for who in [who for who in NAMES if f"{who}_epoch_s" in m]:
         rows.append(f"| {NAMES[who]}{extra if who == 'pyrovae' else ''} | {m[f'{who}_epoch_s']:.2f} "
                     f"| {m[f'{who}_epoch_no_pictures_s']:.2f} | {m[f'{who}_train_s']:.2f} | {m[f'{who}_wall_s']:.1f} "
                     f"| {m[f'{who}_test_elbo']:.2f} |")
-    for peer in ("plain", "pyro"):
+    for peer in [peer for peer in NAMES if peer != "pyrovae" and f"ratio_{peer}_epoch_s" in m]:
         r = {key: m[f"ratio_{peer}_{key}"] for key in ("epoch_s", "epoch_no_pictures_s", "train_s", "wall_s")}
         rows.append(f"| ratio pyrovae / {NAMES[peer]} | **{r['epoch_s']:.2f}** | {r['epoch_no_pictures_s']:.2f} "
                     f"| {r['train_s']:.2f} | {r['wall_s']:.2f} | |")
-    loads = [row[who]["load_before"] for row in results["repeats"] for who in ("pyrovae", "plain", "pyro")]
+    loads = [row[who]["load_before"] for row in results["repeats"] for who in row["order"]]
     rows += ["", (f"1-minute load average before each run: {min(loads)} to {max(loads)}. Busiest processes at the "
                   "start: ") + "; ".join(f"`{line.strip()}`" for line in results["busiest_at_start"][:3]) + "."]
     return "\n".join(rows)
@@ -144,6 +149,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--pyrovae-args", default="", help='extra options of pyrovae fit, e.g. "--no-jit"')
     parser.add_argument("--results", default=None, help="folder for epoch.{json,md} (default benchmarks/results)")
+    parser.add_argument("--baseline", default=None, metavar="PYTHON",
+                        help="a Python beside another build's pyrovae script: timed in the same rotation")
     argv = sys.argv[1:]
     if "--pyrovae-args" in argv[:-1]:   # its value starts with "--": glue it on, or argparse takes it for an option
         i = argv.index("--pyrovae-args")
@@ -160,20 +167,25 @@ def main() -> None:
     at_start = busiest()
     runs = {"pyrovae": lambda: pyrovae_run(args, exe, threads_option), "plain": lambda: peer_run(args, "plain"),
             "pyro": lambda: peer_run(args, "pyro")}
+    if args.baseline:
+        baseline = pyrovae_command(args.baseline)
+        NAMES["baseline"] = f"pyrovae fit, baseline build ({args.baseline})"
+        runs["baseline"] = lambda: pyrovae_run(args, baseline, threads_option)
     order = list(runs)
     repeats = []
     for r in range(args.repeats):
-        turn = order[r % 3:] + order[:r % 3]
+        turn = order[r % len(order):] + order[:r % len(order)]
         row = {who: runs[who]() for who in turn}
         row["order"] = turn
-        for peer in ("plain", "pyro"):
+        for peer in [who for who in runs if who != "pyrovae"]:
             for key in ("epoch_s", "epoch_no_pictures_s", "train_s", "wall_s"):
                 row[f"ratio_{peer}_{key}"] = row["pyrovae"][key] / row[peer][key]
         repeats.append(row)
         pv, pl, py = row["pyrovae"], row["plain"], row["pyro"]
         log(f"repeat {r + 1}: pyrovae {pv['epoch_s']:.2f} s/epoch ({pv['train_s']:.2f} training), "
             f"plain {pl['epoch_s']:.2f} ({pl['train_s']:.2f}), pyro {py['epoch_s']:.2f} ({py['train_s']:.2f}); "
-            f"ratios {row['ratio_plain_epoch_s']:.2f} and {row['ratio_pyro_epoch_s']:.2f}")
+            f"ratios {row['ratio_plain_epoch_s']:.2f} and {row['ratio_pyro_epoch_s']:.2f}"
+            + (f", to the baseline build {row['ratio_baseline_epoch_s']:.2f}" if args.baseline else ""))
     median = {f"{who}_{key}": median_of([row[who][key] for row in repeats]) for who in runs for key in KEYS}
     median.update({key: statistics.median(row[key] for row in repeats) for key in repeats[0] if key.startswith("ratio")})
     results = {"machine": info, "args": vars(args),

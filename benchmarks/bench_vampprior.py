@@ -9,7 +9,10 @@ log p(x) by importance sampling (K=5000) on the same first ``--limit`` test poin
     pyrovae evaluate RUN/<model> --k 5000 --limit N
 
     python benchmarks/bench_vampprior.py --data-dir ../shared/data [--minutes 10] [--limit 1000]
-                                         [--pseudo-inputs 500] [--runs DIR] [--results DIR]
+                                         [--pseudo-inputs 500] [--runs DIR] [--reuse] [--results DIR]
+
+``--reuse``: a model whose run in --runs already spent its budget (metrics.jsonl says so) is not
+trained again; its epochs, seconds and test ELBO are read from that run's metrics.jsonl.
 
 The difference of the two estimates is taken per point (same points), with its SE. Run it alone
 (``flock -x /work/bench.lock ...`` on the shared machine). Results: vampprior.{json,md} in
@@ -18,6 +21,7 @@ The difference of the two estimates is taken per point (same points), with its S
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -29,6 +33,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, log, machine, require_data_dir, run_pyrovae, write_results  # noqa: E402
 
 
+def trained(run: Path, minutes: float) -> dict | None:
+    """What fit reported for ``run``, read back from its metrics.jsonl, if its training spent
+    ``minutes`` (the budget a run of this benchmark stops at); else None."""
+    metrics_file = run / "metrics.jsonl"
+    if not (run / "checkpoint.pt").exists() or not metrics_file.exists():
+        return None
+    metrics = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    seconds = sum(m.get("train_seconds", 0) + m.get("eval_seconds", 0) for m in metrics)
+    if seconds < 0.9 * 60 * minutes:   # the epochs' own seconds: the budget's clock also counts checkpoints
+        return None
+    return {"epochs": len(metrics), "seconds": seconds, "test_elbo": metrics[-1].get("test_elbo"),
+            "read_from": str(metrics_file)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None)
@@ -36,6 +54,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=1000, help="Test points of the IS estimates.")
     parser.add_argument("--pseudo-inputs", type=int, default=500)
     parser.add_argument("--runs", default=None, help="Folder for the two runs [default: a temporary one].")
+    parser.add_argument("--reuse", action="store_true", help="Keep a run in --runs that already spent its budget.")
     parser.add_argument("--results", default=None)
     args = parser.parse_args()
     root = require_data_dir(args.data_dir)
@@ -49,8 +68,13 @@ def main() -> None:
         run = runs / name
         fit = ["fit", "--dataset", "mnist", "--data-dir", root, *recipe, "--minutes", str(args.minutes),
                "--epochs", "100000", "--out", str(run), "--overwrite", "--quiet"]
-        log(f"training: pyrovae {' '.join(fit)}")
-        fitted, fit_seconds = run_pyrovae(*fit, env=env)
+        fitted = trained(run, args.minutes) if args.reuse else None
+        if fitted is None:
+            log(f"training: pyrovae {' '.join(fit)}")
+            fitted, fit_seconds = run_pyrovae(*fit, env=env)
+        else:
+            log(f"reusing {run}: {fitted['epochs']} epochs in {fitted['seconds']:.0f} s")
+            fit_seconds = fitted["seconds"]
         points = run / "is_per_point.npz"
         evaluate = ["evaluate", str(run), "--k", "5000", "--limit", str(args.limit), "--per-point", str(points)]
         log(f"evaluating: pyrovae {' '.join(evaluate)}")
