@@ -94,7 +94,8 @@ class FitConfig:
     :attr:`guide_options`, :attr:`objective`, :attr:`training`. Construct it with options by name;
     read and set them by name too (each lives in exactly one part)."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, guide: str = DEFAULT_GUIDE, program: str | None = None, **options: Any):
+    def __init__(self, model: str = DEFAULT_MODEL, guide: str = DEFAULT_GUIDE, program: str | None = None,
+                 **options: Any):
         if program is not None:   # the program's own model decides: resolved by fit from its observed site
             model = guide = CUSTOM
         parts = {"data": DataOptions, "model_options": model_options(model), "guide_options": guide_options(guide),

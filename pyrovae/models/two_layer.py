@@ -44,7 +44,8 @@ class TwoLayerModel(nn.Module):
     cli_help = "z2 -> z1 -> x (Burda et al. 2016)"
     Options = TwoLayerOptions
 
-    def __init__(self, latent_dim: int, data_dim: int, *, hidden: Sequence[int] = default_of(TwoLayerOptions, "hidden"),
+    def __init__(self, latent_dim: int, data_dim: int, *,
+                 hidden: Sequence[int] = default_of(TwoLayerOptions, "hidden"),
                  z1_dim: int = default_of(TwoLayerOptions, "z1_dim"),
                  z1_hidden: Sequence[int] = default_of(TwoLayerOptions, "z1_hidden"),
                  likelihood: str = default_of(TwoLayerOptions, "likelihood"),
