@@ -12,8 +12,8 @@ from pyrovae.config import PRESETS, RESUMABLE, FitConfig, guide_options, model_o
 from pyrovae.core.contract import declared
 from pyrovae.core.errors import UsageError
 from pyrovae.data import DataOptions
-from pyrovae.guides import GUIDES
-from pyrovae.models import MODELS
+from pyrovae.guides import DEFAULT_GUIDE, GUIDES
+from pyrovae.models import DEFAULT_MODEL, MODELS
 from pyrovae.objectives import ObjectiveOptions
 from pyrovae.training.options import TrainingOptions
 from pyrovae.workflows import fit as train
@@ -25,9 +25,9 @@ def _registry_help(registry: dict, role: str) -> str:
 
 
 @click.command(short_help=short_help("fit"))
-@click.option("--model", type=click.Choice(list(MODELS)), default="vae", show_default=True,
+@click.option("--model", type=click.Choice(list(MODELS)), default=DEFAULT_MODEL, show_default=True,
               help=_registry_help(MODELS, "model"))
-@click.option("--guide", type=click.Choice(list(GUIDES)), default="amortized", show_default=True,
+@click.option("--guide", type=click.Choice(list(GUIDES)), default=DEFAULT_GUIDE, show_default=True,
               help=_registry_help(GUIDES, "guide"))
 @click.option("--program", default=None,
               help="Your own Pyro model and guide: FILE.py:FACTORY or module:FACTORY, where FACTORY() returns a "

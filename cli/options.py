@@ -14,10 +14,10 @@ import click
 
 from pyrovae.core import options as library_options
 from pyrovae.core.distributed import current
+from pyrovae.runs import CHECKPOINTS
+from pyrovae.training.options import TrainingOptions
 from pyrovae.workflows.evaluating import RunFolder, check_output_file
 
-DEVICE = click.option("--device", default="auto", show_default=True,
-                      help="auto (CUDA when present), cpu, cuda or cuda:N.")
 DATA_DIR = click.option("--data-dir", default=None, type=click.Path(),
                         help="Folder holding MNIST/raw (else $PYROVAE_DATA_DIR); for a run, where MNIST is now.")
 MOVED_DATASET = click.option("--dataset", "dataset", default=None, type=click.Path(),
@@ -38,7 +38,8 @@ THREADS = click.option("--threads", type=int, default=None, callback=_threads, e
                             "on one machine run faster with --threads 1 each than fighting over all cores.")
 NO_RECORD = click.option("--no-record", is_flag=True,
                          help="Do not append this result to RUN_DIR/evaluations.jsonl.")
-CHECKPOINT = click.option("--checkpoint", type=click.Choice(["last", "best"]), default="last", show_default=True,
+CHECKPOINT = click.option("--checkpoint", type=click.Choice(list(CHECKPOINTS)),
+                          default=library_options.default_of(RunFolder, "checkpoint"), show_default=True,
                           help="Which checkpoint of RUN_DIR: last (checkpoint.pt) or best (best.pt: the epoch of the "
                                "best validation ELBO, for a run trained with --validation).")
 RESUME = click.option("--resume", is_flag=True,
@@ -104,14 +105,10 @@ def options_from(*owners, skip: Sequence[str] = (), show_default: bool = True) -
     return decorate
 
 
-def _default(f: dataclasses.Field) -> Any:
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
-
-
 def _click_option(f: dataclasses.Field, hint: Any, labels: list[str], show_default: bool) -> Callable:
     name, meta = f.name.replace("_", "-"), f.metadata
     help_text = (f"{' / '.join(labels)}: " if labels else "") + meta["help"]
-    default = _default(f)
+    default = library_options.default(f)
     if meta["flag"]:
         off = meta["secondary"] or f"no-{name}"
         return click.option(f"--{name}/--{off}", f.name, default=default, show_default=show_default and default is not None,
@@ -137,6 +134,11 @@ def _scalar(hint: Any) -> type:
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
     return hint if hint in (int, float, str) else str
+
+
+# one --device for every command: the training's option (TrainingOptions.device, which options_from
+# leaves out), taken by the evaluating commands' RunFolder too
+DEVICE = _click_option(library_options.field_of(TrainingOptions, "device"), str, [], show_default=True)
 
 
 def given(ctx: click.Context, names: Sequence[str]) -> dict[str, Any]:

@@ -23,8 +23,8 @@ from .core.errors import UsageError, cli_audience, option
 from .core.options import NoOptions, Options
 from .core.vae import VAE
 from .data import BUILTIN, DataOptions
-from .guides import GUIDES
-from .models import MODELS
+from .guides import DEFAULT_GUIDE, GUIDES
+from .models import DEFAULT_MODEL, MODELS
 from .objectives import OBJECTIVES, ObjectiveOptions
 from .runs import CONFIG, read_config
 from .training.options import TrainingOptions
@@ -94,7 +94,8 @@ class FitConfig:
     :attr:`guide_options`, :attr:`objective`, :attr:`training`. Construct it with options by name;
     read and set them by name too (each lives in exactly one part)."""
 
-    def __init__(self, model: str = "vae", guide: str = "amortized", program: str | None = None, **options: Any):
+    def __init__(self, model: str = DEFAULT_MODEL, guide: str = DEFAULT_GUIDE, program: str | None = None,
+                 **options: Any):
         if program is not None:   # the program's own model decides: resolved by fit from its observed site
             model = guide = CUSTOM
         parts = {"data": DataOptions, "model_options": model_options(model), "guide_options": guide_options(guide),
@@ -280,8 +281,8 @@ class FitConfig:
     def from_dict(cls, values: dict) -> "FitConfig":
         """A config from config.json's object. Runs written before the options were composed
         (pyrovae 0.2) recorded every family's options: those of other families are dropped."""
-        model = values.get("model", "vae")
-        guide = values.get("guide", "amortized")
+        model = values.get("model", DEFAULT_MODEL)
+        guide = values.get("guide", DEFAULT_GUIDE)
         program = values.get("program")
         applies = set(_names(DataOptions)) | set(_names(ObjectiveOptions)) | set(_names(TrainingOptions))
         if program is None:

@@ -5,7 +5,9 @@ A program declares a hook as an attribute or a method (of its class, of the inst
 plain function: ``guide.per_datapoint = True``). pyrovae never tests a program's type: it asks
 :func:`declared` (or :func:`can`, for the yes/no capabilities), which reads only the hooks listed
 here, with their defaults; asking for anything else is a programming error. The ``Protocol``
-classes spell out the same hooks with their signatures, for readers and type checkers.
+classes spell out the same hooks with their signatures, for readers and type checkers. One thing
+is read from a program's signature instead: whether it takes ``index=`` (the batch's rows; the
+rule is :func:`pyrovae.core.programs.accepts_index`).
 
 A new family is one file that sets the hooks it needs, and one registry line.
 """
@@ -17,6 +19,7 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 from torch import nn
 
+from .errors import UsageError
 from .options import NoOptions
 
 
@@ -74,6 +77,17 @@ def declared(program: object, role: str, name: str) -> Any:
     if name not in hooks:
         raise KeyError(f"{name!r} is not a hook of a {role} (pyrovae.core.contract.{role.upper()})")
     return getattr(program, name, hooks[name].default)
+
+
+def required(program: object, role: str, name: str, by: str) -> Any:
+    """``program``'s ``name`` hook of ``role``, which ``by`` (what needs it, e.g. 'AmortizedGuide')
+    cannot do without: a :class:`UsageError` naming the program and the fix where it declares none."""
+    value = declared(program, role, name)
+    if value is None:
+        raise UsageError(f"{by} needs the {role}'s {name} ({ROLES[role][name].means}), which "
+                         f"{type(program).__name__} does not declare; declare it on the {role} "
+                         f"(pyrovae.core.contract.{role.upper()})")
+    return value
 
 
 CAPABILITIES = ("amortized", "per_datapoint", "mean_field", "jit_compatible")   # the yes/no hooks of a guide

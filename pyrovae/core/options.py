@@ -58,6 +58,31 @@ def fields(options: Any) -> Iterator[dataclasses.Field]:
     return (f for f in dataclasses.fields(options) if "help" in f.metadata)
 
 
+def default(f: dataclasses.Field) -> Any:
+    """A field's default (a new copy, for a list-valued one)."""
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def field_of(options: type, name: str) -> dataclasses.Field:
+    """The field ``name`` of the dataclass ``options``."""
+    found = next((f for f in dataclasses.fields(options) if f.name == name), None)
+    if found is None:
+        raise KeyError(f"{options.__name__} has no field {name!r}")
+    return found
+
+
+def default_of(options: type, name: str) -> Any:
+    """The default of the field ``name`` of the (options) dataclass ``options``: what a family's
+    constructor, or a flag, defaults to where it takes that option, so the default is stated once."""
+    return default(field_of(options, name))
+
+
+def values(options: Any, without: Sequence[str] = ()) -> dict[str, Any]:
+    """{name: value} of the options of ``options`` but those ``without``: the keywords of a
+    family's constructor, which are named as its options are."""
+    return {f.name: getattr(options, f.name) for f in fields(options) if f.name not in without}
+
+
 def choices_of(f: dataclasses.Field) -> Sequence[str] | None:
     found = f.metadata.get("choices")
     return found() if callable(found) else found

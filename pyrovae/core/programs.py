@@ -32,7 +32,7 @@ import contextlib
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping, NamedTuple, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, NamedTuple, Sequence, Union
 
 import pyro
 import torch
@@ -44,6 +44,9 @@ from torch.distributions import biject_to
 from torch.distributions.mixture_same_family import MixtureSameFamilyConstraint
 
 from .errors import UsageError, option
+
+if TYPE_CHECKING:   # the VAE binds its programs here: a type only
+    from .vae import VAE
 
 DATA_PLATE = "data"
 PARTICLE_PLATE, PARTICLE_DIM = "particles", -2   # where estimators vectorize draws: left of the data plate
@@ -131,7 +134,10 @@ def describe(program: nn.Module) -> str:
 
 
 def accepts_index(program: Callable) -> bool:
-    """Whether ``program`` takes the ``index`` keyword (table guides do)."""
+    """Whether pyrovae passes ``program`` the rows of a batch as ``index=`` (table guides take it).
+    The rule, read from the signature rather than declared: the function called (a module's
+    ``forward``, a :class:`Program`'s function, or the callable itself) has a parameter named
+    ``index`` or takes ``**kwargs``; a signature Python cannot read takes none."""
     target = program.fn if isinstance(program, Program) else \
         program.forward if isinstance(program, torch.nn.Module) else program
     try:
@@ -537,10 +543,11 @@ def param_sites(fn: Callable, index, batch) -> dict[str, torch.Tensor]:
     return {name: site["value"] for name, site in trace.nodes.items() if site["type"] == "param"}
 
 
-def observed_is_binary(vae_or_model, batch: Batch, index: torch.Tensor | None = None) -> bool:
-    """Whether every observed site of the model has a binary (Bernoulli-like) support: read from
-    one run of the model on a few rows, with Pyro's checks off (the data may not be binary yet)."""
-    model = vae_or_model.bound()[0] if hasattr(vae_or_model, "bound") else vae_or_model
+def observed_is_binary(vae: "VAE", batch: Batch, index: torch.Tensor | None = None) -> bool:
+    """Whether every observed site of ``vae``'s model has a binary (Bernoulli-like) support: read
+    from one run of its bound model on a few rows, with Pyro's checks off (the data may not be
+    binary yet)."""
+    model = vae.bound()[0]
     small, small_index = first_rows(batch, index)
     try:
         with poutine.block(), pyro.validation_enabled(False), torch.no_grad():

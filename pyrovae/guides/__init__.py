@@ -23,6 +23,7 @@ from .semi_amortized import SemiAmortizedGuide
 
 GUIDES: dict[str, type[nn.Module]] = {"amortized": AmortizedGuide, "meanfield": MeanFieldGuide, "flow": FlowGuide,
                                       "semi-amortized": SemiAmortizedGuide, "full-covariance": FullCovarianceGuide}
+DEFAULT_GUIDE = "amortized"   # what a run trains when it names no guide (FitConfig, --guide)
 
-__all__ = ["GUIDES", "AmortizedGuide", "MeanFieldGuide", "FlowGuide", "PerPointFlowGuide", "SemiAmortizedGuide",
-           "FullCovarianceGuide"]
+__all__ = ["GUIDES", "DEFAULT_GUIDE", "AmortizedGuide", "MeanFieldGuide", "FlowGuide", "PerPointFlowGuide",
+           "SemiAmortizedGuide", "FullCovarianceGuide"]

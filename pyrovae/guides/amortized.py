@@ -16,12 +16,20 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ..core.contract import declared
+from ..core.contract import declared, required
 from ..core.nets import mlp
 from ..core.programs import LatentLayer, data_plate
 
 MIN_SCALE = 1e-4
 Features = Callable[[], tuple[nn.Module, int]]   # a model's ``features`` hook (pyrovae.core.contract.MODEL)
+
+
+def built_from(model: object, guide: type) -> tuple[list[LatentLayer], int, Features | None]:
+    """What the built-in guide ``guide`` with an encoder is built from: the model's latent layers,
+    its ``data_dim`` and its ``features`` hook (:mod:`pyrovae.core.contract`); a
+    :class:`UsageError` for a model that declares no layers or no ``data_dim``."""
+    layers = required(model, "model", "latent_layers", guide.__name__)()
+    return layers, required(model, "model", "data_dim", guide.__name__), declared(model, "model", "features")
 
 
 def encoder_nets(layers: Sequence[LatentLayer], data_dim: int, outputs: Callable[[int], int],
@@ -46,7 +54,7 @@ class AmortizedGuide(nn.Module):
     amortized = True
     per_datapoint = False
 
-    def __init__(self, layers: Sequence[LatentLayer], data_dim: int, min_scale: float = MIN_SCALE,
+    def __init__(self, layers: Sequence[LatentLayer], data_dim: int, *, min_scale: float = MIN_SCALE,
                  features: Features | None = None):
         super().__init__()
         self.layers = list(layers)
@@ -57,7 +65,8 @@ class AmortizedGuide(nn.Module):
 
     @classmethod
     def from_options(cls, options, model: nn.Module, num_data: int) -> "AmortizedGuide":
-        return cls(model.latent_layers(), model.data_dim, features=declared(model, "model", "features"))
+        layers, data_dim, features = built_from(model, cls)
+        return cls(layers, data_dim, features=features)
 
     @staticmethod
     def encoder_outputs(dim: int) -> int:

@@ -29,10 +29,9 @@ from pyro.distributions.transforms import AffineAutoregressive, ConditionalAffin
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
-from ..core.contract import declared
-from ..core.options import MAX_SIZE, Options, between, option
+from ..core.options import MAX_SIZE, Options, between, default_of, option
 from ..core.programs import LatentLayer, data_plate
-from .amortized import MIN_SCALE, Features, encoder_nets
+from .amortized import MIN_SCALE, Features, built_from, encoder_nets
 
 MADE_LR_SCALE = 0.1   # per-point fits step the MADE weights 10x more gently than the base Gaussian
 
@@ -62,8 +61,10 @@ class FlowGuide(nn.Module):
     amortized = True
     per_datapoint = False
 
-    def __init__(self, layers: Sequence[LatentLayer], data_dim: int, flows: int = 2,
-                 flow_hidden: int | None = None, min_scale: float = MIN_SCALE, features: Features | None = None):
+    def __init__(self, layers: Sequence[LatentLayer], data_dim: int, *, flows: int = default_of(FlowOptions, "flows"),
+                 flow_hidden: int = default_of(FlowOptions, "flow_hidden"), min_scale: float = MIN_SCALE,
+                 features: Features | None = None):
+        """``flows``, ``flow_hidden`` (0: twice the latent layer's size): :class:`FlowOptions`'."""
         super().__init__()
         if flows < 1:
             raise ValueError(f"a flow guide needs at least one flow step, got {flows}")
@@ -76,12 +77,11 @@ class FlowGuide(nn.Module):
 
     @classmethod
     def from_options(cls, options: FlowOptions, model: nn.Module, num_data: int) -> "FlowGuide":
-        layers = model.latent_layers()
+        layers, data_dim, features = built_from(model, cls)
         if options.flow_hidden and any(options.flow_hidden < layer.dim for layer in layers):
             raise ValueError(f"--flow-hidden {options.flow_hidden} is smaller than a latent layer "
                              f"({max(layer.dim for layer in layers)} units); a MADE needs at least as many")
-        return cls(layers, model.data_dim, options.flows, options.flow_hidden or None,
-                   features=declared(model, "model", "features"))
+        return cls(layers, data_dim, flows=options.flows, flow_hidden=options.flow_hidden, features=features)
 
     def encode(self, name: str, parent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(μ, σ, h) of the layer ``name`` given its parent's value."""

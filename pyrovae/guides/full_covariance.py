@@ -63,9 +63,9 @@ class FullCovarianceGuide(AmortizedGuide):
 
     cli_help = "an encoder gives a Gaussian with a full covariance (a Cholesky factor per point)"
 
-    def __init__(self, layers: Sequence[LatentLayer], data_dim: int, min_scale: float = MIN_SCALE,
+    def __init__(self, layers: Sequence[LatentLayer], data_dim: int, *, min_scale: float = MIN_SCALE,
                  features: Features | None = None):
-        super().__init__(layers, data_dim, min_scale, features)
+        super().__init__(layers, data_dim, min_scale=min_scale, features=features)
         self.dims = {layer.name: layer.dim for layer in self.layers}
         # the entries below the diagonal start at zero: q starts as the diagonal Gaussian and learns
         # correlations from there (random ones inflate every marginal variance, by up to d-1 terms)

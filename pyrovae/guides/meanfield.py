@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.distributions import biject_to
 
+from ..core.contract import required
 from ..core.options import Options, between, non_negative, option, positive
 from ..core.programs import data_plate, is_real
 
@@ -60,7 +61,7 @@ class MeanFieldGuide(nn.Module):
     per_datapoint = True
     mean_field = True
 
-    def __init__(self, sites: Mapping[str, tuple[int, ...] | int], num_rows: int, init_scale: float = 1.0,
+    def __init__(self, sites: Mapping[str, tuple[int, ...] | int], num_rows: int, *, init_scale: float = 1.0,
                  sparse: bool = False, supports: Mapping[str, object] | None = None):
         super().__init__()
         self.supports = {name: support for name, support in (supports or {}).items() if not is_real(support)}
@@ -78,7 +79,8 @@ class MeanFieldGuide(nn.Module):
     @classmethod
     def from_options(cls, options: LocalStepOptions, model: nn.Module, num_data: int) -> "MeanFieldGuide":
         # the model's sample order, so Pyro's mean-field check sees the same order in both programs
-        return cls({layer.name: layer.dim for layer in reversed(model.latent_layers())}, num_data, sparse=True)
+        layers = required(model, "model", "latent_layers", cls.__name__)()
+        return cls({layer.name: layer.dim for layer in reversed(layers)}, num_data, sparse=True)
 
     @classmethod
     def from_moments(cls, moments: Mapping[str, tuple[torch.Tensor, torch.Tensor]],

@@ -23,10 +23,10 @@ from pyro import poutine
 from torch import nn
 
 from ..core.contract import declared
-from ..core.options import Options, between, option, positive
+from ..core.options import Options, between, default_of, option, positive
 from ..core.programs import LatentLayer, bind, data_plate
 from ..core.traces import sample_sites
-from .amortized import AmortizedGuide
+from .amortized import AmortizedGuide, built_from
 
 REFINE_SEED = 20180118   # the fixed noise of the refinement steps
 CLIP = 5.0               # the largest gradient norm per row a refinement step follows
@@ -49,8 +49,10 @@ class SemiAmortizedGuide(nn.Module):
     jit_compatible = False   # the refinement differentiates inside the guide: not traceable
     Options = SemiAmortizedOptions
 
-    def __init__(self, layers: Sequence[LatentLayer], data_dim: int, model: nn.Module, steps: int = 5,
-                 lr: float = 0.2):
+    def __init__(self, layers: Sequence[LatentLayer], data_dim: int, model: nn.Module, *,
+                 steps: int = default_of(SemiAmortizedOptions, "refine_steps"),
+                 lr: float = default_of(SemiAmortizedOptions, "refine_lr")):
+        """``steps``, ``lr``: :class:`SemiAmortizedOptions`' ``refine_steps``, ``refine_lr``."""
         super().__init__()
         if any(layer.parent != "x" for layer in layers):
             raise ValueError("a semi-amortized guide refines latent sites inferred from x alone; "
@@ -61,7 +63,8 @@ class SemiAmortizedGuide(nn.Module):
 
     @classmethod
     def from_options(cls, options: SemiAmortizedOptions, model: nn.Module, num_data: int) -> "SemiAmortizedGuide":
-        return cls(model.latent_layers(), model.data_dim, model, options.refine_steps, options.refine_lr)
+        layers, data_dim, _ = built_from(model, cls)
+        return cls(layers, data_dim, model, steps=options.refine_steps, lr=options.refine_lr)
 
     def encode(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loc, scale) of q_0, the encoder's."""

@@ -18,5 +18,7 @@ from .vampprior import VampPriorModel
 
 MODELS: dict[str, type[nn.Module]] = {"vae": VAEModel, "two-layer": TwoLayerModel, "vampprior": VampPriorModel,
                                       "conv": ConvModel}
+DEFAULT_MODEL = "vae"   # what a run trains when it names no model (FitConfig, --model)
 
-__all__ = ["MODELS", "LIKELIHOODS", "MIN_SIGMA", "parse_sigma", "ReLU", "mlp", "VAEModel", "TwoLayerModel", "ConvModel"]
+__all__ = ["MODELS", "DEFAULT_MODEL", "LIKELIHOODS", "MIN_SIGMA", "parse_sigma", "ReLU", "mlp", "VAEModel",
+           "TwoLayerModel", "ConvModel"]

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..core.errors import UsageError, option as named
 from ..core.nets import ReLU, initialize, mlp
-from ..core.options import option, parse_widths, widths
+from ..core.options import default_of, option, parse_widths, values, widths
 from .vae import VAEModel, VAEOptions
 
 KERNEL, STRIDE, PADDING = 4, 2, 1   # each conv layer halves the height and width (rounding down)
@@ -123,11 +123,14 @@ class ConvModel(VAEModel):
     cli_help = "z -> x through transposed convolutions, the guides' encoders convolutional (image data)"
     Options = ConvOptions
 
-    def __init__(self, latent_dim: int, image_shape: Sequence[int], channels: Sequence[int] = (32, 64),
-                 hidden: Sequence[int] = (400,), likelihood: str = "bernoulli", sigma: str | float = 1.0,
-                 init: str = "torch"):
+    def __init__(self, latent_dim: int, image_shape: Sequence[int], *,
+                 channels: Sequence[int] = default_of(ConvOptions, "channels"),
+                 hidden: Sequence[int] = default_of(ConvOptions, "hidden"),
+                 likelihood: str = default_of(ConvOptions, "likelihood"),
+                 sigma: str | float = default_of(ConvOptions, "sigma"), init: str = default_of(ConvOptions, "init")):
+        """The defaults are :class:`ConvOptions`' (no ``activation``: its conv stacks are ReLU networks)."""
         self.image_shape, self.channels = tuple(int(s) for s in image_shape), tuple(channels)
-        super().__init__(latent_dim, math.prod(self.image_shape), hidden, likelihood, sigma,
+        super().__init__(latent_dim, math.prod(self.image_shape), hidden=hidden, likelihood=likelihood, sigma=sigma,
                          decoder=ConvDecoder(latent_dim, hidden, self.image_shape, self.channels), init=init)
 
     @classmethod
@@ -142,8 +145,7 @@ class ConvModel(VAEModel):
             raise UsageError(f"{named('channels', ','.join(map(str, options.channels)))} halves {height}x{width} "
                              f"images {len(options.channels)} times, to less than a pixel; pass at most "
                              f"{max(1, int(math.log2(min(height, width))))} conv layers")
-        return cls(options.latent_dim, image_shape, options.channels, options.hidden, options.likelihood,
-                   options.sigma, options.init)
+        return cls(options.latent_dim, image_shape, **values(options, without=("latent_dim", "activation")))
 
     def features(self) -> tuple[nn.Module, int]:
         """A new conv stack for a guide's encoder, and its number of features."""

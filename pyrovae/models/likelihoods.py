@@ -56,7 +56,7 @@ class Normal(nn.Module):
 
     data_range = None
 
-    def __init__(self, data_dim: int, sigma: str | float = 1.0):
+    def __init__(self, data_dim: int, sigma: str | float):
         super().__init__()
         self.sigma_mode = parse_sigma(sigma)
         if self.sigma_mode == "learned":

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..core.nets import mlp
 from ..core.programs import LatentLayer, data_plate
-from ..core.options import option, parse_widths, size, widths
+from ..core.options import default_of, option, parse_widths, size, values, widths
 from .likelihoods import LIKELIHOODS
 from .vae import VAEOptions
 
@@ -44,10 +44,15 @@ class TwoLayerModel(nn.Module):
     cli_help = "z2 -> z1 -> x (Burda et al. 2016)"
     Options = TwoLayerOptions
 
-    def __init__(self, latent_dim: int, data_dim: int, hidden: Sequence[int] = (200, 200),
-                 z1_dim: int = 100, z1_hidden: Sequence[int] = (100, 100),
-                 likelihood: str = "bernoulli", sigma: str | float = 1.0, activation: str = "relu",
-                 init: str = "torch"):
+    def __init__(self, latent_dim: int, data_dim: int, *,
+                 hidden: Sequence[int] = default_of(TwoLayerOptions, "hidden"),
+                 z1_dim: int = default_of(TwoLayerOptions, "z1_dim"),
+                 z1_hidden: Sequence[int] = default_of(TwoLayerOptions, "z1_hidden"),
+                 likelihood: str = default_of(TwoLayerOptions, "likelihood"),
+                 sigma: str | float = default_of(TwoLayerOptions, "sigma"),
+                 activation: str = default_of(TwoLayerOptions, "activation"),
+                 init: str = default_of(TwoLayerOptions, "init")):
+        """The defaults are :class:`TwoLayerOptions`'."""
         super().__init__()
         self.latent_dim, self.z1_dim, self.data_dim = latent_dim, z1_dim, data_dim
         self.hidden, self.z1_hidden = tuple(hidden), tuple(z1_hidden)
@@ -59,8 +64,7 @@ class TwoLayerModel(nn.Module):
     @classmethod
     def from_options(cls, options: TwoLayerOptions, data_dim: int, image_shape: tuple[int, ...] | None = None
                      ) -> "TwoLayerModel":
-        return cls(options.latent_dim, data_dim, options.hidden, options.z1_dim, options.z1_hidden,
-                   options.likelihood, options.sigma, options.activation, options.init)
+        return cls(options.latent_dim, data_dim, **values(options, without=("latent_dim",)))
 
     def latent_layers(self) -> list[LatentLayer]:
         """The guide's order: z1 from x, then z2 from z1."""

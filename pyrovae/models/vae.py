@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..core.nets import ACTIVATIONS, INITS, initialize, mlp
-from ..core.options import Options, option, parse_widths, size, widths
+from ..core.options import Options, default_of, option, parse_widths, size, values, widths
 from ..core.programs import LatentLayer, data_plate
 from .likelihoods import LIKELIHOODS, check_sigma
 
@@ -56,11 +56,13 @@ class VAEModel(nn.Module):
     cli_help = "z -> x"
     Options = VAEOptions
 
-    def __init__(self, latent_dim: int, data_dim: int, hidden: Sequence[int] = (400,),
-                 likelihood: str = "bernoulli", sigma: str | float = 1.0, decoder: nn.Module | None = None,
-                 activation: str = "relu", init: str = "torch"):
+    def __init__(self, latent_dim: int, data_dim: int, *, hidden: Sequence[int] = default_of(VAEOptions, "hidden"),
+                 likelihood: str = default_of(VAEOptions, "likelihood"),
+                 sigma: str | float = default_of(VAEOptions, "sigma"), decoder: nn.Module | None = None,
+                 activation: str = default_of(VAEOptions, "activation"), init: str = default_of(VAEOptions, "init")):
         """``decoder``: f_θ from z [..., latent_dim] to [..., data_dim] (default: the MLP of ``hidden``
-        with ``activation``); ``init`` initialises it either way."""
+        with ``activation``); ``init`` initialises it either way. The other defaults are
+        :class:`VAEOptions`'."""
         super().__init__()
         self.latent_dim, self.data_dim, self.hidden = latent_dim, data_dim, tuple(hidden)
         self.activation, self.init = activation, init
@@ -71,8 +73,7 @@ class VAEModel(nn.Module):
     @classmethod
     def from_options(cls, options: VAEOptions, data_dim: int, image_shape: tuple[int, ...] | None = None
                      ) -> "VAEModel":
-        return cls(options.latent_dim, data_dim, options.hidden, options.likelihood, options.sigma,
-                   activation=options.activation, init=options.init)
+        return cls(options.latent_dim, data_dim, **values(options, without=("latent_dim",)))
 
     def latent_layers(self) -> list[LatentLayer]:
         """The guide's order: z from x."""

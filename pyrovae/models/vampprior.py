@@ -23,9 +23,9 @@ programs. One file and one registry line.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -34,7 +34,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from ..core.contract import declared
-from ..core.options import option, size
+from ..core.options import default_of, option, size
 from ..core.programs import data_plate
 from .vae import VAEModel, VAEOptions
 
@@ -75,17 +75,13 @@ class VampPriorModel(VAEModel):
     cli_help = "z -> x, the prior a mixture of the guide's posteriors at --pseudo-inputs learned inputs (Tomczak & Welling 2018)"
     Options = VampPriorOptions
 
-    def __init__(self, latent_dim: int, data_dim: int, hidden=(400,), likelihood: str = "bernoulli",
-                 sigma: str | float = 1.0, pseudo_inputs: int = 500, activation: str = "relu", init: str = "torch"):
-        super().__init__(latent_dim, data_dim, hidden, likelihood, sigma, activation=activation, init=init)
+    def __init__(self, latent_dim: int, data_dim: int, *,
+                 pseudo_inputs: int = default_of(VampPriorOptions, "pseudo_inputs"), **options: Any):
+        """``options``: :class:`VAEModel`'s keywords (``hidden``, ``likelihood``, ...); ``from_options``
+        is its too."""
+        super().__init__(latent_dim, data_dim, **options)
         self.pseudo_inputs = nn.Parameter(0.05 + 0.01 * torch.randn(pseudo_inputs, data_dim))
         object.__setattr__(self, "_q", None)   # the guide's q(z | ·): not a submodule, its parameters are the guide's
-
-    @classmethod
-    def from_options(cls, options: VampPriorOptions, data_dim: int, image_shape: tuple[int, ...] | None = None
-                     ) -> "VampPriorModel":
-        return cls(options.latent_dim, data_dim, options.hidden, options.likelihood, options.sigma,
-                   options.pseudo_inputs, options.activation, options.init)
 
     def attach_guide(self, guide: nn.Module) -> None:
         site_dist = declared(guide, "guide", "site_dist")

@@ -33,7 +33,7 @@ def one_layer_linear_gaussian(n: int):
     d, latent, sigma = 5, 2, 0.5
     w = torch.tensor([[1.0, 0.9], [0.9, 1.0], [0.8, 0.7], [0.9, 1.1], [1.0, 0.8]], dtype=F64)
     b = torch.linspace(-0.5, 0.5, d, dtype=F64)
-    model = VAEModel(latent, d, (), "normal", sigma).double()
+    model = VAEModel(latent, d, hidden=(), likelihood="normal", sigma=sigma).double()
     with torch.no_grad():
         model.decoder[0].weight.copy_(w)
         model.decoder[0].bias.copy_(b)
@@ -225,7 +225,7 @@ class HeavyTailedGuide(nn.Module):
 
 def test_a_guide_the_evaluator_cannot_reseed_says_so():
     torch.manual_seed(0)
-    vae = VAE(VAEModel(3, 12, (16,)), HeavyTailedGuide())
+    vae = VAE(VAEModel(3, 12, hidden=(16,)), HeavyTailedGuide())
     x = torch.bernoulli(torch.full((10, 12), 0.4))
     result = estimate_log_likelihood(vae, x, k=40, batch_size=5, chunk_size=20)
     assert not result.chunk_invariant and result.summary()["chunk_invariant"] is False

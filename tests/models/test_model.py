@@ -133,7 +133,7 @@ def test_sigma_floor_and_parse_sigma():
         with pytest.raises(ValueError):
             parse_sigma(bad)
     with pytest.raises(KeyError):
-        VAEModel(LATENT, DATA, (), "poisson")
+        VAEModel(LATENT, DATA, hidden=(), likelihood="poisson")
 
 
 @pytest.mark.parametrize("beta", [0.3, 2.5, torch.tensor(0.7)])
@@ -206,7 +206,7 @@ def test_empty_hidden_gives_an_affine_decoder():
 
 
 def test_sigma_inv_sqrt2_is_squared_error_plus_constant():
-    model = VAEModel(LATENT, DATA, (6,), "normal", 1 / math.sqrt(2)).double()
+    model = VAEModel(LATENT, DATA, hidden=(6,), likelihood="normal", sigma=1 / math.sqrt(2)).double()
     z = torch.randn(BATCH, LATENT, dtype=torch.float64)
     x = torch.rand(BATCH, DATA, dtype=torch.float64)
     out = model.decoder(z)
@@ -217,7 +217,7 @@ def test_sigma_inv_sqrt2_is_squared_error_plus_constant():
 
 def test_mean_field_guide_takes_its_rows_by_index():
     torch.manual_seed(0)
-    model = VAEModel(LATENT, DATA, (6,))
+    model = VAEModel(LATENT, DATA, hidden=(6,))
     vae = VAE(model, MeanFieldGuide({"z": LATENT}, NUM_DATA))
     with torch.no_grad():
         vae.guide.loc["z"].copy_(torch.arange(NUM_DATA * LATENT, dtype=torch.float32).view(NUM_DATA, LATENT))
