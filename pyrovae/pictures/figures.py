@@ -217,7 +217,7 @@ def _tiles(images: np.ndarray, ncols: int) -> np.ndarray:
     return grid[0] if images.shape[1] == 1 else grid.transpose(1, 2, 0)
 
 
-def _grid(blocks: list[np.ndarray], n: int, image_shape: Sequence[int], ncols: int, caption: str,
+def _grid(blocks: list[np.ndarray], n: int, image_shape: Sequence[int], ncols: int, *, caption: str,
           path: str | Path, labels: Sequence[str] = (), paired: bool = False) -> None:
     """BLOCKS of images (each tiled NCOLS a row) at the rows of ``_layout`` of N images (N pairs if
     ``paired``), on a white page; CAPTION centred on top, LABELS right-aligned left of the rows."""
@@ -258,15 +258,15 @@ def reconstruction_figure(originals: ArrayLike, reconstructions: ArrayLike, imag
         raise ValueError(f"originals and reconstructions differ in number: {len(x)} vs {len(x_hat)}")
     ncols = _check_ncols(ncols)
     rows = [row for i in range(0, len(x), ncols) for row in (x[i:i + ncols], x_hat[i:i + ncols])]
-    _grid(rows, len(x), image_shape, ncols, caption, path, ("original", "reconstruction") * (len(rows) // 2),
-          paired=True)
+    _grid(rows, len(x), image_shape, ncols, caption=caption, path=path,
+          labels=("original", "reconstruction") * (len(rows) // 2), paired=True)
 
 
 def sample_grid(images: ArrayLike, image_shape: Sequence[int], path: str | Path, caption: str = "",
                 ncols: int = 8) -> None:
     """A grid of images [n, D] (values in [0, 1]), NCOLS per row, with CAPTION on top."""
     x = _images(images, image_shape, "images")
-    _grid([x], len(x), image_shape, _check_ncols(ncols), caption, path)
+    _grid([x], len(x), image_shape, _check_ncols(ncols), caption=caption, path=path)
 
 
 def labelled_rows(rows: Sequence[ArrayLike], labels: Sequence[str], image_shape: Sequence[int], path: str | Path,
@@ -278,7 +278,7 @@ def labelled_rows(rows: Sequence[ArrayLike], labels: Sequence[str], image_shape:
         raise ValueError(f"expected one label per row and rows of equal length, got {len(labels)} labels for rows "
                          f"of {[len(block) for block in blocks]} images")
     ncols = len(blocks[0])
-    _grid(blocks, ncols * len(blocks), image_shape, ncols, caption, path, list(labels))
+    _grid(blocks, ncols * len(blocks), image_shape, ncols, caption=caption, path=path, labels=list(labels))
 
 
 # ------------------------------------------------------------------------------------------------
