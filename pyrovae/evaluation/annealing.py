@@ -307,7 +307,7 @@ def anneal(log_densities: LogDensities, z0: Tensor, betas: Union[Tensor, Sequenc
     theirs. Costs 1 + T·L calls of ``log_densities``.
     """
     if z0.dim() != 3 or not z0.is_floating_point():
-        raise ValueError("z0 must be a floating [chains, points, dim] tensor, "
+        raise UsageError("z0 must be a floating [chains, points, dim] tensor, "
                          f"got {z0.dtype} {tuple(z0.shape)}")
     if not 0.0 < target_accept < 1.0:
         raise UsageError(f"{option('target_accept')} must lie in (0, 1), got {target_accept}")

@@ -238,7 +238,7 @@ class _Target:
             log_p = 0.0
             for name, site in sample_sites(trace):
                 if not any(frame.name == DATA_PLATE for frame in site["cond_indep_stack"]):
-                    raise ValueError(f"sample site {name!r} is outside the {DATA_PLATE!r} plate")
+                    raise UsageError(f"sample site {name!r} is outside the {DATA_PLATE!r} plate")
                 log_p = log_p + site["fn"].log_prob(site["value"])
         self.validated = True
         shape = u.shape[:-1]

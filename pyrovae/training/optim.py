@@ -21,6 +21,7 @@ from typing import Iterable
 
 import torch
 
+from ..core.errors import UsageError
 from ..core.vae import VAE
 
 
@@ -41,7 +42,7 @@ class RowSparseAdam(torch.optim.Optimizer):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, row_decay: float = 0.0,
                  row_delay: float = 1.0):
         if lr <= 0 or eps <= 0 or not all(0 <= beta < 1 for beta in betas) or row_decay < 0 or row_delay <= 0:
-            raise ValueError(f"invalid Adam settings lr={lr}, betas={betas}, eps={eps}, row_decay={row_decay}, "
+            raise UsageError(f"invalid Adam settings lr={lr}, betas={betas}, eps={eps}, row_decay={row_decay}, "
                              f"row_delay={row_delay}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, row_decay=row_decay, row_delay=row_delay))
         self._row_sparse = {id(p) for p in row_sparse}
