@@ -103,8 +103,8 @@ def interpolate(run_dir: str, images: tuple[int, int], steps: int, path_kind: st
     shape = run.data.dataset.image_shape
     _check_rows(1, steps + 2, shape)
     pictured = picture_rows(run.vae, run.data.test, run.data.train, max(images) + 1)
-    result = draw_interpolation(run.vae, pictured, images, steps, path_kind == "spherical", shape, path,
-                                caption=f"{Path(run_dir).name} · {_epoch(run, checkpoint)}")
+    result = draw_interpolation(run.vae, pictured, images, steps=steps, spherical=path_kind == "spherical",
+                                image_shape=shape, path=path, caption=f"{Path(run_dir).name} · {_epoch(run, checkpoint)}")
     emit({"out": str(path), "run_dir": run_dir, "checkpoint": checkpoint, **result})
 
 
@@ -128,7 +128,7 @@ def traverse(run_dir: str, units: int, steps: int, points: int, site: str | None
     shape = run.data.dataset.image_shape
     _check_rows(units, steps, shape)
     pictured = picture_rows(run.vae, run.data.test, run.data.train, points)
-    result = draw_traversal(run.vae, pictured, site, units, steps, 3.0, shape, path,
+    result = draw_traversal(run.vae, pictured, site, units=units, steps=steps, span=3.0, image_shape=shape, path=path,
                             caption=f"{Path(run_dir).name} · {_epoch(run, checkpoint)}")
     emit({"out": str(path), "run_dir": run_dir, "checkpoint": checkpoint, **result})
 
@@ -149,8 +149,8 @@ def latent_map(run_dir: str, n: int, site: str | None, out: str, checkpoint: str
     labels = run.data.dataset.test_labels if pictured.split == "test" else None   # the data keep test labels only
     points = len(pictured.rows[0])
     legend = "digit" if run.data.dataset.name.startswith("mnist") else "label"
-    result = draw(run.vae, pictured.rows, None if labels is None else labels[:points], path, site, pictured.index,
-                  caption=f"{Path(run_dir).name} · {_epoch(run, checkpoint)} · {points} {pictured.images}", legend=legend)
+    result = draw(run.vae, pictured.rows, None if labels is None else labels[:points], path, site=site,
+                  index=pictured.index, caption=f"{Path(run_dir).name} · {_epoch(run, checkpoint)} · {points} {pictured.images}", legend=legend)
     emit({"out": str(path), "run_dir": run_dir, "checkpoint": checkpoint, "split": pictured.split, **result})
 
 

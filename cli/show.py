@@ -6,6 +6,7 @@ import click
 
 from pyrovae.cli.main import short_help
 from pyrovae.cli.options import emit, say
+from pyrovae.runs import describe_run
 
 
 def _latest(evaluations: list[dict], command: str, method: str | None = None) -> dict | None:
@@ -113,7 +114,6 @@ def show(run_dirs: tuple[str, ...]) -> None:
     by --resume) are counted in the table, not shown, and listed in the JSON's other_evaluations.
     A number to beware of is marked, in the table and in each run's "flags": unreliable (k-hat), stale
     (of an earlier epoch than the last checkpoint), other points (than the runs beside it)."""
-    from pyrovae.runs import describe_run
     runs = [describe_run(run_dir) for run_dir in run_dirs]
     rows_and_marks = [_rows(run) for run in runs]
     for run, (rows, _), flags in zip(runs, rows_and_marks, _marked(rows_and_marks)):

@@ -17,6 +17,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .errors import UsageError
+
 ACTIVATIONS = ("relu", "tanh", "elu")
 INITS = ("torch", "glorot")
 
@@ -35,7 +37,7 @@ def activation_layer(name: str) -> nn.Module:
     """The module of an activation in ``ACTIVATIONS``."""
     layers = {"relu": ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
     if name not in layers:
-        raise ValueError(f"unknown activation {name!r}; use {', '.join(ACTIVATIONS)}")
+        raise UsageError(f"unknown activation {name!r}; use {', '.join(ACTIVATIONS)}")
     return layers[name]()
 
 
@@ -43,7 +45,7 @@ def initialize(module: nn.Module, init: str = "torch") -> nn.Module:
     """``module`` with every affine and convolutional layer in it initialised by ``init`` (in
     ``INITS``; ``torch`` leaves them as constructed); returns ``module``."""
     if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; use {', '.join(INITS)}")
+        raise UsageError(f"unknown init {init!r}; use {', '.join(INITS)}")
     if init == "glorot":
         with torch.no_grad():
             for layer in module.modules():

@@ -50,7 +50,7 @@ def site_stream(name: str) -> int:
 
 
 def noise(seed: int, stream: int, particles: range, rows: range, shape: tuple[int, ...],
-          like: torch.Tensor, kind: str = "normal", tile: tuple[int, int] = RNG_TILE) -> torch.Tensor:
+          like: torch.Tensor, *, kind: str = "normal", tile: tuple[int, int] = RNG_TILE) -> torch.Tensor:
     """Standard-normal (or uniform, ``kind="uniform"``) noise [len(particles), len(rows), *shape],
     a pure function of (seed, stream, particle, row), assembled from ``tile``-sized tiles."""
     tp, tr = tile

@@ -26,6 +26,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from .contract import can
+from .errors import UsageError
 from .programs import DATA_PLATE, PARTICLE_DIM, PARTICLE_PLATE, program_of
 
 
@@ -55,7 +56,7 @@ def particle_traces(model: Callable, guide: Callable, num_particles: int, *args,
 def _per_point(name: str, site: dict) -> torch.Tensor:
     """log p of a site, [particles, batch]; every site must sit in the data plate."""
     if not any(frame.name == DATA_PLATE for frame in site["cond_indep_stack"]):
-        raise ValueError(f"sample site {name!r} is outside the {DATA_PLATE!r} plate: pyrovae needs every sample "
+        raise UsageError(f"sample site {name!r} is outside the {DATA_PLATE!r} plate: pyrovae needs every sample "
                          f"site inside `pyro.plate({DATA_PLATE!r}, len(x))` (per-datapoint latents only)")
     return site["fn"].log_prob(site["value"])
 

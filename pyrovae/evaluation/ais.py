@@ -328,9 +328,11 @@ class BDMC(Estimator):
 
         with report:
             out = evaluate_points(vae, partial, settings.points_per_batch(), evaluate)
-        return BDMCResult(settings.steps, settings.chains, settings.leapfrog, name, settings.seed, out["forward"],
-                          out["reverse"], data, out.get("is"), out.get("elbo"), settings.is_k, out["accept_rate"],
-                          settings.step_sizes, min(settings.tune_points, n) if settings.step_sizes else 0)
+        return BDMCResult(steps=settings.steps, chains=settings.chains, leapfrog=settings.leapfrog, proposal=name,
+                          seed=settings.seed, lower=out["forward"], upper=out["reverse"], data=data,
+                          is_log_likelihood=out.get("is"), elbo=out.get("elbo"), is_k=settings.is_k,
+                          accept_rate=out["accept_rate"], step_sizes=settings.step_sizes,
+                          tune_points=min(settings.tune_points, n) if settings.step_sizes else 0)
 
 
 def simulate(vae: VAE, template: tuple[torch.Tensor, ...], seed: int

@@ -150,7 +150,7 @@ def _kinetic(momentum: Tensor) -> Tensor:
     return 0.5 * momentum.double().square().sum(-1)
 
 
-def hmc_transition(log_densities: LogDensities, state: ChainState, beta: float, step_size: Tensor,
+def hmc_transition(log_densities: LogDensities, state: ChainState, beta: float, step_size: Tensor, *,
                    leapfrog: int, momentum: Tensor, log_u: Tensor) -> tuple[ChainState, Tensor]:
     """One HMC transition leaving f_β ∝ q^(1-β) p^β invariant, for every chain at once.
 
@@ -265,7 +265,7 @@ def _global_noise(draw: Callable[..., Tensor], dtype: torch.dtype, device: torch
     return noise
 
 
-def anneal(log_densities: LogDensities, z0: Tensor, betas: Union[Tensor, Sequence[float]],
+def anneal(log_densities: LogDensities, z0: Tensor, betas: Union[Tensor, Sequence[float]], *,
            leapfrog: int = 5, step_size: Union[float, Tensor] = 0.01,
            randn: Optional[Noise] = None, rand: Optional[Noise] = None,
            target_accept: float = TARGET_ACCEPT, adapt: bool = True,
@@ -307,7 +307,7 @@ def anneal(log_densities: LogDensities, z0: Tensor, betas: Union[Tensor, Sequenc
     theirs. Costs 1 + T·L calls of ``log_densities``.
     """
     if z0.dim() != 3 or not z0.is_floating_point():
-        raise ValueError("z0 must be a floating [chains, points, dim] tensor, "
+        raise UsageError("z0 must be a floating [chains, points, dim] tensor, "
                          f"got {z0.dtype} {tuple(z0.shape)}")
     if not 0.0 < target_accept < 1.0:
         raise UsageError(f"{option('target_accept')} must lie in (0, 1), got {target_accept}")
@@ -340,8 +340,8 @@ def anneal(log_densities: LogDensities, z0: Tensor, betas: Union[Tensor, Sequenc
                 eps = base * scale[t - 1]
             used = eps if jitter is None else \
                 eps * (1 + JITTER * (2 * jitter(t, shape[:-1]).to(device=device, dtype=eps.dtype) - 1))
-            state, accept_prob = hmc_transition(log_densities, state, beta[t], used, leapfrog,
-                                                momentum, log_u)
+            state, accept_prob = hmc_transition(log_densities, state, beta[t], used, leapfrog=leapfrog,
+                                                momentum=momentum, log_u=log_u)
             accept_sum += accept_prob
             if adapt:
                 eps = adapt_step_size(eps, accept_prob, target_accept)

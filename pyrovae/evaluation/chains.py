@@ -170,7 +170,7 @@ class _Sites:
 class _Target:
     """log q_u(u) and log p(x, z(u)) + log |det ∂z/∂u| for the chains of one batch of points."""
 
-    def __init__(self, model: Callable, guide: Callable, batch: tuple[torch.Tensor, ...], index: torch.Tensor,
+    def __init__(self, model: Callable, guide: Callable, batch: tuple[torch.Tensor, ...], index: torch.Tensor, *,
                  chains: int, reuse_sites: bool, compile: bool = False):
         self.model, self.guide, self.batch, self.index, self.chains = model, guide, batch, index, chains
         self.plate = pyro.plate(PARTICLE_PLATE, chains, dim=PARTICLE_DIM)
@@ -238,7 +238,7 @@ class _Target:
             log_p = 0.0
             for name, site in sample_sites(trace):
                 if not any(frame.name == DATA_PLATE for frame in site["cond_indep_stack"]):
-                    raise ValueError(f"sample site {name!r} is outside the {DATA_PLATE!r} plate")
+                    raise UsageError(f"sample site {name!r} is outside the {DATA_PLATE!r} plate")
                 log_p = log_p + site["fn"].log_prob(site["value"])
         self.validated = True
         shape = u.shape[:-1]
@@ -252,7 +252,7 @@ def _noise_source(seed: int, stream: int, chains: int, rows: range, like: torch.
     """(t, shape) -> noise of transition t for these chains and rows, seeded per tile."""
     def draw(t: int, shape: tuple[int, ...]) -> torch.Tensor:
         return noise(seed, tile_seed(stream, t), range(chains), rows, tuple(shape[2:]),
-                     like if kind == "normal" else like.double(), kind)
+                     like if kind == "normal" else like.double(), kind=kind)
     return draw
 
 
@@ -311,7 +311,7 @@ def _anneal_batch(vae: VAE, model: Callable, guide: Callable, batch: tuple[torch
     """The chains of :func:`ais_batch`, run: the annealing result and each point's start scale."""
     like, chains, seed = batch[0], settings.chains, settings.seed
     reuse = can(program_of(guide), "mean_field")
-    target = _Target(model, guide, batch, index, chains, reuse, bool(settings.compile))
+    target = _Target(model, guide, batch, index, chains=chains, reuse_sites=reuse, compile=bool(settings.compile))
     betas = sigmoid_schedule(settings.steps)
     if reverse_from is None:
         u0 = target.start(lambda name, shape: noise(seed, stream ^ site_stream(name), range(chains), rows,

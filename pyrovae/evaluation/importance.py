@@ -310,11 +310,12 @@ def activations_per_pair(vae: VAE, model: Callable, guide: Callable, data: tuple
     """Numbers the networks' layers output for one (point, particle) pair: counted by forward
     hooks on every leaf module during one draw for the first row (a conv layer's C x H x W, a
     linear layer's width: what the layers' shapes alone would not say)."""
-    counted = [0]
+    counted = 0
 
     def count(module: torch.nn.Module, inputs, output) -> None:
-        counted[0] += sum(t.numel() for t in (output if isinstance(output, (tuple, list)) else (output,))
-                          if isinstance(t, torch.Tensor))
+        nonlocal counted
+        counted += sum(t.numel() for t in (output if isinstance(output, (tuple, list)) else (output,))
+                        if isinstance(t, torch.Tensor))
 
     leaves = [m for m in vae.modules() if next(m.children(), None) is None]
     hooks = [m.register_forward_hook(count) for m in leaves]
@@ -325,7 +326,7 @@ def activations_per_pair(vae: VAE, model: Callable, guide: Callable, data: tuple
     finally:
         for hook in hooks:
             hook.remove()
-    return counted[0]
+    return counted
 
 
 def check_is_memory(vae: VAE, k: int, batch_size: int, chunk_size: int, activations: int) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..core.errors import UsageError
 from ..core.files import atomic_path
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ def _array(x: ArrayLike, name: str) -> np.ndarray:
     try:
         return np.asarray(x.detach().cpu().double() if hasattr(x, "detach") else x, dtype=np.float64)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{name}: expected numbers, got {type(x).__name__} ({error})") from None
+        raise UsageError(f"{name}: expected numbers, got {type(x).__name__} ({error})") from None
 
 
 @functools.cache
@@ -126,15 +127,15 @@ def _check_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
     try:
         channels, height, width = (int(s) for s in image_shape)
     except (TypeError, ValueError):
-        raise ValueError(f"image_shape must be (C, H, W), got {image_shape!r}") from None
+        raise UsageError(f"image_shape must be (C, H, W), got {image_shape!r}") from None
     if channels not in (1, 3) or height < 1 or width < 1:
-        raise ValueError(f"image_shape must be (C, H, W) with C 1 or 3, got {tuple(image_shape)}")
+        raise UsageError(f"image_shape must be (C, H, W) with C 1 or 3, got {tuple(image_shape)}")
     return channels, height, width
 
 
 def _check_ncols(ncols: int) -> int:
     if int(ncols) != ncols or ncols < 1:
-        raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
+        raise UsageError(f"ncols must be a positive integer, got {ncols!r}")
     return int(ncols)
 
 
@@ -143,11 +144,11 @@ def _images(x: ArrayLike, image_shape: Sequence[int], name: str) -> np.ndarray:
     size = math.prod(_check_shape(image_shape))
     x = _array(x, name)
     if x.ndim < 2 or len(x) == 0:
-        raise ValueError(f"{name}: expected [n, {size}] with n >= 1, got shape {x.shape}")
+        raise UsageError(f"{name}: expected [n, {size}] with n >= 1, got shape {x.shape}")
     if x[0].size != size:
-        raise ValueError(f"{name}: {x[0].size} values per image, but image_shape {tuple(image_shape)} needs {size}")
+        raise UsageError(f"{name}: {x[0].size} values per image, but image_shape {tuple(image_shape)} needs {size}")
     if not np.isfinite(x).all():
-        raise ValueError(f"{name}: contains NaN or infinite values")
+        raise UsageError(f"{name}: contains NaN or infinite values")
     return x.reshape(len(x), *_check_shape(image_shape))
 
 
@@ -162,7 +163,7 @@ def _layout(n: int, image_shape: Sequence[int], ncols: int, caption_lines: int,
     pairs of rows with ``reconstructions``, a label column with ``labelled`` (or ``reconstructions``)."""
     _, height, width = _check_shape(image_shape)
     if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
+        raise UsageError(f"n must be at least 1, got {n}")
     ncols = min(_check_ncols(ncols), n)
     cell_h, cell_w = height * _scale(height, width), width * _scale(height, width)
     left = _LABEL_COLUMN if reconstructions or labelled else 0
@@ -217,14 +218,14 @@ def _tiles(images: np.ndarray, ncols: int) -> np.ndarray:
     return grid[0] if images.shape[1] == 1 else grid.transpose(1, 2, 0)
 
 
-def _grid(blocks: list[np.ndarray], n: int, image_shape: Sequence[int], ncols: int, caption: str,
+def _grid(blocks: list[np.ndarray], n: int, image_shape: Sequence[int], ncols: int, *, caption: str,
           path: str | Path, labels: Sequence[str] = (), paired: bool = False) -> None:
     """BLOCKS of images (each tiled NCOLS a row) at the rows of ``_layout`` of N images (N pairs if
     ``paired``), on a white page; CAPTION centred on top, LABELS right-aligned left of the rows."""
     lines = _caption_lines(caption, _layout(n, image_shape, ncols, 0, paired, bool(labels))[0])
     width, height, left, tops = _layout(n, image_shape, ncols, len(lines), paired, bool(labels))
     if max(width, height) > MAX_PIXELS:
-        raise ValueError(f"a {width}x{height}-pixel figure is too large to draw (at most {MAX_PIXELS} per side); "
+        raise UsageError(f"a {width}x{height}-pixel figure is too large to draw (at most {MAX_PIXELS} per side); "
                          "pass fewer images or more columns")
     page = Image.new("L" if image_shape[0] == 1 else "RGB", (width, height), "white")
     for top, images in zip(tops, blocks):
@@ -255,18 +256,18 @@ def reconstruction_figure(originals: ArrayLike, reconstructions: ArrayLike, imag
     x = _images(originals, image_shape, "originals")
     x_hat = _images(reconstructions, image_shape, "reconstructions")
     if x.shape != x_hat.shape:
-        raise ValueError(f"originals and reconstructions differ in number: {len(x)} vs {len(x_hat)}")
+        raise UsageError(f"originals and reconstructions differ in number: {len(x)} vs {len(x_hat)}")
     ncols = _check_ncols(ncols)
     rows = [row for i in range(0, len(x), ncols) for row in (x[i:i + ncols], x_hat[i:i + ncols])]
-    _grid(rows, len(x), image_shape, ncols, caption, path, ("original", "reconstruction") * (len(rows) // 2),
-          paired=True)
+    _grid(rows, len(x), image_shape, ncols, caption=caption, path=path,
+          labels=("original", "reconstruction") * (len(rows) // 2), paired=True)
 
 
 def sample_grid(images: ArrayLike, image_shape: Sequence[int], path: str | Path, caption: str = "",
                 ncols: int = 8) -> None:
     """A grid of images [n, D] (values in [0, 1]), NCOLS per row, with CAPTION on top."""
     x = _images(images, image_shape, "images")
-    _grid([x], len(x), image_shape, _check_ncols(ncols), caption, path)
+    _grid([x], len(x), image_shape, _check_ncols(ncols), caption=caption, path=path)
 
 
 def labelled_rows(rows: Sequence[ArrayLike], labels: Sequence[str], image_shape: Sequence[int], path: str | Path,
@@ -275,10 +276,10 @@ def labelled_rows(rows: Sequence[ArrayLike], labels: Sequence[str], image_shape:
     and CAPTION on top: a latent traversal (a row per unit) or interpolation (a row per pair)."""
     blocks = [_images(row, image_shape, f"row {i}") for i, row in enumerate(rows)]
     if not blocks or len(labels) != len(blocks) or len({len(block) for block in blocks}) != 1:
-        raise ValueError(f"expected one label per row and rows of equal length, got {len(labels)} labels for rows "
+        raise UsageError(f"expected one label per row and rows of equal length, got {len(labels)} labels for rows "
                          f"of {[len(block) for block in blocks]} images")
     ncols = len(blocks[0])
-    _grid(blocks, ncols * len(blocks), image_shape, ncols, caption, path, list(labels))
+    _grid(blocks, ncols * len(blocks), image_shape, ncols, caption=caption, path=path, labels=list(labels))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -324,11 +325,11 @@ def _number(record: Mapping[str, Any], key: str) -> float:
     if value is None:
         return math.nan
     if isinstance(value, bool):
-        raise ValueError(f"{key}: expected a number, got {value!r}")
+        raise UsageError(f"{key}: expected a number, got {value!r}")
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{key}: expected a number, got {value!r}") from None
+        raise UsageError(f"{key}: expected a number, got {value!r}") from None
 
 
 def _series(records: list[Mapping[str, Any]], key: str) -> np.ndarray:
@@ -340,13 +341,13 @@ def _by_epoch(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     latest: dict[int, Mapping[str, Any]] = {}
     for i, record in enumerate(records):
         if not isinstance(record, Mapping):
-            raise ValueError(f"record {i}: expected a dict, got {type(record).__name__}")
+            raise UsageError(f"record {i}: expected a dict, got {type(record).__name__}")
         epoch = _number(record, "epoch")
         if not math.isfinite(epoch) or epoch != int(epoch):
-            raise ValueError(f"record {i}: 'epoch' must be an integer, got {record.get('epoch')!r}")
+            raise UsageError(f"record {i}: 'epoch' must be an integer, got {record.get('epoch')!r}")
         latest[int(epoch)] = record
     if not latest:
-        raise ValueError("no records to plot")
+        raise UsageError("no records to plot")
     return [latest[epoch] for epoch in sorted(latest)]
 
 
@@ -529,7 +530,7 @@ def _points(xy: ArrayLike, label: Any) -> np.ndarray:
     xy = _array(xy, f"group {label!r}")
     xy = xy.reshape(0, 2) if xy.size == 0 else xy
     if xy.ndim != 2 or xy.shape[1] != 2:
-        raise ValueError(f"group {label!r}: expected [n, 2] points, got shape {xy.shape}")
+        raise UsageError(f"group {label!r}: expected [n, 2] points, got shape {xy.shape}")
     return xy
 
 
@@ -550,7 +551,7 @@ def scatter(groups: Mapping[Any, ArrayLike], path: str | Path, title: str = "", 
     from matplotlib.lines import Line2D
 
     if not isinstance(groups, Mapping) or not groups:
-        raise ValueError("groups must be a non-empty dict: label -> [n, 2] points")
+        raise UsageError("groups must be a non-empty dict: label -> [n, 2] points")
     labels = sorted(groups, key=_label_order)
     points = [_points(groups[label], label) for label in labels]
     xy = np.concatenate(points)
@@ -592,7 +593,7 @@ def evaluation_figure(log_px: ArrayLike, elbo: ArrayLike | None, khat: ArrayLike
     k = None if khat is None else _array(khat, "khat").reshape(-1)
     for name, values in (("elbo", x), ("khat", k)):
         if values is not None and len(values) != len(y):
-            raise ValueError(f"{name}: {len(values)} values for {len(y)} points")
+            raise UsageError(f"{name}: {len(values)} values for {len(y)} points")
     known = None if k is None or not np.isfinite(k).any() else np.isfinite(k)
     with _style():
         figure = _new_figure(EVALUATION_SIZE, layout="constrained")

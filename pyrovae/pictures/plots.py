@@ -193,7 +193,7 @@ def write_run_images(vae: VAE, data, run_dir: Path, n: int = 64, caption: str = 
 
 
 @torch.no_grad()
-def latent_map(vae: VAE, batch: Sequence[torch.Tensor], labels: torch.Tensor | None, path: Path,
+def latent_map(vae: VAE, batch: Sequence[torch.Tensor], labels: torch.Tensor | None, path: Path, *,
                site: str | None = None, index: torch.Tensor | None = None, caption: str = "",
                legend: str = "label") -> dict:
     """The guide's means (:func:`guide_means`) of a latent site (:func:`latent_site`: the model's top
@@ -240,7 +240,7 @@ def site_means(vae: VAE, batch: Sequence[torch.Tensor], index: torch.Tensor | No
     return site, means[site]
 
 
-def draw_interpolation(vae: VAE, pictured: PictureRows, images: tuple[int, int], steps: int, spherical: bool,
+def draw_interpolation(vae: VAE, pictured: PictureRows, images: tuple[int, int], *, steps: int, spherical: bool,
                        image_shape: Sequence[int], path: Path, caption: str = "") -> dict:
     """One row: image A, the decoder means along the path between the posterior means of A and B
     (:func:`interpolation`), image B; ``images`` index the rows of ``pictured``."""
@@ -260,7 +260,7 @@ def draw_interpolation(vae: VAE, pictured: PictureRows, images: tuple[int, int],
     return {"images": list(images), "split": pictured.split, "steps": steps, "path": how}
 
 
-def draw_traversal(vae: VAE, pictured: PictureRows, site: str | None, units: int, steps: int, span: float,
+def draw_traversal(vae: VAE, pictured: PictureRows, site: str | None, *, units: int, steps: int, span: float,
                    image_shape: Sequence[int], path: Path, caption: str = "") -> dict:
     """One row per unit of a latent site, the most active first (activity from the posterior means
     of the rows of ``pictured``), each swept over ``steps`` values from −span to span prior

@@ -21,6 +21,7 @@ from typing import Iterable
 
 import torch
 
+from ..core.errors import UsageError
 from ..core.vae import VAE
 
 
@@ -37,11 +38,11 @@ class RowSparseAdam(torch.optim.Optimizer):
     the same parameters (a scalar step count is then spread over all rows).
     """
 
-    def __init__(self, params: Iterable, row_sparse: Iterable[torch.Tensor] = (), lr: float = 1e-3,
+    def __init__(self, params: Iterable, row_sparse: Iterable[torch.Tensor] = (), lr: float = 1e-3, *,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, row_decay: float = 0.0,
                  row_delay: float = 1.0):
         if lr <= 0 or eps <= 0 or not all(0 <= beta < 1 for beta in betas) or row_decay < 0 or row_delay <= 0:
-            raise ValueError(f"invalid Adam settings lr={lr}, betas={betas}, eps={eps}, row_decay={row_decay}, "
+            raise UsageError(f"invalid Adam settings lr={lr}, betas={betas}, eps={eps}, row_decay={row_decay}, "
                              f"row_delay={row_delay}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, row_decay=row_decay, row_delay=row_delay))
         self._row_sparse = {id(p) for p in row_sparse}
@@ -71,8 +72,8 @@ class RowSparseAdam(torch.optim.Optimizer):
                 elif param.grad.is_sparse:
                     raise RuntimeError("RowSparseAdam: sparse gradient for a parameter not listed as row-sparse")
                 else:
-                    _adam_update(param, param.grad, state["exp_avg"], state["exp_avg_sq"],
-                                 state["step"], group["lr"], beta1, beta2, group["eps"])
+                    _adam_update(param, param.grad, state["exp_avg"], state["exp_avg_sq"], state["step"],
+                                 lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"])
         return loss
 
     @staticmethod
@@ -96,14 +97,15 @@ class RowSparseAdam(torch.optim.Optimizer):
         lr = group["lr"]
         if group.get("row_decay", 0.0):   # ρ_i = lr (1 + t_i / delay)^-κ, by the row's own count
             lr = lr * (1 + step / group.get("row_delay", 1.0)).pow(-group["row_decay"]).view(-1, *tail)
-        _adam_update(value, values, exp_avg, exp_avg_sq, step.view(-1, *tail), lr, beta1, beta2, group["eps"])
+        _adam_update(value, values, exp_avg, exp_avg_sq, step.view(-1, *tail), lr=lr, beta1=beta1, beta2=beta2,
+                     eps=group["eps"])
         for table, rows_value in ((param, value), (state["exp_avg"], exp_avg), (state["exp_avg_sq"], exp_avg_sq),
                                   (state["step"], step)):
             table.index_copy_(0, rows, rows_value)
 
 
 def _adam_update(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-                 step: torch.Tensor, lr: float | torch.Tensor, beta1: float, beta2: float, eps: float) -> None:
+                 step: torch.Tensor, *, lr: float | torch.Tensor, beta1: float, beta2: float, eps: float) -> None:
     """One Adam step in place, written as torch.optim.Adam's single-tensor path; ``step`` (and
     ``lr``) may be scalars or broadcast against ``param`` (one per row)."""
     step += 1

@@ -83,7 +83,7 @@ def split_validation(train: tuple[torch.Tensor, ...], held_out: int
     return rows_of(train, slice(0, n - held_out)), rows_of(train, slice(n - held_out, n))
 
 
-def fit(config: FitConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
+def fit(config: FitConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
         progress: bool = True, on_epoch: Callable[[dict], None] | None = None, vae: VAE | None = None,
         data: Dataset | None = None, callbacks: Sequence[Callback] = ()) -> dict:
     """Train as ``config`` says and write RUN_DIR; return the final metrics.
@@ -115,8 +115,8 @@ def fit(config: FitConfig, run_dir: str | Path, resume: bool = False, overwrite:
             if checked != config:
                 raise UsageError(f"the run in {str(run_dir)!r} changed while this fit was starting; run it again")
             with vae.param_store():
-                return _fit(built, run_dir, prepared, device, restore, progress, on_epoch, vae,
-                            list(callbacks), typed, context)
+                return _fit(built, run_dir, prepared, device, resume=restore, progress=progress, on_epoch=on_epoch,
+                            vae=vae, extra=list(callbacks), typed=typed, context=context)
 
 
 def _on_main(context: distributed.Context, work: Callable):
@@ -266,7 +266,7 @@ def data_generator(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(tile_seed(DATA_ORDER_STREAM, seed))
 
 
-def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.device, resume: bool, progress: bool,
+def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.device, *, resume: bool, progress: bool,
          on_epoch: Callable[[dict], None] | None, vae: VAE, extra: list[Callback], typed: dict,
          context: distributed.Context) -> dict | None:
     # a per-datapoint guide steps its rows by LocalStepOptions (its family's, or as given for one of your own)
@@ -472,7 +472,7 @@ class Run:
         return batch, index
 
 
-def load_run(run_dir: str | Path, device: str = "auto", data_dir: str | None = None, vae: VAE | None = None,
+def load_run(run_dir: str | Path, device: str = "auto", data_dir: str | None = None, *, vae: VAE | None = None,
              data: Dataset | None = None, dataset: str | None = None, program: str | None = None,
              checkpoint: str = "last") -> Run:
     """Load RUN_DIR's config, data (test set binarized as in training) and checkpoint: the last
@@ -515,7 +515,8 @@ def load_run(run_dir: str | Path, device: str = "auto", data_dir: str | None = N
         vae.prepare(_as_trained(config, prepared.train), index)   # adopts pyro.param sites before the load
     load_model_state(vae, state, run_dir)
     vae.eval()
-    return Run(vae, config, prepared, run_dir, state["epoch"], state["file_sha256"], checkpoint)
+    return Run(vae=vae, config=config, data=prepared, run_dir=run_dir, epoch=state["epoch"],
+               checkpoint=state["file_sha256"], which=checkpoint)
 
 
 def _data_file(config: FitConfig, saved: dict, run_dir: Path, moved_to: str | None) -> str:

@@ -162,7 +162,7 @@ def test_the_chains_check_supports_on_their_first_evaluation_only(monkeypatch):
                         lambda self, value: (checked.append(type(self).__name__), validate(self, value))[1])
     model, guide = vae.bound()
     with pyro.validation_enabled(True):
-        target = _Target(model, guide, (x,), torch.arange(5), 3, reuse_sites=True)
+        target = _Target(model, guide, (x,), torch.arange(5), chains=3, reuse_sites=True)
         u = torch.randn(3, 5, 2)
         checked.clear()
         evaluate_state(target.log_densities, u)

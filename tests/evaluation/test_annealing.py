@@ -348,8 +348,8 @@ def test_transition_rejects_every_non_finite_proposal_and_keeps_the_cached_state
     assert isinstance(state, ChainState)
     momentum = torch.tensor([[[1.0, 0.0]], [[-1.0, 0.0]], [[0.0, 1.0]], [[1.0, 0.0]]], dtype=F64)
     log_u = torch.full((4, 1), -math.inf, dtype=F64)
-    new, alpha = hmc_transition(log_densities, state, 1.0, torch.full((4, 1), 0.1, dtype=F64), 2,
-                                momentum, log_u)
+    new, alpha = hmc_transition(log_densities, state, 1.0, torch.full((4, 1), 0.1, dtype=F64), leapfrog=2,
+                                momentum=momentum, log_u=log_u)
     assert torch.equal(new.z[0], z[0]) and torch.equal(new.z[3], z[3])   # went to z_0 > 0.05
     assert not torch.equal(new.z[1], z[1]) and not torch.equal(new.z[2], z[2])
     assert alpha[0].item() == 0.0 and alpha[3].item() == 0.0

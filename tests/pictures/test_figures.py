@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pyrovae.core.errors import UsageError
 from pyrovae.pictures import figures, plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -260,15 +261,15 @@ def test_picture_rows_are_test_rows_with_an_encoder_else_training_rows_and_their
 def test_failed_call_leaves_existing_file_intact(tmp_path):
     path = tmp_path / "recon.png"
     path.write_bytes(b"old picture")
-    with pytest.raises(ValueError, match="differ in number"):
+    with pytest.raises(UsageError, match="differ in number"):
         figures.reconstruction_figure(blobs(4), blobs(3), MNIST, path)
-    with pytest.raises(ValueError, match="values per image"):
+    with pytest.raises(UsageError, match="values per image"):
         figures.sample_grid(blobs(4), (1, 14, 14), path)
-    with pytest.raises(ValueError, match="epoch"):
+    with pytest.raises(UsageError, match="epoch"):
         figures.training_curves([{"epoch": "one"}], path)
-    with pytest.raises(ValueError, match="integer"):
+    with pytest.raises(UsageError, match="integer"):
         figures.training_curves([{"epoch": 1.5}], path)
-    with pytest.raises(ValueError, match=r"\[n, 2\]"):
+    with pytest.raises(UsageError, match=r"\[n, 2\]"):
         figures.scatter({"a": np.zeros((5, 3))}, path)
     assert path.read_bytes() == b"old picture"
     only(tmp_path, "recon.png")
@@ -313,17 +314,17 @@ def test_new_file_gets_umask_permissions(tmp_path):
     (dict(image_shape=(2, 28, 28)), "C 1 or 3"),
     (dict(ncols=0), "ncols"),
 ])
-def test_bad_grid_input_raises_value_error(tmp_path, bad, match):
+def test_bad_grid_input_raises_usage_error(tmp_path, bad, match):
     kwargs = dict(images=blobs(2), image_shape=MNIST, path=tmp_path / "s.png", ncols=8) | bad
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(UsageError, match=match):
         figures.sample_grid(**kwargs)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bad_records_raise_value_error(tmp_path):
-    with pytest.raises(ValueError, match="no records"):
+def test_bad_records_raise_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="no records"):
         figures.training_curves([], tmp_path / "c.png")
-    with pytest.raises(ValueError, match="train_elbo"):
+    with pytest.raises(UsageError, match="train_elbo"):
         figures.training_curves([{"epoch": 1, "train_elbo": "high"}], tmp_path / "c.png")
     assert list(tmp_path.iterdir()) == []
 
