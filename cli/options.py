@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import click
+import torch
 
 from pyrovae.core import options as library_options
 from pyrovae.core.distributed import current
@@ -28,7 +29,6 @@ def _threads(ctx, param, value: int | None) -> int | None:
     if value is not None:
         if value < 1:
             raise click.BadParameter(f"must be at least 1, got {value}", ctx, param)
-        import torch
         torch.set_num_threads(value)   # process-wide: the CLI's to set, never the library's
     return value
 

@@ -150,7 +150,9 @@ def accepts_index(program: Callable) -> bool:
 # ---------------------------------------------------------------------------- Pyro's param store
 
 ParamState = tuple[Mapping[str, torch.Tensor], Mapping[str, object]]   # (unconstrained values, constraints)
-_scopes = [0]   # how many param_scope blocks are open: programs inside one need no scope of their own
+# how many param_scope blocks are open (programs inside one need no scope of their own): one count
+# for the process, as Pyro's param store is one for the process
+_open_scopes = 0
 
 
 @contextlib.contextmanager
@@ -164,12 +166,13 @@ def param_scope(params: Mapping[str, torch.Tensor] | None = None,
     state = store.get_state()
     merged = {"params": {**state["params"], **(params or {})},
               "constraints": {**state["constraints"], **(constraints or {})}}
+    global _open_scopes
     with store.scope(state=merged):
-        _scopes[0] += 1
+        _open_scopes += 1
         try:
             yield
         finally:
-            _scopes[0] -= 1
+            _open_scopes -= 1
 
 
 def put_in_store(params: Mapping[str, torch.Tensor], constraints: Mapping[str, object]) -> None:
@@ -182,7 +185,7 @@ def put_in_store(params: Mapping[str, torch.Tensor], constraints: Mapping[str, o
 
 
 def in_param_scope() -> bool:
-    return _scopes[0] > 0
+    return _open_scopes > 0
 
 
 class ScaleLatents(Messenger):

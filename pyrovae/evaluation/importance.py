@@ -19,6 +19,7 @@ on ``batch_size``, ``chunk_size`` or a resumed interruption.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -42,6 +43,8 @@ from .estimator import Estimate, Estimator, finite, standard_error, write_per_po
 from .kernels import FusedDensities
 from .proposals import Proposal, proposal_guide
 from .settings import BATCH_SIZE, CHUNK_SIZE, COMPILE_PAIRS, ISSettings
+
+log = logging.getLogger(__name__)
 
 IWAE_KS = (1, 5, 50)        # bounds L_k reported besides L_K
 KHAT_BAD = 0.7              # Vehtari et al. (2024): above it, IS estimates are unreliable
@@ -266,8 +269,8 @@ class ImportanceSampling(Estimator):
         settings = self.settings.but(compile=self.settings.compiles(n * self.settings.k))
         model = vae.bound()[0]
         guide, name, encodes = proposal_guide(vae, proposal, n)
-        check_is_memory(vae, settings.k, min(settings.batch_size, n), min(settings.chunk_size, settings.k),
-                        activations_per_pair(vae, model, guide, data) + 2 * data_dim)
+        activations = activations_per_pair(vae, model, guide, data) + 2 * data_dim
+        settings = settings.but(batch_size=is_batch_size(vae, settings, n, activations))
         unsupported: set[str] = set()
         pairs = 0   # (point, particle) pairs since the heap last returned its free pages
 
@@ -329,15 +332,25 @@ def activations_per_pair(vae: VAE, model: Callable, guide: Callable, data: tuple
     return counted
 
 
-def check_is_memory(vae: VAE, k: int, batch_size: int, chunk_size: int, activations: int) -> None:
-    """Refuse, before any work, a K and batch whose buffers cannot fit: the [K, batch] float64 log
-    weights (and PSIS's copies of them) and ``activations`` numbers per (point, particle) pair
-    (the layers', :func:`activations_per_pair`, and copies of x) for batch x chunk pairs."""
+def is_batch_size(vae: VAE, settings: ISSettings, n: int, activations: int) -> int:
+    """The points per pass IS runs with: ``settings.batch_size``, refused before any work when its
+    buffers cannot fit; or, where it is None, :data:`~.settings.BATCH_SIZE` points or as many as
+    fit (a VampPrior's prior, a mixture over its pseudo-inputs, costs hundreds of numbers per
+    pair). The buffers: the [K, batch] float64 log weights (and PSIS's copies of them) and
+    ``activations`` numbers per (point, particle) pair (the layers', :func:`activations_per_pair`,
+    and copies of x) for batch x chunk pairs. The estimates do not depend on it (module docstring)."""
+    k, chunk_size = settings.k, min(settings.chunk_size, settings.k)
     per_point = 4 * k * 8 + 3 * chunk_size * activations * (torch.finfo(vae.dtype).bits // 8)
     have = available_memory(vae.device)
-    if have is None or per_point * batch_size <= 0.8 * have:
-        return
-    fits = int(0.8 * have // per_point)
+    wanted = min(settings.batch_size or BATCH_SIZE, n)
+    fits = wanted if have is None else int(0.8 * have // per_point)
+    if fits >= wanted:
+        return wanted
+    if settings.batch_size is None and fits >= 1:
+        log.info(f"IS: {fits} points per pass ({wanted} would need about {per_point * wanted / 1e9:.3g} GB of the "
+                 f"{have / 1e9:.3g} GB available)")
+        return fits
     fix = (f"pass {option('batch-size', fits)} or less" if fits >= 1 else
            f"pass a smaller {option('k')} (at most about {int(0.8 * have // 32):,} for one point at a time)")
-    check_memory(per_point * batch_size, f"{option('k', k)} with {option('batch-size', batch_size)}", fix, vae.device)
+    check_memory(per_point * wanted, f"{option('k', k)} with {option('batch-size', wanted)}", fix, vae.device)
+    return wanted

@@ -91,7 +91,8 @@ class ISSettings(SamplingSettings):
     with K)."""
 
     k: int = option(5000, "Importance samples per datapoint.", check=whole(1))
-    batch_size: int = option(BATCH_SIZE, "Datapoints per pass.", check=whole(1))
+    batch_size: int | None = option(None, f"Datapoints per pass [default: {BATCH_SIZE}, or as many as fit in memory].",
+                                    check=optional(whole(1)))
     chunk_size: int = option(CHUNK_SIZE, "Particles per decoder pass.", check=whole(1))
 
 

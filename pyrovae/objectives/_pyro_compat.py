@@ -21,6 +21,8 @@ from __future__ import annotations
 import warnings
 from typing import Callable
 
+import pyro
+import pyro.distributions as dist
 import torch
 from pyro.infer import ELBO, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO
 
@@ -83,9 +85,6 @@ class ShapeKeyedJit:
 # ---------------------------------------------------------------------------- probes of upstream
 
 def _tiny_problem():
-    import pyro
-    import pyro.distributions as dist
-
     def model(x):
         loc = pyro.param("probe_loc", torch.tensor(0.3))
         with pyro.plate("data", x.shape[0]):
@@ -99,7 +98,6 @@ def _tiny_problem():
 
 def jit_trace_doubles_gradients() -> bool:
     """Whether the installed Pyro's JitTrace_ELBO still doubles gradients (bug 1)."""
-    import pyro
     with pyro.get_param_store().scope():
         model, guide, x = _tiny_problem()
         grads = []
@@ -116,7 +114,6 @@ def jit_trace_doubles_gradients() -> bool:
 
 def jit_meanfield_retraces() -> bool:
     """Whether the installed Pyro's JitTraceMeanField_ELBO still compiles on every call (bug 2)."""
-    import pyro
     with pyro.get_param_store().scope():
         model, guide, x = _tiny_problem()
         elbo = JitTraceMeanField_ELBO(ignore_jit_warnings=True)

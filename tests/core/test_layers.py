@@ -21,30 +21,6 @@ DEFERRABLE = ("arviz", "arviz_stats", "matplotlib", "torchvision", "torch.utils.
 # group of a torchrun launch is joined with an import inside main
 STARTUP = {("cli/main.py", "pyrovae.core.distributed")}
 
-# EXPECTED FAILURES, to be dropped at merge: the constructors of models/ (and their from_options
-# calls), which the other helper of issue 21 makes keyword-only; objectives/_pyro_compat.py imports
-# pyro (already imported at its top) inside its probes, and cli/options.py's --threads callback
-# imports torch (which that module's own imports load anyway) -- files neither helper owns here
-# or the other helper's. Any offender not listed fails the test.
-EXPECTED_LONG_DEFS = {
-    ("pyrovae/models/conv.py", "ConvModel.__init__"),
-    ("pyrovae/models/two_layer.py", "TwoLayerModel.__init__"),
-    ("pyrovae/models/vae.py", "VAEModel.__init__"),
-    ("pyrovae/models/vampprior.py", "VampPriorModel.__init__"),
-}
-EXPECTED_LONG_CALLS = {
-    ("pyrovae/models/conv.py", "ConvModel.from_options", "cls"),
-    ("pyrovae/models/two_layer.py", "TwoLayerModel.from_options", "cls"),
-    ("pyrovae/models/vampprior.py", "VampPriorModel.from_options", "cls"),
-}
-EXPECTED_DEFERRED = {
-    ("pyrovae/objectives/_pyro_compat.py", "_tiny_problem", "pyro"),
-    ("pyrovae/objectives/_pyro_compat.py", "_tiny_problem", "pyro.distributions"),
-    ("pyrovae/objectives/_pyro_compat.py", "jit_trace_doubles_gradients", "pyro"),
-    ("pyrovae/objectives/_pyro_compat.py", "jit_meanfield_retraces", "pyro"),
-    ("cli/options.py", "_threads", "torch"),
-}
-
 Function = ast.FunctionDef | ast.AsyncFunctionDef
 
 
@@ -120,7 +96,7 @@ def test_the_library_never_imports_the_cli():
 def test_no_function_takes_more_than_six_positional_parameters():
     found = {(path, name) for path, _, tree in SOURCES for name, function in functions(tree)
              if positional(function) > MAX_POSITIONAL and not is_click_command(function)}
-    assert not found - EXPECTED_LONG_DEFS, sorted(found - EXPECTED_LONG_DEFS)
+    assert not sorted(found)
 
 
 def test_no_call_passes_more_than_six_positional_arguments():
@@ -132,7 +108,7 @@ def test_no_call_passes_more_than_six_positional_arguments():
     found = {(path, name, callee(node)) for path, _, tree in SOURCES for name, node in nodes(tree)
              if isinstance(node, ast.Call) and len(node.args) > MAX_POSITIONAL
              and (path, callee(node)) not in variadic and callee(node) not in anywhere}
-    assert not found - EXPECTED_LONG_CALLS, sorted(found - EXPECTED_LONG_CALLS)
+    assert not sorted(found)
 
 
 def test_imports_inside_functions_only_defer_heavy_optional_libraries():
@@ -141,7 +117,7 @@ def test_imports_inside_functions_only_defer_heavy_optional_libraries():
              for imported_name in imported(node, module)
              if not any(imported_name == lib or imported_name.startswith(lib + ".") for lib in DEFERRABLE)
              and (path, imported_name) not in STARTUP}
-    assert not found - EXPECTED_DEFERRED, sorted(found - EXPECTED_DEFERRED)
+    assert not sorted(found)
 
 
 @pytest.mark.parametrize("source, offenders", [

@@ -44,3 +44,21 @@ def test_is_refuses_a_batch_whose_conv_activations_cannot_fit(monkeypatch):
     monkeypatch.setattr(importance, "available_memory", lambda device: int(have))
     with pytest.raises(UsageError, match="batch.size=2 or less"):
         ImportanceSampling(k=k, batch_size=batch, chunk_size=chunk).estimate(vae, x)
+
+
+def test_is_without_a_batch_size_takes_as_many_points_as_fit_and_the_same_estimates(monkeypatch, caplog):
+    # a VampPrior's prior costs hundreds of numbers per pair: the default batch must not refuse it
+    vae = conv_vae()
+    x = torch.bernoulli(torch.full((6, 144), 0.3))
+    k, chunk = 200, CHUNK_SIZE
+    per_point = 4 * k * 8 + 3 * chunk * (activations_per_pair(vae, *vae.bound(), (x,)) + 2 * 144) * 4
+    have = 2.5 * per_point / 0.8   # room for 2 points at a time
+    expected = ImportanceSampling(k=k, batch_size=6, chunk_size=chunk).estimate(vae, x).log_px
+    monkeypatch.setattr(driver, "available_memory", lambda device: int(have))
+    monkeypatch.setattr(importance, "available_memory", lambda device: int(have))
+    with caplog.at_level("INFO", logger="pyrovae.evaluation.importance"):
+        got = ImportanceSampling(k=k, chunk_size=chunk).estimate(vae, x).log_px
+    assert "IS: 2 points per pass" in caplog.text
+    assert torch.equal(torch.as_tensor(got), torch.as_tensor(expected))   # the draws are seeded per point
+    with pytest.raises(UsageError, match="batch.size=2 or less"):   # a batch size given is not changed
+        ImportanceSampling(k=k, batch_size=3, chunk_size=chunk).estimate(vae, x)
