@@ -1,8 +1,6 @@
 """What happens around the SVI steps of :class:`~pyrovae.training.loop.Trainer`, one callback each."""
 from __future__ import annotations
 
-import threading
-
 import pyro
 import torch
 
@@ -27,78 +25,16 @@ class KLWarmup(Callback):
 class DynamicBinarization(Callback):
     """x ~ Bernoulli(intensities) anew every epoch (the first tensor of the batch), drawn from
     the trainer's generator before the epoch's permutation, into one buffer that each epoch's
-    draws overwrite (the previous epoch's data are read by nothing once its epoch has ended).
+    draws overwrite (the previous epoch's data are read by nothing once its epoch has ended)."""
 
-    On the CPU the next epoch's uniforms are drawn while this epoch trains, in a thread (the
-    second core idles through most of a step's Python; MNIST's 47M uniforms take about 0.25 s of
-    a 4 s epoch), from a copy of the generator in the state the next epoch will find it in, once
-    this epoch's permutation is drawn. The next epoch takes them only if the generator is indeed
-    in that state, and then leaves it as drawing would have: the draws are those of drawing at
-    the epoch's start, whichever way they were made (a resumed run's first epoch draws them then)."""
-
-    def __init__(self, prefetch: bool = True):
-        self.prefetch = prefetch
-        self.buffer: torch.Tensor | None = None   # this epoch's data
-        self.spare: torch.Tensor | None = None    # where the next epoch's uniforms go
-        self.pending: _Uniforms | None = None
+    def __init__(self):
+        self.buffer: torch.Tensor | None = None
 
     def on_epoch_start(self, trainer: Trainer) -> None:
         x, *rest = trainer.train
-        drawn, self.pending = self.pending and self.pending.take(trainer.generator, x), None
-        if drawn is not None:   # the uniforms of u < p, drawn ahead from this very generator state
-            self.spare, self.buffer = self.buffer, drawn.lt_(x)
-        else:
-            self.buffer = _like(self.buffer, x)
-            bernoulli(x, trainer.generator, out=self.buffer)
-        trainer.epoch_data = (self.buffer, *rest)
-
-    def before_step(self, trainer: Trainer, index: torch.Tensor, batch: Batch) -> None:
-        x = trainer.train[0]
-        if (self.prefetch and self.pending is None and x.device.type == "cpu" and trainer.epoch + 1 < trainer.epochs):
-            self.spare = _like(self.spare, x)   # the permutation is drawn: the generator is as the next epoch finds it
-            self.pending = _Uniforms(trainer.generator, self.spare)
-
-    def on_interrupt(self, trainer: Trainer) -> None:
-        self._drop()
-
-    def on_fit_end(self, trainer: Trainer) -> None:
-        self._drop()
-
-    def _drop(self) -> None:
-        if self.pending is not None:
-            self.pending.thread.join()
-            self.pending = None
-
-
-def _like(buffer: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    """``buffer`` if it has ``x``'s shape, dtype and device, else a new one."""
-    if buffer is None or (buffer.shape, buffer.dtype, buffer.device) != (x.shape, x.dtype, x.device):
-        return torch.empty(x.shape, device=x.device, dtype=x.dtype)
-    return buffer
-
-
-class _Uniforms:
-    """u ~ U(0, 1) into ``out``, drawn in a thread from a copy of ``generator`` as it is now."""
-
-    def __init__(self, generator: torch.Generator, out: torch.Tensor):
-        self.start = generator.get_state()
-        self.copy = torch.Generator(device=out.device)
-        self.copy.set_state(self.start)
-        self.out = out
-        self.thread = threading.Thread(target=self._draw, daemon=True)
-        self.thread.start()
-
-    def _draw(self) -> None:
-        torch.rand(self.out.shape, generator=self.copy, out=self.out)   # one serial kernel: no OpenMP team here
-
-    def take(self, generator: torch.Generator, x: torch.Tensor) -> torch.Tensor | None:
-        """The uniforms, if ``generator`` is still where they were drawn from (and ``x`` is the
-        data they were drawn for); ``generator`` then moves past them."""
-        self.thread.join()
-        if self.out.shape != x.shape or not torch.equal(generator.get_state(), self.start):
-            return None
-        generator.set_state(self.copy.get_state())
-        return self.out
+        if self.buffer is None or (self.buffer.shape, self.buffer.dtype, self.buffer.device) != (x.shape, x.dtype, x.device):
+            self.buffer = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+        trainer.epoch_data = (bernoulli(x, trainer.generator, out=self.buffer), *rest)
 
 
 class LocalSteps(Callback):

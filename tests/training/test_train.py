@@ -203,8 +203,8 @@ def test_binarization(tiny_npz, tmp_path, monkeypatch, mode):
 
 def test_dynamic_binarization_draws_what_torch_bernoulli_draws():
     """u < p from the trainer's generator: the draws of torch.bernoulli on CPU, only faster, so runs
-    trained before the change resume bit-identically; without a thread drawing ahead, every
-    epoch into the one buffer the first allocated. If torch changes its Bernoulli sampler this fails; then only that resume promise
+    trained before the change resume bit-identically; every epoch, into the one buffer the first
+    allocated. If torch changes its Bernoulli sampler this fails; then only that resume promise
     for old runs is affected."""
     from types import SimpleNamespace
 
@@ -221,34 +221,6 @@ def test_dynamic_binarization_draws_what_torch_bernoulli_draws():
         buffers.append(trainer.epoch_data[0].data_ptr())
     assert len(set(buffers)) == 1   # drawn into one buffer
     assert torch.equal(trainer.generator.get_state(), reference.get_state())   # as many draws as torch.bernoulli's
-
-
-@pytest.mark.parametrize("interference", [False, True])
-def test_prefetched_binarization_draws_what_drawing_at_the_epoch_start_draws(interference):
-    """The next epoch's uniforms, drawn in a thread during this epoch, give the very data and
-    generator state of drawing them at the epoch's start (then the permutation); a generator
-    that moved meanwhile (``interference``) makes the epoch draw them itself, as before."""
-    from types import SimpleNamespace
-
-    from pyrovae.training.callbacks import DynamicBinarization
-
-    x = torch.rand(300, 50, generator=torch.Generator().manual_seed(0))
-    epochs = 4
-    trainer = SimpleNamespace(train=(x,), generator=torch.Generator().manual_seed(5), epochs=epochs)
-    reference = torch.Generator().manual_seed(5)
-    binarize = DynamicBinarization()
-    for epoch in range(epochs):
-        trainer.epoch = epoch
-        binarize.on_epoch_start(trainer)
-        assert torch.equal(trainer.epoch_data[0], torch.bernoulli(x, generator=reference)), epoch
-        order = torch.randperm(300, generator=trainer.generator)
-        assert torch.equal(order, torch.randperm(300, generator=reference))
-        binarize.before_step(trainer, order[:10], (trainer.epoch_data[0][order[:10]],))
-        assert (binarize.pending is not None) == (epoch + 1 < epochs)   # drawn ahead, but not past the last epoch
-        if interference and epoch == 1:   # something else draws from the generator mid-epoch
-            torch.rand(7, generator=trainer.generator), torch.rand(7, generator=reference)
-    binarize.on_fit_end(trainer)
-    assert torch.equal(trainer.generator.get_state(), reference.get_state())
 
 
 def test_the_data_order_does_not_draw_the_initial_weights_uniforms():
