@@ -25,7 +25,9 @@ class KLWarmup(Callback):
 class DynamicBinarization(Callback):
     """x ~ Bernoulli(intensities) anew every epoch (the first tensor of the batch), drawn from
     the trainer's generator before the epoch's permutation, into one buffer that each epoch's
-    draws overwrite (the previous epoch's data are read by nothing once its epoch has ended)."""
+    draws overwrite (the previous epoch's data are read by nothing once its epoch has ended).
+    (Drawing the next epoch's in a thread during training measured 1.12x slower on 2 cores: the
+    draws took the cores of the step's OpenMP threads; benchmarks/results/epoch_prefetch_rejected_amd_epyc.md.)"""
 
     def __init__(self):
         self.buffer: torch.Tensor | None = None
