@@ -58,7 +58,7 @@ PRESETS: dict[str, dict] = {
     "burda-2layer": dict(dataset="mnist", model="two-layer", hidden=(200, 200), z1_dim=100, z1_hidden=(100, 100),
                          latent_dim=50, activation="tanh", init="glorot", batch_size=20, lr=1e-3,
                          lr_schedule="burda", adam_beta1=0.99, adam_eps=1e-4, elbo="trace", validation=400,
-                         epochs=3280, minutes=60.0),
+                         epochs=3280, minutes=60.0, output_bias="data-mean"),
     # Cremer, Li & Duvenaud (2018)'s MNIST VAE (lxuechen/inference-suboptimality): 784-200-200-50 with
     # ELU, batch 100, Adam (eps 1e-4), Burda et al.'s schedule; a factorized Gaussian q (FFG) ...
     "cremer-ffg": dict(dataset="mnist", hidden=(200, 200), latent_dim=50, activation="elu", batch_size=100, lr=1e-3,

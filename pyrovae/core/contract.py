@@ -57,6 +57,8 @@ MODEL = _table(
     Hook("attach_guide", None, "method (guide) -> None: a model whose prior uses the guide's q (the VampPrior) gets "
                                "it once both are built; it may refuse a guide it cannot use (ValueError)"),
     Hook("data_dim", None, "numbers per datapoint of the observed site (built-in models)"),
+    Hook("initialize_from_data", None, "method (x) -> None: what a new run sets from its training rows x "
+                                       "[N, data_dim] before the first step (a decoder's output bias)"),
     Hook("cli_help", "", "one line for the CLI's --model help"),
     Hook("Options", NoOptions, "the dataclass of its options (pyrovae.core.options); from_options(options, data_dim, "
                                "image_shape) builds it, image_shape (C, H, W) when the rows are images, else None"),

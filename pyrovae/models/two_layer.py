@@ -29,6 +29,9 @@ from .vae import VAEOptions
 MIN_SCALE = 1e-4
 
 
+OUTPUT_BIASES = ("zero", "data-mean")
+
+
 @dataclass
 class TwoLayerOptions(VAEOptions):
     """The decoder's options and the bottom layer z1's."""
@@ -36,6 +39,10 @@ class TwoLayerOptions(VAEOptions):
     z1_dim: int = option(100, "Units of the bottom layer z1.", check=size)
     z1_hidden: tuple[int, ...] = option((100, 100), "Hidden widths between z1 and z2.", parse=parse_widths,
                                         check=widths)
+    output_bias: str = option("zero", "The decoder's last bias when a new run starts: zero, or data-mean (each "
+                              "number's training mean, for bernoulli its logit clipped to [0.001, 0.999]: Burda "
+                              "et al.'s; without it their recipe collapses to the pixels' marginals).",
+                              choices=OUTPUT_BIASES)
 
 
 class TwoLayerModel(nn.Module):
@@ -51,7 +58,8 @@ class TwoLayerModel(nn.Module):
                  likelihood: str = default_of(TwoLayerOptions, "likelihood"),
                  sigma: str | float = default_of(TwoLayerOptions, "sigma"),
                  activation: str = default_of(TwoLayerOptions, "activation"),
-                 init: str = default_of(TwoLayerOptions, "init")):
+                 init: str = default_of(TwoLayerOptions, "init"),
+                 output_bias: str = default_of(TwoLayerOptions, "output_bias")):
         """The defaults are :class:`TwoLayerOptions`'."""
         super().__init__()
         self.latent_dim, self.z1_dim, self.data_dim = latent_dim, z1_dim, data_dim
@@ -60,11 +68,23 @@ class TwoLayerModel(nn.Module):
         self.prior_net = mlp([latent_dim, *z1_hidden, 2 * z1_dim], activation, init)
         self.decoder = mlp([z1_dim, *hidden, data_dim], activation, init)
         self.likelihood = LIKELIHOODS[likelihood](data_dim, sigma)
+        self.output_bias, self.likelihood_name = output_bias, likelihood
 
     @classmethod
     def from_options(cls, options: TwoLayerOptions, data_dim: int, image_shape: tuple[int, ...] | None = None
                      ) -> "TwoLayerModel":
         return cls(options.latent_dim, data_dim, **values(options, without=("latent_dim",)))
+
+    def initialize_from_data(self, x: torch.Tensor) -> None:
+        """``output_bias="data-mean"``: the decoder's last bias from a new run's training rows ``x``,
+        so the first steps need not learn the pixels' marginals through z1 (Burda et al.'s iwae.py)."""
+        if self.output_bias == "zero":
+            return
+        mean = x.double().mean(0)
+        bias = torch.logit(mean.clamp(0.001, 0.999)) if self.likelihood_name == "bernoulli" else mean
+        last = [m for m in self.decoder.modules() if isinstance(m, nn.Linear)][-1]
+        with torch.no_grad():
+            last.bias.copy_(bias)
 
     def latent_layers(self) -> list[LatentLayer]:
         """The guide's order: z1 from x, then z2 from z1."""

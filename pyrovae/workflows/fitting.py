@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import runs, user_programs
 from ..config import CUSTOM, RESUMABLE, FitConfig, build_vae
 from ..core import distributed
-from ..core.contract import can
+from ..core.contract import can, declared
 from ..core.errors import UsageError, option, speaking_cli
 from ..core.noise import forked_rng, tile_seed
 from ..core.programs import CHECK_ROWS, as_batch, num_rows, observed_is_binary, rows_of
@@ -280,6 +280,9 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
     if context.active:   # gradients averaged over the processes, each with its share of every batch
         loss = DistributedDataParallel(loss, device_ids=[device.index] if device.type == "cuda" else None)
     generator = data_generator(config.seed, device)
+    initialize = declared(vae.model, "model", "initialize_from_data")
+    if initialize is not None and not resume:   # a resumed run's checkpoint holds what this set
+        initialize(data.train[0])
     if not resume and context.is_main:   # a new run: what pyrovae wrote here before goes, the user's files stay
         runs.clear_run(run_dir)
         _write_config(run_dir, config, data, device, typed, vae)

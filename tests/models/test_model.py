@@ -228,3 +228,30 @@ def test_mean_field_guide_takes_its_rows_by_index():
     assert torch.allclose(fn.scale, torch.ones(BATCH, LATENT))
     with pytest.raises(ValueError):
         vae.guide(torch.zeros(BATCH, DATA))  # a minibatch without row indices
+
+
+def test_two_layer_output_bias_starts_at_the_training_means_logit(tmp_path):
+    # Burda et al.'s decoder starts at the pixels' marginals; without it their two-layer recipe
+    # collapsed (benchmarks/reproduce/SETTINGS.md)
+    from pyrovae.config import PRESETS, FitConfig
+    from pyrovae.data import load_dataset
+    from pyrovae.models.two_layer import TwoLayerModel
+    from pyrovae.workflows import fit, load_run
+
+    x = torch.rand(50, 6, generator=torch.Generator().manual_seed(0))
+    for output_bias in ("zero", "data-mean"):
+        model = TwoLayerModel(3, 6, hidden=(5,), z1_dim=2, z1_hidden=(4,), init="glorot", output_bias=output_bias)
+        model.initialize_from_data(x)
+        last = [m for m in model.decoder.modules() if isinstance(m, nn.Linear)][-1]
+        expected = torch.zeros(6) if output_bias == "zero" else torch.logit(x.mean(0).clamp(0.001, 0.999))
+        assert torch.allclose(last.bias, expected, atol=1e-6), output_bias
+    assert PRESETS["burda-2layer"]["output_bias"] == "data-mean"
+
+    # a new run sets it from its training rows (the validation rows held out), before the first step
+    config = FitConfig(dataset="mnist-sample", model="two-layer", output_bias="data-mean", init="glorot",
+                       validation=40, epochs=1, lr=1e-9)
+    fit(config, tmp_path / "run", progress=False)
+    decoder = load_run(tmp_path / "run").vae.model.decoder
+    last = [m for m in decoder.modules() if isinstance(m, nn.Linear)][-1]
+    train = load_dataset("mnist-sample").train[:-40]
+    assert torch.allclose(last.bias, torch.logit(train.mean(0).clamp(0.001, 0.999)), atol=1e-3)
