@@ -50,6 +50,11 @@ class Bernoulli(nn.Module):
     def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
         return dist.Bernoulli(logits=out).to_event(1)
 
+    def output_for(self, mean: torch.Tensor) -> torch.Tensor:
+        """The decoder output whose distribution has mean ``mean``: its logit, clipped to [0.001,
+        0.999] as Burda et al.'s code does (a pixel that is always 0 would need -inf)."""
+        return torch.logit(mean.clamp(0.001, 0.999))
+
 
 class Normal(nn.Module):
     """Normal(out, σ).to_event(1) with σ fixed or learned."""
@@ -71,6 +76,10 @@ class Normal(nn.Module):
 
     def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
         return dist.Normal(out, self.sigma().expand_as(out)).to_event(1)
+
+    def output_for(self, mean: torch.Tensor) -> torch.Tensor:
+        """The decoder output whose distribution has mean ``mean``: the mean itself."""
+        return mean
 
 
 LIKELIHOODS: dict[str, type[nn.Module]] = {"bernoulli": Bernoulli, "normal": Normal}

@@ -68,7 +68,7 @@ class TwoLayerModel(nn.Module):
         self.prior_net = mlp([latent_dim, *z1_hidden, 2 * z1_dim], activation, init)
         self.decoder = mlp([z1_dim, *hidden, data_dim], activation, init)
         self.likelihood = LIKELIHOODS[likelihood](data_dim, sigma)
-        self.output_bias, self.likelihood_name = output_bias, likelihood
+        self.output_bias = output_bias
 
     @classmethod
     def from_options(cls, options: TwoLayerOptions, data_dim: int, image_shape: tuple[int, ...] | None = None
@@ -80,8 +80,7 @@ class TwoLayerModel(nn.Module):
         so the first steps need not learn the pixels' marginals through z1 (Burda et al.'s iwae.py)."""
         if self.output_bias == "zero":
             return
-        mean = x.double().mean(0)
-        bias = torch.logit(mean.clamp(0.001, 0.999)) if self.likelihood_name == "bernoulli" else mean
+        bias = self.likelihood.output_for(x.double().mean(0))
         last = [m for m in self.decoder.modules() if isinstance(m, nn.Linear)][-1]
         with torch.no_grad():
             last.bias.copy_(bias)
