@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -43,7 +44,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, log, machine, mnist, require_data_dir, results_dir, write_results  # noqa: E402
+from common import (ROOT, command_line, log, machine, mnist, require_data_dir, results_dir,  # noqa: E402
+                    write_results)
 
 from pyrovae import runs  # noqa: E402
 from pyrovae.config import PRESETS, FitConfig  # noqa: E402
@@ -173,6 +175,60 @@ def gap_rows(name: str, record: dict) -> list[str]:
     return out
 
 
+def report(presets: dict) -> str:
+    """reproduce.md's tables: the papers' numbers beside pyrovae's, the gap tables, the training
+    curves (where a goal is not reached: how far the budget went, and what the papers' would take)."""
+    names = [name for name in PRESET_NAMES if name in presets]
+    lines = ["| recipe | paper: log p(x) | pyrovae: IS log p̂ (K) | pyrovae: certified AIS | test points | budget |",
+             "|---|---|---|---|---|---|", *(row(name, presets[name]) for name in names)]
+    lines += layers(presets)
+    gapped = [name for name in names if name in GAPPED]
+    if gapped:
+        lines += ["", "| gaps (nats) | log p̂(x) | L[q*] | L[q] | approximation gap | amortization gap |",
+                  "|---|---|---|---|---|---|",
+                  *(line for name in gapped for line in gap_rows(name, presets[name]))]
+    lines += ["", "The curves: the ELBO of the 400 held-out training rows (what selects best.pt) at the last "
+              "epoch ended by each minute of training (test ELBO in reproduce.json's `curve`), and the "
+              "paper's 3,280 epochs at this run's pace:", "",
+              "| recipe | " + " | ".join(f"{minute} min" for minute in MILESTONES) + " | s / epoch | 3,280 epochs would take |",
+              "|---|" + "---|" * (len(MILESTONES) + 2), *(curve_row(name, presets[name]) for name in names)]
+    lines += ["", "Kept runs (MB): " + "; ".join(f"{name}: " + ", ".join(f"{f} {mb}" for f, mb in
+                                                                     presets[name]["sizes_mb"].items())
+                                             for name in names)]
+    return "\n".join(lines)
+
+
+MILESTONES = (1, 5, 10, 20, 30, 45, 60)   # minutes of training at which the curve is shown
+
+
+def curve_row(name: str, record: dict) -> str:
+    cells = []
+    for minute in MILESTONES:
+        reached = [point for point in record["curve"] if point["minutes"] <= minute
+                   and point.get("validation_elbo") is not None]
+        cells.append(f"{reached[-1]['validation_elbo']:.2f} (epoch {reached[-1]['epoch']})" if reached else "–")
+    fitted = record["fit"]
+    per_epoch = 60 * fitted["train_minutes"] / fitted["epochs"]
+    return (f"| {name} | " + " | ".join(cells) + f" | {per_epoch:.1f} | "
+            f"{PAPER[name]['epochs'] * per_epoch / 3600:.1f} h |")
+
+
+def layers(presets: dict) -> list[str]:
+    """Burda et al.'s second goal: two stochastic layers ahead of one at the same budget. The SE
+    of the difference treats the two runs' estimates as independent (both are on the same test
+    points, whose difficulties correlate: the paired SE would be smaller)."""
+    one, two = presets.get("burda-1layer"), presets.get("burda-2layer")
+    if one is None or two is None:
+        return []
+    cells = []
+    for key, what in (("is", "IS"), ("certify", "certified AIS")):
+        difference = two[key]["log_likelihood"] - one[key]["log_likelihood"]
+        se = math.hypot(two[key]["log_likelihood_se"], one[key]["log_likelihood_se"])
+        cells.append(f"{what} {difference:+.2f} ± {se:.2f}")
+    paper = PAPER["burda-2layer"]["log_px"] - PAPER["burda-1layer"]["log_px"]
+    return ["", f"Two stochastic layers minus one (nats; the paper: {paper:+.2f}): " + ", ".join(cells) + "."]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None)
@@ -191,7 +247,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--results", default=None)
+    parser.add_argument("--report-only", action="store_true",
+                        help="Rewrite reproduce.md from reproduce.json (no training, no evaluation).")
     args = parser.parse_args()
+    if args.report_only:
+        results = json.loads((results_dir(args.results) / "reproduce.json").read_text())
+        write_results("reproduce", results, report(results["presets"]), args.results,
+                      command="see each row's machine and command in reproduce.json")
+        return
     names = [name.strip() for name in args.presets.split(",") if name.strip()]
     unknown = [name for name in names if name not in PAPER]
     if unknown:
@@ -220,7 +283,8 @@ def main() -> None:
                               if (run_dir / file).exists()}
         record.update(evaluate(name, run_dir, args, root, dataset))
         record["machine"] = {"cpu": results["machine"]["cpu"], "finished": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                                     time.gmtime())}
+                                                                                     time.gmtime()),
+                             "command": command_line()}
         results["presets"][name] = record
     results["machine_at_the_end"] = load_now()
     # one preset a session (each takes an hour or two): the presets evaluated earlier are kept
@@ -228,19 +292,7 @@ def main() -> None:
     if earlier.exists():
         kept = json.loads(earlier.read_text()).get("presets", {})
         results["presets"] = {**{k: v for k, v in kept.items() if k not in names}, **results["presets"]}
-    names = [name for name in PRESET_NAMES if name in results["presets"]]
-    lines = ["| recipe | paper: log p(x) | pyrovae: IS log p̂ (K) | pyrovae: certified AIS | test points | budget |",
-             "|---|---|---|---|---|---|", *(row(name, results["presets"][name]) for name in names)]
-    gapped = [name for name in names if name in GAPPED]
-    if gapped:
-        lines += ["", "| gaps (nats) | log p̂(x) | L[q*] | L[q] | approximation gap | amortization gap |",
-                  "|---|---|---|---|---|---|",
-                  *(line for name in gapped for line in gap_rows(name, results["presets"][name]))]
-    lines += ["", "Kept runs (MB): " + "; ".join(f"{name}: " + ", ".join(f"{f} {mb}" for f, mb in
-                                                                     results["presets"][name]["sizes_mb"].items())
-                                             for name in names)]
-    write_results("reproduce", results, "\n".join(lines), args.results)
-
+    write_results("reproduce", results, report(results["presets"]), args.results)
 
 if __name__ == "__main__":
     main()

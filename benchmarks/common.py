@@ -80,9 +80,10 @@ def results_dir(option: str | Path | None = None) -> Path:
     return folder
 
 
-def write_results(name: str, results: dict, table: str, folder: str | Path | None = None) -> None:
+def write_results(name: str, results: dict, table: str, folder: str | Path | None = None,
+                  command: str | None = None) -> None:
     """FOLDER/NAME.json and NAME.md (FOLDER: --results, default benchmarks/results), plus the
-    JSON on stdout."""
+    JSON on stdout. ``command``: what the header says ran (default: this process's command line)."""
     from pyrovae.core.files import atomic_path
 
     folder = results_dir(folder)
@@ -90,7 +91,7 @@ def write_results(name: str, results: dict, table: str, folder: str | Path | Non
     header = (f"Machine: {info['cpu']}, {info['cpu_count']} CPUs, torch {info['torch']} "
               f"({info['torch_threads']} threads), pyro {info['pyro']}, Python {info['python']}, "
               f"{info['platform']}; load average {info.get('load_average_1min')} at the start.\n"
-              f"Command: `{command_line()}`\n\n")
+              f"Command: `{command or command_line()}`\n\n")
     for path, text in ((folder / f"{name}.json", json.dumps(results, indent=2) + "\n"),
                        (folder / f"{name}.md", header + table + "\n")):
         with atomic_path(path) as tmp:

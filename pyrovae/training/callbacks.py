@@ -4,7 +4,7 @@ from __future__ import annotations
 import pyro
 import torch
 
-from ..core.noise import bernoulli
+from ..core.noise import BernoulliRedraws
 from ..core.programs import Batch, num_rows, rows_of
 from ..core.traces import elbo_terms
 from ..core.vae import VAE
@@ -25,18 +25,21 @@ class KLWarmup(Callback):
 class DynamicBinarization(Callback):
     """x ~ Bernoulli(intensities) anew every epoch (the first tensor of the batch), drawn from
     the trainer's generator before the epoch's permutation, into one buffer that each epoch's
-    draws overwrite (the previous epoch's data are read by nothing once its epoch has ended).
+    draws overwrite (the previous epoch's data are read by nothing once its epoch has ended), the
+    pixels of intensity 0 or 1 set once and never drawn (:class:`~pyrovae.core.noise.BernoulliRedraws`;
+    ``skip_certain=False``: every pixel drawn, as runs trained before that resume).
     (Drawing the next epoch's in a thread during training measured 1.12x slower on 2 cores: the
     draws took the cores of the step's OpenMP threads; benchmarks/results/epoch_prefetch_rejected_amd_epyc.md.)"""
 
-    def __init__(self):
-        self.buffer: torch.Tensor | None = None
+    def __init__(self, skip_certain: bool = True):
+        self.skip_certain = skip_certain
+        self.draws: BernoulliRedraws | None = None
 
     def on_epoch_start(self, trainer: Trainer) -> None:
         x, *rest = trainer.train
-        if self.buffer is None or (self.buffer.shape, self.buffer.dtype, self.buffer.device) != (x.shape, x.dtype, x.device):
-            self.buffer = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-        trainer.epoch_data = (bernoulli(x, trainer.generator, out=self.buffer), *rest)
+        if self.draws is None or self.draws.probs is not x:
+            self.draws = BernoulliRedraws(x, self.skip_certain)
+        trainer.epoch_data = (self.draws(trainer.generator), *rest)
 
 
 class LocalSteps(Callback):

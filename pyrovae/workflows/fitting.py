@@ -39,6 +39,7 @@ from .run_callbacks import Checkpoint, Curves, Metrics, RunImages, TensorBoard
 
 
 DATA_ORDER_STREAM = 5   # beside the noise streams of training (4) and the estimators (0-4)
+SKIP_CERTAIN = "skip-certain"   # config.json's record: dynamic binarization drew only the pixels with 0 < p < 1
 log = logging.getLogger(__name__)   # what fit says on the way (the CLI shows it on stderr)
 
 
@@ -288,7 +289,7 @@ def _fit(config: FitConfig, run_dir: Path, data: PreparedData, device: torch.dev
         _write_config(run_dir, config, data, device, typed, vae)
     callbacks: list[Callback] = [KLWarmup(config.beta, config.kl_warmup), lr_schedule(config.lr_schedule, config)]
     if config.binarize == "dynamic":
-        callbacks.append(DynamicBinarization())
+        callbacks.append(DynamicBinarization(skip_certain=_skips_certain_pixels(run_dir, resume, context)))
     if vae.can("per_datapoint") and local.local_steps:
         # the joint step's loss (JIT-compiled where it is), without DDP: each process steps its own rows
         callbacks.append(LocalSteps(vae, loss_module, local.local_steps, num_rows(data.train), local.local_tol))
@@ -408,7 +409,18 @@ def _write_config(run_dir: Path, config: FitConfig, data: PreparedData, device: 
         "config": values, "versions": runs.versions(), "device": str(device), "seed": config.seed,
         "data_dim": vae.info.data_dim if vae.info else data.dataset.data_dim, "num_train": num_rows(data.train), "num_test": num_rows(data.test),
         "image_shape": data.dataset.image_shape, "format_version": runs.FORMAT_VERSION,
-        "typed_paths": typed})   # as the user wrote them, for display; the config holds them resolved
+        "typed_paths": typed,   # as the user wrote them, for display; the config holds them resolved
+        "binarization_draws": SKIP_CERTAIN})
+
+
+def _skips_certain_pixels(run_dir: Path, resume: bool, context: distributed.Context) -> bool:
+    """Whether dynamic binarization skips the pixels of intensity 0 or 1: a new run's does; a
+    resumed run keeps the draws it began with (runs written before pyrovae skipped them record
+    nothing and drew every pixel)."""
+    if not resume:
+        return True
+    recorded = runs.read_config(run_dir).get("binarization_draws") if context.is_main else None
+    return context.broadcast(recorded) == SKIP_CERTAIN
 
 
 def _restore(trainer: Trainer, run_dir: Path, device: torch.device, context: distributed.Context

@@ -1,6 +1,7 @@
 """Training runs end to end on tiny data: pyrovae.train.fit, load_run, resume, binarization."""
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pyro
@@ -11,7 +12,9 @@ import pyrovae.workflows.fitting as train_module
 from pyrovae import runs
 from pyrovae.config import FitConfig
 from pyrovae.core.errors import UsageError
+from pyrovae.core.noise import BernoulliRedraws
 from pyrovae.data import load_dataset
+from pyrovae.training.callbacks import DynamicBinarization
 from pyrovae.workflows import fit, load_run, prepare_data
 
 TIMING = ("train_seconds", "eval_seconds")
@@ -201,19 +204,15 @@ def test_binarization(tiny_npz, tmp_path, monkeypatch, mode):
         assert diff < 4 * 0.5 / math.sqrt(2 * first.numel())
 
 
-def test_dynamic_binarization_draws_what_torch_bernoulli_draws():
-    """u < p from the trainer's generator: the draws of torch.bernoulli on CPU, only faster, so runs
-    trained before the change resume bit-identically; every epoch, into the one buffer the first
-    allocated. If torch changes its Bernoulli sampler this fails; then only that resume promise
-    for old runs is affected."""
-    from types import SimpleNamespace
-
-    from pyrovae.training.callbacks import DynamicBinarization
-
+def test_dynamic_binarization_of_old_runs_draws_what_torch_bernoulli_draws():
+    """skip_certain=False (runs trained before the certain pixels were skipped): u < p from the
+    trainer's generator for every pixel, the draws of torch.bernoulli on CPU, so those runs resume
+    bit-identically; every epoch into the one buffer the first allocated. If torch changes its
+    Bernoulli sampler this fails; then only that resume promise for old runs is affected."""
     x = torch.rand(300, 50, generator=torch.Generator().manual_seed(0))
     trainer = SimpleNamespace(train=(x,), generator=torch.Generator().manual_seed(5))
     reference = torch.Generator().manual_seed(5)
-    binarize = DynamicBinarization()
+    binarize = DynamicBinarization(skip_certain=False)
     buffers = []
     for _ in range(3):   # epochs
         binarize.on_epoch_start(trainer)
@@ -221,6 +220,67 @@ def test_dynamic_binarization_draws_what_torch_bernoulli_draws():
         buffers.append(trainer.epoch_data[0].data_ptr())
     assert len(set(buffers)) == 1   # drawn into one buffer
     assert torch.equal(trainer.generator.get_state(), reference.get_state())   # as many draws as torch.bernoulli's
+
+
+def test_dynamic_binarization_draws_only_the_uncertain_pixels():
+    """Pixels of intensity 0 or 1 keep their value without a draw; the others are Bernoulli(p):
+    their mean over 400 epochs within 5 SE of p (SE = sqrt(p(1-p)/400) <= 0.025), one uniform each
+    per epoch, into one buffer; the same generator state, the same draws."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.where(torch.rand(200, 30, generator=g) < 0.7, (torch.rand(200, 30, generator=g) > 0.5).float(),
+                    torch.rand(200, 30, generator=g))
+    uncertain = (x > 0) & (x < 1)
+    assert 0.2 < uncertain.float().mean() < 0.4
+    trainer = SimpleNamespace(train=(x,), generator=torch.Generator().manual_seed(5))
+    binarize = DynamicBinarization()
+    total, buffers = torch.zeros_like(x), set()
+    epochs = 400
+    for _ in range(epochs):
+        before = trainer.generator.get_state()
+        binarize.on_epoch_start(trainer)
+        drawn = trainer.epoch_data[0]
+        buffers.add(drawn.data_ptr())
+        assert torch.equal(drawn[~uncertain], x[~uncertain])
+        assert set(drawn.unique().tolist()) <= {0.0, 1.0}
+        total += drawn
+        again = BernoulliRedraws(x)(torch.Generator().set_state(before))
+        assert torch.equal(again, drawn)
+    assert binarize.draws.skips_certain and len(buffers) == 1
+    p = x[uncertain]
+    error = (total[uncertain] / epochs - p).abs() / (p * (1 - p) / epochs).sqrt().clamp(min=1e-3)
+    assert error.max() < 5
+    used = torch.Generator().manual_seed(5)
+    torch.rand(epochs * int(uncertain.sum()), generator=used)
+    assert torch.equal(trainer.generator.get_state(), used.get_state())   # one uniform per uncertain pixel
+
+
+def test_dynamic_binarization_draws_every_pixel_of_mostly_uncertain_data():
+    x = torch.rand(100, 20, generator=torch.Generator().manual_seed(1))   # every pixel uncertain
+    redraws = BernoulliRedraws(x)
+    assert not redraws.skips_certain
+    assert torch.equal(redraws(torch.Generator().manual_seed(2)), torch.bernoulli(x, generator=torch.Generator().manual_seed(2)))
+
+
+@pytest.mark.parametrize("old_run", [False, True])
+def test_a_resumed_run_keeps_the_binarization_draws_it_began_with(tiny_npz, tmp_path, monkeypatch, old_run):
+    """A new run skips the certain pixels and records so in config.json; a run from before, whose
+    config.json records nothing, resumes drawing every pixel (torch.bernoulli's draws)."""
+    run = tmp_path / "run"
+    fit(config(tiny_npz, epochs=1, seed=3), run, progress=False)
+    saved = json.loads((run / runs.CONFIG).read_text())
+    assert saved["binarization_draws"] == "skip-certain"
+    if old_run:
+        del saved["binarization_draws"]
+        (run / runs.CONFIG).write_text(json.dumps(saved))
+    state = runs.load_checkpoint(run)
+    spy = Spy(monkeypatch)
+    fit(config(tiny_npz, epochs=2, seed=3), run, resume=True, progress=False)
+    (second,) = spy.epochs(500, steps=5)
+    intensities = load_dataset(tiny_npz).train
+    generator = torch.Generator().set_state(state["rng"]["data"])
+    expected = (torch.bernoulli(intensities, generator=generator) if old_run
+                else BernoulliRedraws(intensities)(generator))
+    assert torch.equal(second, expected)
 
 
 def test_the_data_order_does_not_draw_the_initial_weights_uniforms():
