@@ -1,15 +1,15 @@
 """Seconds per MNIST epoch: `pyrovae fit` against the loops its users would write instead.
 
 Two peers, neither importing pyrovae: the plain PyTorch loop (benchmarks/plain_vae.py: its own
-modules, torch.bernoulli on each batch of 128, torch's Adam at 1e-3, a test ELBO per epoch) and
+modules, torch.bernoulli on each batch of 128 (``--batch-size``), torch's Adam at 1e-3, a test ELBO per epoch) and
 the Pyro-example loop (benchmarks/pyro_example_vae.py: Pyro's examples/vae/vae.py style, model
 and guide methods, SVI with JitTrace_ELBO and pyro.optim.Adam, svi.evaluate_loss on the test set
 per epoch). Each repeat runs the three, each in a fresh subprocess, in an order rotated by one
 per repeat (over three repeats each takes each place once), so drifts of the machine hit all alike:
 
-    plain:   python benchmarks/plain_vae.py --data-dir DIR --epochs E --seed S [--threads N]
-    pyro:    python benchmarks/pyro_example_vae.py --data-dir DIR --epochs E --seed S [--threads N]
-    pyrovae: pyrovae fit --dataset mnist --data-dir DIR --epochs E --out TMP --overwrite --quiet --seed S
+    plain:   python benchmarks/plain_vae.py --data-dir DIR --epochs E --seed S --batch-size B [--threads N]
+    pyro:    python benchmarks/pyro_example_vae.py --data-dir DIR --epochs E --seed S --batch-size B [--threads N]
+    pyrovae: pyrovae fit --dataset mnist --data-dir DIR --epochs E --out TMP --overwrite --quiet --seed S --batch-size B
              [--threads N, or OMP_NUM_THREADS=N MKL_NUM_THREADS=N if fit has no --threads] [--pyrovae-args]
 
 Measured, per repeat: seconds per epoch as a user waits for them (pyrovae's JSON `seconds` / epochs,
@@ -19,7 +19,7 @@ training part alone (the sum of metrics.jsonl's `train_seconds` / epochs; a peer
 the ratios pyrovae / peer. The table gives the medians over repeats; the JSON also records the
 1-minute load average before every run and the busiest processes at the start and the end.
 
-    python benchmarks/bench_epoch.py --data-dir ../shared/data [--epochs 3] [--repeats 3] [--seed 0]
+    python benchmarks/bench_epoch.py --data-dir ../shared/data [--epochs 3] [--repeats 3] [--seed 0] [--batch-size 128]
                                      [--threads N] [--pyrovae-args "--no-jit"] [--results DIR]
                                      [--baseline OTHER/.venv/bin/python]
 
@@ -84,7 +84,8 @@ def pyrovae_command(python: str = sys.executable) -> str:
 
 def peer_run(args, name: str) -> dict:
     command = [sys.executable, str(PEERS[name]), "--data-dir", args.data_dir, "--epochs", str(args.epochs),
-               "--seed", str(args.seed)] + (["--threads", str(args.threads)] if args.threads else [])
+               "--seed", str(args.seed), "--batch-size", str(args.batch_size)] + \
+        (["--threads", str(args.threads)] if args.threads else [])
     load_before = load()
     out, wall = run_json(command)
     e, total = out["epochs"], out["total"]
@@ -104,7 +105,8 @@ def pyrovae_run(args, exe: str, threads_option: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         command = [exe, "fit", "--dataset", "mnist", "--data-dir", args.data_dir, "--epochs", str(args.epochs),
-                   "--out", str(run_dir), "--overwrite", "--quiet", "--seed", str(args.seed), *extra]
+                   "--out", str(run_dir), "--overwrite", "--quiet", "--seed", str(args.seed),
+                   "--batch-size", str(args.batch_size), *extra]
         out, wall = run_json(command, env)
         metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     e = out["epochs"]
@@ -122,7 +124,7 @@ def median_of(values: list) -> float | None:
 def table(results: dict) -> str:
     m, a = results["median"], results["args"]
     extra = f" {a['pyrovae_args']}" if a["pyrovae_args"] else ""
-    rows = [f"| MNIST, {a['epochs']} epochs, {a['repeats']} repeats, medians | s / epoch (fit's JSON seconds / epochs) "
+    rows = [f"| MNIST, {a['epochs']} epochs, batch {a.get('batch_size', 128)}, {a['repeats']} repeats, medians | s / epoch (fit's JSON seconds / epochs) "
             f"| s / epoch without the pictures drawn at the end | s / epoch (training only) | subprocess wall s "
             f"| test ELBO |",
             "|---|---|---|---|---|---|"]
@@ -146,6 +148,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=128, help="training rows per step, in every loop")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--pyrovae-args", default="", help='extra options of pyrovae fit, e.g. "--no-jit"')
     parser.add_argument("--results", default=None, help="folder for epoch.{json,md} (default benchmarks/results)")

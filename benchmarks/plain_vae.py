@@ -157,7 +157,7 @@ def timed_epochs(epochs: int, train: Callable[[], float], test: Callable[[], flo
 
 def summary(records: list[dict], total: dict, setup_seconds: float, started: float) -> dict:
     """The keys both loops report after their own."""
-    return {"batch_size": 128, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+    return {"torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "per_epoch": records, "total": total, "setup_seconds": round(setup_seconds, 4),
             "median_train_seconds": statistics.median(r["train_seconds"] for r in records) if records else None,
             "median_epoch_seconds": statistics.median(r["epoch_seconds"] for r in records) if records else None,
@@ -174,6 +174,7 @@ def arguments(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N training points")
+    parser.add_argument("--batch-size", type=int, default=128, help="training rows per step")
     return parser
 
 
@@ -185,7 +186,7 @@ def checked(parser: argparse.ArgumentParser) -> argparse.Namespace:
 
 
 def run(data_dir: str, epochs: int = 3, seed: int = 0, threads: int | None = None, limit: int | None = None,
-        elbo: str = "trace", x_test: torch.Tensor | None = None) -> dict:
+        elbo: str = "trace", x_test: torch.Tensor | None = None, batch_size: int = 128) -> dict:
     started = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
@@ -200,14 +201,15 @@ def run(data_dir: str, epochs: int = 3, seed: int = 0, threads: int | None = Non
 
     def train_one() -> float:
         vae.train()
-        return train_epoch(vae, optimizer, train, generator, elbo)
+        return train_epoch(vae, optimizer, train, generator, elbo, batch_size)
 
     def test_one() -> float:
         vae.eval()
         return test_elbo(vae, x_test)
 
     records, total = timed_epochs(epochs, train_one, test_one)
-    return {"elbo": elbo, "seed": seed, "epochs": epochs, "train_points": len(train), "test_points": len(x_test),
+    return {"elbo": elbo, "seed": seed, "epochs": epochs, "batch_size": batch_size, "train_points": len(train),
+            "test_points": len(x_test),
             **summary(records, total, setup_seconds, started)}
 
 
@@ -215,7 +217,8 @@ def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("--elbo", choices=("trace", "meanfield"), default="trace")
     args = checked(parser)
-    print(json.dumps(run(args.data_dir, args.epochs, args.seed, args.threads, args.limit, args.elbo)), flush=True)
+    print(json.dumps(run(args.data_dir, args.epochs, args.seed, args.threads, args.limit, args.elbo,
+                         batch_size=args.batch_size)), flush=True)
 
 
 if __name__ == "__main__":

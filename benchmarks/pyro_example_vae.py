@@ -102,7 +102,7 @@ def test_elbo(svi: SVI, x_test: torch.Tensor, batch_size: int = 1000) -> float:
 
 
 def run(data_dir: str, epochs: int = 3, seed: int = 0, threads: int | None = None, limit: int | None = None,
-        jit: bool = True) -> dict:
+        jit: bool = True, batch_size: int = 128) -> dict:
     started = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
@@ -114,8 +114,8 @@ def run(data_dir: str, epochs: int = 3, seed: int = 0, threads: int | None = Non
     vae = VAE()
     svi = SVI(vae.model, vae.guide, Adam({"lr": 1e-3}), loss=JitTrace_ELBO() if jit else Trace_ELBO())
     setup_seconds = time.perf_counter() - started
-    records, total = timed_epochs(epochs, lambda: train_epoch(svi, train, generator), lambda: test_elbo(svi, x_test))
-    return {"jit": jit, "seed": seed, "epochs": epochs, "train_points": len(train), "test_points": len(x_test),
+    records, total = timed_epochs(epochs, lambda: train_epoch(svi, train, generator, batch_size), lambda: test_elbo(svi, x_test))
+    return {"jit": jit, "seed": seed, "epochs": epochs, "batch_size": batch_size, "train_points": len(train), "test_points": len(x_test),
             "pyro": pyro.__version__, **summary(records, total, setup_seconds, started)}
 
 
@@ -123,7 +123,8 @@ def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("--no-jit", dest="jit", action="store_false", help="Trace_ELBO instead of JitTrace_ELBO")
     args = checked(parser)
-    print(json.dumps(run(args.data_dir, args.epochs, args.seed, args.threads, args.limit, args.jit)), flush=True)
+    print(json.dumps(run(args.data_dir, args.epochs, args.seed, args.threads, args.limit, args.jit,
+                         batch_size=args.batch_size)), flush=True)
 
 
 if __name__ == "__main__":
