@@ -202,11 +202,12 @@ MILESTONES = (1, 5, 10, 20, 30, 45, 60)   # minutes of training at which the cur
 
 
 def curve_row(name: str, record: dict) -> str:
-    cells = []
-    for minute in MILESTONES:
+    cells, ended = [], record["curve"][-1]["minutes"] if record["curve"] else 0.0
+    for before, minute in zip((0, *MILESTONES), MILESTONES):
         reached = [point for point in record["curve"] if point["minutes"] <= minute
                    and point.get("validation_elbo") is not None]
-        cells.append(f"{reached[-1]['validation_elbo']:.2f} (epoch {reached[-1]['epoch']})" if reached else "–")
+        shown = reached and (before == 0 or before < ended)   # a run that ended earlier shows "–"
+        cells.append(f"{reached[-1]['validation_elbo']:.2f} (epoch {reached[-1]['epoch']})" if shown else "–")
     fitted = record["fit"]
     per_epoch = 60 * fitted["train_minutes"] / fitted["epochs"]
     return (f"| {name} | " + " | ".join(cells) + f" | {per_epoch:.1f} | "
