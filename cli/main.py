@@ -66,9 +66,19 @@ class _Never(Exception):
     """Raised by nothing."""
 
 
-def fail(message: str, code: int = EXIT_USAGE, kind: str = "error", every_rank: bool = False) -> None:
+def fail(message: str, code: int = EXIT_USAGE, kind: str = "error", every_rank: bool = False,
+         peer_lost: bool = False) -> None:
+    """The one-line error, then exit with ``code``. ``peer_lost``: a process of this distributed
+    run died, and the process group it leaves is broken; gloo's destructors then sometimes abort
+    the interpreter's exit ("terminate called without an active exception": exit -6 instead of
+    ``code``; seen with torch 2.14.1, gloo, once in three CI runs of tests/training/test_distributed.py's dead-peer
+    test), so the process ends at once, its files already written atomically."""
     if every_rank or _is_main():   # a distributed run's processes stop together: rank 0 says why
         click.echo(f"pyrovae: {kind}: {message}", err=True)
+    if peer_lost:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)
 
 
@@ -186,7 +196,7 @@ class PyrovaeGroup(click.Group):
                 fail(f"out of memory ({detail}); {smaller}", 1)
             if _peer_lost(error):   # the process that could say why is gone
                 fail(f"another process of this distributed run stopped ({detail}); the run folder keeps its last "
-                     "checkpoint: rerun the job (fit with --resume)", 1, every_rank=True)
+                     "checkpoint: rerun the job (fit with --resume)", 1, every_rank=True, peer_lost=True)
             raise
         except OSError as error:   # e.g. a full disk mid-run: files are written atomically, the old ones stay
             where = f" on {error.filename!r}" if error.filename else ""
