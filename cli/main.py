@@ -69,17 +69,23 @@ class _Never(Exception):
 def fail(message: str, code: int = EXIT_USAGE, kind: str = "error", every_rank: bool = False,
          peer_lost: bool = False) -> None:
     """The one-line error, then exit with ``code``. ``peer_lost``: a process of this distributed
-    run died, and the process group it leaves is broken; gloo's destructors then sometimes abort
-    the interpreter's exit ("terminate called without an active exception": exit -6 instead of
-    ``code``; seen with torch 2.14.1, gloo, once in three CI runs of tests/training/test_distributed.py's dead-peer
-    test), so the process ends at once, its files already written atomically."""
+    run died, and the process group it leaves is broken: :func:`end_process`."""
     if every_rank or _is_main():   # a distributed run's processes stop together: rank 0 says why
         click.echo(f"pyrovae: {kind}: {message}", err=True)
     if peer_lost:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        end_process(code)
     sys.exit(code)
+
+
+def end_process(code: int) -> None:
+    """End a torchrun worker now, its output flushed and its files already written atomically:
+    after a gloo process group (torch 2.14.1), the interpreter's own exit sometimes aborts in
+    gloo's destructors ("terminate called without an active exception", exit -6; seen on a
+    healthy run's rank 1 and after a dead peer, in tests/training/test_distributed.py, twice in
+    four CI runs of 2026-12-07 on an Intel Xeon)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 # what to make smaller when memory runs out, by command
@@ -204,9 +210,13 @@ class PyrovaeGroup(click.Group):
                      "evaluate": " (with --resume, from the finished points)",
                      "certify": " (with --resume, from the finished points)"}.get(command, "")
             fail(f"{error.strerror or error}{where}; free space or fix permissions, then rerun{again}", 1)
+        code = code if isinstance(code, int) else 0
         if "pyrovae.core.distributed" in sys.modules:
-            sys.modules["pyrovae.core.distributed"].teardown()
-        sys.exit(code if isinstance(code, int) else 0)
+            distributed = sys.modules["pyrovae.core.distributed"]
+            if distributed.launched_by_torchrun():
+                distributed.teardown()
+                end_process(code)   # gloo may abort the interpreter's exit (see end_process)
+        sys.exit(code)
 
 
 def _peer_lost(error: RuntimeError) -> bool:
