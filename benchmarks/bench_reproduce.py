@@ -295,5 +295,6 @@ def main() -> None:
         results["presets"] = {**{k: v for k, v in kept.items() if k not in names}, **results["presets"]}
     write_results("reproduce", results, report(results["presets"]), args.results)
 
+
 if __name__ == "__main__":
     main()
