@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Mapping
+from typing import NoReturn
 
 import click
 from click.shell_completion import CompletionItem
@@ -66,18 +67,28 @@ class _Never(Exception):
     """Raised by nothing."""
 
 
-def fail(message: str, code: int = EXIT_USAGE, kind: str = "error", every_rank: bool = False,
-         peer_lost: bool = False) -> None:
-    """The one-line error, then exit with ``code``. ``peer_lost``: a process of this distributed
-    run died, and the process group it leaves is broken: :func:`end_process`."""
+def fail(message: str, code: int = EXIT_USAGE, kind: str = "error", every_rank: bool = False) -> NoReturn:
+    """The one-line error, then :func:`leave` with ``code``."""
     if every_rank or _is_main():   # a distributed run's processes stop together: rank 0 says why
         click.echo(f"pyrovae: {kind}: {message}", err=True)
-    if peer_lost:
+    leave(code)
+
+
+def leave(code: int, finished: bool = False) -> NoReturn:
+    """End the command with exit code ``code``: every way out of a command passes here.
+
+    A torchrun worker ends by :func:`end_process`, after tearing its process group down when the
+    command ``finished`` (after an error a peer may be gone or inside a collective; the OS closes
+    the sockets). Any other process leaves by ``sys.exit`` (the CLI also runs inside tests)."""
+    distributed = sys.modules.get("pyrovae.core.distributed")
+    if distributed is not None and distributed.launched_by_torchrun():
+        if finished:
+            distributed.teardown()
         end_process(code)
     sys.exit(code)
 
 
-def end_process(code: int) -> None:
+def end_process(code: int) -> NoReturn:
     """End a torchrun worker now, its output flushed and its files already written atomically:
     after a gloo process group (torch 2.14.1), the interpreter's own exit sometimes aborts in
     gloo's destructors ("terminate called without an active exception", exit -6; seen on a
@@ -178,7 +189,7 @@ class PyrovaeGroup(click.Group):
                 code = super().main(args, prog_name or "pyrovae", complete_var, standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as error:
             click.echo(error.ctx.get_help(), err=True)
-            sys.exit(EXIT_USAGE)
+            leave(EXIT_USAGE)
         except click.UsageError as error:
             hint = f" (see pyrovae {error.ctx.info_name} --help)" if error.ctx and error.ctx.parent else ""
             fail(error.format_message().replace("\n", " ") + hint)
@@ -202,7 +213,7 @@ class PyrovaeGroup(click.Group):
                 fail(f"out of memory ({detail}); {smaller}", 1)
             if _peer_lost(error):   # the process that could say why is gone
                 fail(f"another process of this distributed run stopped ({detail}); the run folder keeps its last "
-                     "checkpoint: rerun the job (fit with --resume)", 1, every_rank=True, peer_lost=True)
+                     "checkpoint: rerun the job (fit with --resume)", 1, every_rank=True)
             raise
         except OSError as error:   # e.g. a full disk mid-run: files are written atomically, the old ones stay
             where = f" on {error.filename!r}" if error.filename else ""
@@ -210,13 +221,7 @@ class PyrovaeGroup(click.Group):
                      "evaluate": " (with --resume, from the finished points)",
                      "certify": " (with --resume, from the finished points)"}.get(command, "")
             fail(f"{error.strerror or error}{where}; free space or fix permissions, then rerun{again}", 1)
-        code = code if isinstance(code, int) else 0
-        if "pyrovae.core.distributed" in sys.modules:
-            distributed = sys.modules["pyrovae.core.distributed"]
-            if distributed.launched_by_torchrun():
-                distributed.teardown()
-                end_process(code)   # gloo may abort the interpreter's exit (see end_process)
-        sys.exit(code)
+        leave(code if isinstance(code, int) else 0, finished=True)
 
 
 def _peer_lost(error: RuntimeError) -> bool:

@@ -8,6 +8,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import pyrovae.cli.main as cli_main
+import pyrovae.core.distributed as distributed
 from pyrovae import runs
 from pyrovae.cli.main import cli
 from pyrovae.data import load_dataset
@@ -277,3 +279,29 @@ def test_evaluate_meanfield_run_fits_test_points(tmp_path, tiny_npz):
     # training points through their trained rows: -416..-455 nats over seeds 0-3 (>= 48 to spare)
     assert out["log_likelihood"] > UNTRAINED_ELBO + 40, out["log_likelihood"]
     assert_usage_error(invoke("evaluate", run_dir, "--proposal", "guide", "--device", "cpu"))
+
+
+@pytest.mark.parametrize("finished", [True, False], ids=["finished", "after-an-error"])
+def test_a_torchrun_worker_leaves_by_end_process_and_tears_down_only_a_finished_command(monkeypatch, finished):
+    """Every exit of a torchrun worker skips the interpreter's exit (gloo's destructors may abort
+    it, cli/main.py end_process); only a finished command tears its process group down first."""
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed, "teardown", lambda: calls.append("teardown"))
+
+    def exit_now(code):
+        calls.append(("os._exit", code))
+        raise SystemExit(code)   # the test process goes on
+
+    monkeypatch.setattr(cli_main.os, "_exit", exit_now)
+    with pytest.raises(SystemExit):
+        cli_main.fail("bad input", 2) if not finished else cli_main.leave(0, finished=True)
+    assert calls == (["teardown", ("os._exit", 0)] if finished else [("os._exit", 2)])
+
+
+def test_a_process_alone_leaves_by_sys_exit(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(cli_main.os, "_exit", lambda code: pytest.fail("os._exit outside torchrun"))
+    with pytest.raises(SystemExit) as leaving:
+        cli_main.leave(3)
+    assert leaving.value.code == 3
