@@ -160,11 +160,15 @@ def machine_note(record: dict) -> str:
     return f"; {where['cpu']}, {where['finished']}" if where else ""
 
 
+def gap_tables(record: dict) -> dict[str, dict]:
+    """A Cremer recipe's gap tables by split (compare's result also holds the run's settings)."""
+    return {split: table for split, table in record["compare"].items()
+            if isinstance(table, dict) and "log_likelihood" in table}
+
+
 def gap_rows(name: str, record: dict) -> list[str]:
     out = []
-    for split, table in record["compare"].items():
-        if not isinstance(table, dict) or "log_likelihood" not in table:
-            continue
+    for split, table in gap_tables(record).items():
         cells = " | ".join(f"{table[key]:.2f} ± {table[key + '_se']:.2f}" for key in
                            ("log_likelihood", "elbo_optimized", "elbo_q", "approximation_gap", "amortization_gap"))
         out.append(f"| {name} (pyrovae, {table['n']} {split} points, AIS T={table['ais_steps']}) | {cells} |")
@@ -206,10 +210,10 @@ def gap_pattern(presets: dict) -> list[str]:
     ffg, flow = presets.get("cremer-ffg"), presets.get("cremer-flow")
     if ffg is None or flow is None:
         return []
-    cells = []
-    for split, table in ffg["compare"].items():
-        other = flow["compare"].get(split)
-        if not isinstance(table, dict) or not isinstance(other, dict) or "approximation_gap" not in other:
+    cells, flows = [], gap_tables(flow)
+    for split, table in gap_tables(ffg).items():
+        other = flows.get(split)
+        if other is None:
             continue
         for key, what in (("approximation_gap", "approximation"), ("amortization_gap", "amortization")):
             difference = other[key] - table[key]

@@ -75,7 +75,8 @@ def fail(message: str, code: int = EXIT_USAGE, kind: str = "error", every_rank: 
 
 
 def leave(code: int, finished: bool = False) -> NoReturn:
-    """End the command with exit code ``code``: every way out of a command passes here.
+    """End the command with exit code ``code``: every way out of a command passes here, except the
+    traceback of an error no handler expected.
 
     A torchrun worker ends by :func:`end_process`, after tearing its process group down when the
     command ``finished`` (after an error a peer may be gone or inside a collective; the OS closes
